@@ -1,0 +1,1 @@
+"""Dagster definitions, one subpackage per asset layer; ``ml_platform.definitions`` assembles them."""

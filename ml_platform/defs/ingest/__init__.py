@@ -1,0 +1,1 @@
+"""Ingest layer: landed files become typed, day-split bronze parts (group ``ingest``)."""

@@ -1,0 +1,101 @@
+"""Resources for every external system, and the one function that reads the environment.
+
+Local and deployed profiles differ by configuration only: the object store is a folder by default
+and MinIO/S3 when ``ML_PLATFORM_STORE_URL`` is an ``s3://`` URL. Secrets are passed as
+``dg.EnvVar`` so their values are resolved at run time and never shown in the UI.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+from pydantic import PrivateAttr
+
+from ml_platform.lib.contract import Contract, load_contract
+from ml_platform.lib.store import ObjectStore, open_store
+
+
+def project_root() -> Path:
+    """The source checkout when running from one (``make dev``), else the working directory."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The object store holding every zone: a local folder (``file://``) or ``s3://bucket/prefix``."""
+
+    url: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    def store(self) -> ObjectStore:
+        return open_store(
+            self.url,
+            endpoint_url=self.endpoint_url,
+            region=self.region,
+            access_key_id=self.access_key_id,
+            secret_access_key=self.secret_access_key,
+        )
+
+
+class IngestResource(dg.ConfigurableResource):
+    """Data contracts and the resource budget of an ingest run."""
+
+    readings_contract: str = ""  # empty: the bundled contracts/readings.yaml
+    labels_contract: str = ""
+    memory_limit: str = "1GB"  # DuckDB's budget; it spills to disk beyond it
+    threads: int = 0  # 0: one per core
+
+    _contracts: dict[str, Contract] = PrivateAttr(default_factory=dict)
+
+    def contract(self, dataset: str) -> Contract:
+        if dataset not in self._contracts:
+            path = {"readings": self.readings_contract, "labels": self.labels_contract}[dataset]
+            self._contracts[dataset] = load_contract(path or None, default=dataset)
+        return self._contracts[dataset]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Values that shape definitions (not resources): read once when the code location loads."""
+
+    sensor_interval_s: int = 15
+    max_requests_per_tick: int = 100
+
+
+def settings(env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    return Settings(
+        sensor_interval_s=int(env.get("ML_PLATFORM_SENSOR_INTERVAL_S", 15)),
+        max_requests_per_tick=int(env.get("ML_PLATFORM_MAX_REQUESTS_PER_TICK", 100)),
+    )
+
+
+def _env_or_none(name: str, env: Mapping[str, str]) -> dg.EnvVar | None:
+    """An EnvVar when the variable is set (resolved at run time), else None (library default)."""
+    return dg.EnvVar(name) if env.get(name) else None
+
+
+def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The only place that branches on the environment: embedded defaults or deployed services."""
+    env = os.environ if env is None else env
+    store_url = env.get("ML_PLATFORM_STORE_URL") or (project_root() / ".lake").as_uri()
+    lake = LakeResource(
+        url=dg.EnvVar("ML_PLATFORM_STORE_URL") if env.get("ML_PLATFORM_STORE_URL") else store_url,
+        endpoint_url=_env_or_none("AWS_ENDPOINT_URL_S3", env),
+        region=_env_or_none("AWS_REGION", env),
+        access_key_id=_env_or_none("AWS_ACCESS_KEY_ID", env),
+        secret_access_key=_env_or_none("AWS_SECRET_ACCESS_KEY", env),
+    )
+    ingest = IngestResource(
+        readings_contract=env.get("ML_PLATFORM_CONTRACT", ""),
+        labels_contract=env.get("ML_PLATFORM_LABELS_CONTRACT", ""),
+        memory_limit=env.get("ML_PLATFORM_INGEST_MEMORY", "1GB"),
+    )
+    return {"lake": lake, "ingest": ingest}

@@ -1,0 +1,386 @@
+"""Read one landed file, cast it to its contract, and split it into per-day Parquet parts.
+
+DuckDB does the work: it streams CSV (any delimiter, gzip too) and Parquet in parallel, spills to
+disk under a memory limit, and writes day-partitioned Parquet, so memory stays flat however large
+the file is (STACK_NOTES §9 measured it at 2-4x pandas). The file is parsed once into an on-disk
+staging table; the statistics and the partitioned write read that table.
+
+Nothing here touches the object store: the caller hands in a local file and publishes the parts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+from ml_platform.lib.contract import Contract
+
+PREVIEW_ROWS = 5
+MAX_LISTED_SENSORS = 200
+_TS_TYPES = {"TIMESTAMP", "TIMESTAMP_NS", "TIMESTAMP_MS", "TIMESTAMP_S", "DATE"}
+_NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "FLOAT", "DOUBLE", "DECIMAL",
+            "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT", "UHUGEINT")
+
+
+class RejectedFileError(Exception):
+    """The file as a whole cannot be accepted. ``reason`` is a short code, the message says why."""
+
+    def __init__(self, reason: str, message: str, details: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.details = details or {}
+
+
+@dataclass
+class IngestReport:
+    source_format: str
+    rows_in: int
+    rows_out: int
+    duplicate_rows: int
+    rejected_rows: dict[str, int]
+    out_of_range: dict[str, int]
+    extra_columns: list[str]
+    renamed: dict[str, str]
+    rows_by_date: dict[str, int]
+    sensors: list[str]
+    sensor_count: int
+    timestamp_min: str | None
+    timestamp_max: str | None
+    schema: list[tuple[str, str]]
+    preview: list[dict[str, Any]]
+    parts: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def dates(self) -> list[str]:
+        return sorted(self.rows_by_date)
+
+
+def _q(text: str) -> str:
+    """A SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def detect_format(path: Path) -> tuple[str, str]:
+    """``(format, compression)`` from the first bytes, so a misnamed file is still read right."""
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if head == b"PAR1":
+        return "parquet", "none"
+    if head[:2] == b"\x1f\x8b":
+        return "csv", "gzip"
+    return "csv", "none"
+
+
+def _short(exc: BaseException, limit: int = 600) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Plan:
+    """How each contract column is produced from the source's columns."""
+
+    def __init__(self, contract: Contract, source_columns: dict[str, str]):
+        self.contract = contract
+        wanted = set(contract.column_names)
+        self.source_of: dict[str, str] = {}
+        self.extra: list[str] = []
+        for src in source_columns:
+            target = contract.target_name(src)
+            if target in wanted:
+                if target in self.source_of:
+                    raise RejectedFileError(
+                        "ambiguous_columns",
+                        f"columns {self.source_of[target]!r} and {src!r} both map to {target!r}",
+                    )
+                self.source_of[target] = src
+            else:
+                self.extra.append(src)
+        required = [contract.timestamp_column, contract.key_column]
+        required += [c.name for c in contract.columns if c.required]
+        missing = [c for c in required if c not in self.source_of]
+        if missing:
+            raise RejectedFileError(
+                "missing_columns",
+                f"missing required column(s) {missing}; the file has {list(source_columns)}"
+                + (f" (renames tried: {contract.renames})" if contract.renames else ""),
+                {"missing": missing, "found": list(source_columns)},
+            )
+        if self.extra and contract.extra_columns == "reject":
+            raise RejectedFileError(
+                "extra_columns",
+                f"columns not in the contract: {self.extra} (contract sets extra_columns: reject)",
+                {"extra": self.extra},
+            )
+        self.renamed = {s: t for t, s in self.source_of.items() if s != t}
+
+
+def _csv_options(contract: Contract, compression: str) -> str:
+    return ", ".join(
+        [
+            f"header={'true' if contract.header else 'false'}",
+            f"delim={_q(contract.delimiter)}",
+            f"compression={_q(compression)}",
+        ]
+    )
+
+
+def _timestamp_expr(contract: Contract, column: str, source_type: str) -> str:
+    col = _ident(column)
+    fmt = contract.timestamp_format
+    base = source_type.split("(")[0]
+    if base == "TIMESTAMP WITH TIME ZONE":
+        return col
+    if base in _TS_TYPES:
+        return f"CAST({col} AS TIMESTAMPTZ)"  # naive: read in the contract's time zone
+    if base.startswith(_NUMERIC):
+        seconds = {
+            "epoch_s": f"{col}",
+            "epoch_ms": f"{col} / 1e3",
+            "epoch_us": f"{col} / 1e6",
+        }.get(
+            fmt,
+            # auto: by magnitude. 1e11 s is the year 5138, 1e11 ms is 1973: no overlap in practice.
+            f"CASE WHEN abs({col}) >= 1e14 THEN {col} / 1e6 "
+            f"WHEN abs({col}) >= 1e11 THEN {col} / 1e3 ELSE {col} END",
+        )
+        return f"to_timestamp(CAST({seconds} AS DOUBLE))"
+    if "%" in fmt:
+        return f"CAST(TRY_STRPTIME(CAST({col} AS VARCHAR), {_q(fmt)}) AS TIMESTAMPTZ)"
+    return f"TRY_CAST(CAST({col} AS VARCHAR) AS TIMESTAMPTZ)"
+
+
+def _check_parquet_types(contract: Contract, plan: _Plan, types: dict[str, str]) -> None:
+    for column in contract.columns:
+        src = plan.source_of.get(column.name)
+        if src is None or column.type == "varchar":
+            continue
+        actual = types[src]
+        ok = actual.startswith(_NUMERIC) or (column.type == "boolean" and actual == "BOOLEAN")
+        if not ok:
+            raise RejectedFileError(
+                "wrong_type",
+                f"column {src!r} has type {actual}; the contract says {column.type}",
+                {"column": src, "type": actual, "expected": column.type},
+            )
+
+
+def ingest_file(
+    path: Path,
+    contract: Contract,
+    out_dir: Path,
+    *,
+    now: datetime | None = None,
+    memory_limit: str = "1GB",
+    threads: int | None = None,
+) -> IngestReport:
+    """Cast ``path`` to ``contract`` and write ``out_dir/<YYYY-MM-DD>.parquet`` per UTC day.
+
+    Raises :class:`RejectedFileError` for a file that cannot be accepted; ``out_dir`` then holds
+    nothing the caller should publish.
+    """
+    path = Path(path)
+    now = now or datetime.now(UTC)
+    size = path.stat().st_size
+    if size == 0:
+        raise RejectedFileError("empty_file", "file is empty (0 bytes)")
+    fmt, compression = detect_format(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ingest-", dir=out_dir) as work:
+        con = duckdb.connect(str(Path(work, "staging.duckdb")))
+        try:
+            return _ingest(con, path, contract, out_dir, Path(work), fmt, compression, now,
+                           memory_limit, threads)
+        finally:
+            con.close()
+
+
+def _ingest(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    contract: Contract,
+    out_dir: Path,
+    work: Path,
+    fmt: str,
+    compression: str,
+    now: datetime,
+    memory_limit: str,
+    threads: int | None,
+) -> IngestReport:
+    con.execute(f"SET memory_limit={_q(memory_limit)}")
+    con.execute(f"SET temp_directory={_q(str(work / 'spill'))}")
+    con.execute(f"SET TimeZone={_q(contract.timezone)}")
+    con.execute("SET preserve_insertion_order=false")  # lets DuckDB stream without reordering
+    if threads:
+        con.execute(f"SET threads={int(threads)}")
+
+    # 1. Sniff the source's columns and plan the casts.
+    if fmt == "parquet":
+        reader = f"read_parquet({_q(str(path))})"
+    else:
+        reader = f"read_csv({_q(str(path))}, {_csv_options(contract, compression)})"
+    try:
+        described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+    except duckdb.Error as exc:
+        raise RejectedFileError("unreadable", f"cannot read the file as {fmt}: {_short(exc)}") from exc
+    source_types = {row[0]: row[1] for row in described}
+    if fmt == "csv" and list(source_types) == ["column0"] and contract.header:
+        raise RejectedFileError(
+            "unreadable",
+            f"cannot read the file as {fmt}: no header line with delimiter {contract.delimiter!r}",
+        )
+    plan = _Plan(contract, source_types)
+    ts_src = plan.source_of[contract.timestamp_column]
+    key_src = plan.source_of[contract.key_column]
+
+    if fmt == "csv":
+        forced = {key_src: "VARCHAR"}  # ids such as 007 must keep their zeros
+        for column in contract.columns:
+            if column.name in plan.source_of:
+                forced[plan.source_of[column.name]] = column.sql_type
+        if contract.timestamp_format.startswith("epoch"):
+            forced[ts_src] = "DOUBLE"
+        elif contract.timestamp_format == "iso8601" or "%" in contract.timestamp_format:
+            forced[ts_src] = "VARCHAR"
+        types_sql = "{" + ", ".join(f"{_q(k)}: {_q(v)}" for k, v in forced.items()) + "}"
+        reader = (f"read_csv({_q(str(path))}, {_csv_options(contract, compression)}, "
+                  f"types={types_sql})")
+        source_types = {**source_types, **forced}
+    else:
+        _check_parquet_types(contract, plan, source_types)
+
+    # 2. Parse once into an on-disk staging table with typed columns and a reject reason.
+    ts = _timestamp_expr(contract, ts_src, source_types[ts_src])
+    key = f"NULLIF(trim(CAST({_ident(key_src)} AS VARCHAR)), '')"
+    measures = []
+    for column in contract.columns:
+        src = plan.source_of.get(column.name)
+        value = f"CAST({_ident(src)} AS {column.sql_type})" if src else f"NULL::{column.sql_type}"
+        measures.append(f"{value} AS {_ident(column.name)}")
+    horizon = now + timedelta(minutes=contract.future_tolerance_minutes)
+    raw_ts = _ident(ts_src)
+    select = ", ".join(
+        [f"{ts} AS {_ident(contract.timestamp_column)}", f"{key} AS {_ident(contract.key_column)}",
+         *measures, f"{raw_ts} IS NULL AS _ts_null"]
+    )
+    try:
+        con.execute(f"CREATE TABLE typed AS SELECT {select} FROM {reader}")
+    except duckdb.ConversionException as exc:
+        raise RejectedFileError("wrong_type", f"a value does not fit the contract: {_short(exc)}") from exc
+    except duckdb.Error as exc:
+        raise RejectedFileError("unreadable", f"cannot read the file as {fmt}: {_short(exc)}") from exc
+
+    T, K = _ident(contract.timestamp_column), _ident(contract.key_column)
+    ranged = [c for c in contract.columns if c.min is not None or c.max is not None]
+
+    def outside(c: Any) -> str:
+        parts = []
+        if c.min is not None:
+            parts.append(f"{_ident(c.name)} < {c.min}")
+        if c.max is not None:
+            parts.append(f"{_ident(c.name)} > {c.max}")
+        return "(" + " OR ".join(parts) + ")"
+
+    reasons = [
+        f"WHEN _ts_null THEN 'null_timestamp'",
+        f"WHEN {T} IS NULL THEN 'unparseable_timestamp'",
+        f"WHEN {K} IS NULL THEN 'null_sensor_id'",
+        f"WHEN {T} > TIMESTAMPTZ {_q(horizon.isoformat())} THEN 'future_timestamp'",
+    ]
+    if contract.out_of_range == "reject_row" and ranged:
+        reasons.append(f"WHEN {' OR '.join(outside(c) for c in ranged)} THEN 'out_of_range'")
+    con.execute(f"CREATE VIEW staged AS SELECT *, CASE {' '.join(reasons)} END AS _reject FROM typed")
+
+    # 3. What came in: one scan for all counts.
+    range_counts = [f"count(*) FILTER (WHERE {outside(c)})" for c in ranged]
+    stats = con.execute(
+        "SELECT count(*), min(" + T + ") FILTER (WHERE _reject IS NULL), max(" + T
+        + ") FILTER (WHERE _reject IS NULL), count(DISTINCT " + K
+        + ") FILTER (WHERE _reject IS NULL)" + "".join(", " + r for r in range_counts)
+        + " FROM staged"
+    ).fetchone()
+    rows_in, ts_min, ts_max, sensor_count = stats[:4]
+    out_of_range = {c.name: int(n) for c, n in zip(ranged, stats[4:], strict=True) if n}
+    if rows_in == 0:
+        raise RejectedFileError("no_rows", "the file has a header but no data rows")
+    rejected = dict(
+        con.execute(
+            "SELECT _reject, count(*) FROM staged WHERE _reject IS NOT NULL GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    )
+    if sum(rejected.values()) == rows_in:
+        raise RejectedFileError(
+            "no_valid_rows", f"all {rows_in} rows were rejected: {rejected}", {"rejected": rejected}
+        )
+    sensors = [r[0] for r in con.execute(
+        f"SELECT DISTINCT {K} FROM staged WHERE _reject IS NULL ORDER BY 1 LIMIT {MAX_LISTED_SENSORS}"
+    ).fetchall()]
+
+    # 4. Write the valid rows, exact duplicates dropped, one Parquet file per UTC day.
+    values = []
+    for column in contract.columns:
+        name = _ident(column.name)
+        if contract.out_of_range == "null" and column in ranged:
+            values.append(f"CASE WHEN {outside(column)} THEN NULL ELSE {name} END AS {name}")
+        else:
+            values.append(name)
+    cols = ", ".join([T, K, *values])
+    parts_dir = work / "parts"
+    con.execute(
+        f"COPY (SELECT DISTINCT {cols}, strftime(timezone('UTC', {T}), '%Y-%m-%d') AS date "
+        f"FROM staged WHERE _reject IS NULL) TO {_q(str(parts_dir))} "
+        "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date), FILENAME_PATTERN 'part_{i}')"
+    )
+    preview = con.execute(
+        f"SELECT DISTINCT {cols} FROM staged WHERE _reject IS NULL ORDER BY {T}, {K} LIMIT {PREVIEW_ROWS}"
+    ).fetch_df()
+    schema = [(d[0], str(d[1])) for d in con.execute(f"DESCRIBE SELECT {cols} FROM staged").fetchall()]
+
+    parts: dict[str, Path] = {}
+    rows_by_date: dict[str, int] = {}
+    for day_dir in sorted(parts_dir.glob("date=*")):
+        day = day_dir.name.removeprefix("date=")
+        files = sorted(day_dir.glob("*.parquet"))
+        target = out_dir / f"{day}.parquet"
+        if len(files) == 1:
+            files[0].replace(target)
+        else:  # DuckDB may split a large partition; merge so a day has one part per file
+            with contextlib.closing(duckdb.connect()) as merge:
+                merge.execute(f"SET memory_limit={_q(memory_limit)}")
+                merge.execute(
+                    f"COPY (SELECT * FROM read_parquet({[str(f) for f in files]!r})) "
+                    f"TO {_q(str(target))} (FORMAT parquet, COMPRESSION zstd)"
+                )
+        parts[day] = target
+        rows_by_date[day] = pq.ParquetFile(target).metadata.num_rows
+    rows_out = sum(rows_by_date.values())
+    valid = rows_in - sum(rejected.values())
+    return IngestReport(
+        source_format=fmt if compression == "none" else f"{fmt}+{compression}",
+        rows_in=int(rows_in),
+        rows_out=int(rows_out),
+        duplicate_rows=int(valid - rows_out),
+        rejected_rows={k: int(v) for k, v in rejected.items()},
+        out_of_range=out_of_range,
+        extra_columns=plan.extra,
+        renamed=plan.renamed,
+        rows_by_date=rows_by_date,
+        sensors=sensors,
+        sensor_count=int(sensor_count),
+        timestamp_min=ts_min.astimezone(UTC).isoformat() if ts_min else None,
+        timestamp_max=ts_max.astimezone(UTC).isoformat() if ts_max else None,
+        schema=schema,
+        preview=preview.to_dict(orient="records"),
+        parts=parts,
+    )

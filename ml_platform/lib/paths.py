@@ -1,0 +1,71 @@
+"""Object keys of every zone, in one place (ARCHITECTURE.md, "Zones of the object store").
+
+Keys are relative to the store root (a local folder or ``s3://bucket/prefix``). Every asset builds
+its keys here so that the layout shown in the README and in metadata cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+LANDING = "landing/"
+QUARANTINE = "landing/quarantine/"
+BRONZE = "lake/bronze/"
+
+#: Landing prefix of each dataset a user can drop files into.
+LANDING_PREFIXES = {"readings": "landing/readings/", "labels": "landing/labels/"}
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def partition_key(relative_key: str, etag: str) -> str:
+    """Dynamic partition key of one object version: its key below the landing prefix and ETag.
+
+    A re-upload with changed content has a new ETag and so becomes a new partition; the same
+    bytes re-put keep their key and are recognised (the run key is the same).
+    """
+    return f"{relative_key}@{etag.strip(chr(34))}"
+
+
+def split_partition_key(key: str) -> tuple[str, str]:
+    """Inverse of :func:`partition_key`: ``(relative_key, etag)``."""
+    relative_key, sep, etag = key.rpartition("@")
+    if not sep or not relative_key or not etag:
+        raise ValueError(f"not a landing partition key (expected '<key>@<etag>'): {key!r}")
+    return relative_key, etag
+
+
+def file_id(partition: str) -> str:
+    """A short, path-safe, unique id of one landed object version, readable by its file name."""
+    relative_key, _ = split_partition_key(partition)
+    stem = relative_key.rsplit("/", 1)[-1]
+    for suffix in (".gz", ".csv", ".tsv", ".txt", ".parquet", ".pq"):
+        stem = stem.removesuffix(suffix)
+    slug = _UNSAFE.sub("-", stem).strip("-.")[:48] or "file"
+    digest = hashlib.sha256(partition.encode()).hexdigest()[:12]
+    return f"{slug}-{digest}"
+
+
+def landing_object(dataset: str, relative_key: str) -> str:
+    return LANDING_PREFIXES[dataset] + relative_key
+
+
+def bronze_day_prefix(dataset: str, day: str) -> str:
+    return f"{BRONZE}{dataset}/date={day}/"
+
+
+def bronze_part(dataset: str, day: str, file_identifier: str) -> str:
+    """``lake/bronze/<dataset>/date=YYYY-MM-DD/file=<file_id>.parquet``: one upload's rows of one day."""
+    return f"{bronze_day_prefix(dataset, day)}file={file_identifier}.parquet"
+
+
+def quarantine_object(dataset: str, file_identifier: str, relative_key: str) -> str:
+    """Where a rejected upload is copied: one folder per object version, original name kept."""
+    name = relative_key.rsplit("/", 1)[-1]
+    return f"{QUARANTINE}{dataset}/{file_identifier}/{name}"
+
+
+def quarantine_record(dataset: str, file_identifier: str, relative_key: str) -> str:
+    """The ``.error.json`` written beside the quarantined copy."""
+    return quarantine_object(dataset, file_identifier, relative_key) + ".error.json"

@@ -1,0 +1,272 @@
+"""Object store: a local folder or any S3 API (AWS, MinIO, moto), behind one small interface.
+
+The local store mirrors the S3 layout under a folder so that the embedded profile and the
+deployed one differ only by ``ML_PLATFORM_STORE_URL``. Writes are atomic per object: a local
+write goes to a temporary file that is renamed into place, and an S3 PUT (or completed multipart
+upload) is atomic by itself, so a reader never sees a partial object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+_TMP_PREFIX = ".tmp-"
+
+
+class StoreUnavailableError(RuntimeError):
+    """The object store could not be reached or refused the request."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    last_modified: datetime
+    size: int
+    etag: str | None = None  # None: not known from the listing (local store), see ObjectStore.etag
+
+
+class ObjectStore(Protocol):
+    url: str
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def etag(self, key: str) -> str: ...
+    def exists(self, key: str) -> bool: ...
+    def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
+    def read_bytes(self, key: str) -> bytes: ...
+    def put_file(self, src: Path, key: str) -> None: ...
+    def put_bytes(self, data: bytes, key: str) -> None: ...
+    def copy(self, src_key: str, dst_key: str) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def uri(self, key: str) -> str: ...
+
+
+def _md5_file(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class LocalStore:
+    """A folder laid out like a bucket. ETags are content MD5s, as S3 gives for simple PUTs."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).resolve()
+        self.url = self.root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if path != self.root and self.root not in path.parents:
+            raise ValueError(f"object key escapes the store root: {key!r}")
+        return path
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
+        if not base.exists():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in sorted(files):
+                if name.startswith(_TMP_PREFIX):
+                    continue
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # deleted while listing
+                    stat = path.stat()
+                    yield ObjectInfo(
+                        key=key,
+                        last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
+                        size=stat.st_size,
+                    )
+
+    def etag(self, key: str) -> str:
+        return _md5_file(self._path(key))
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        path = self._path(key)
+        if not path.is_file():
+            raise FileNotFoundError(f"no object {self.uri(key)}")
+        yield path  # already local: no copy
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._path(key).read_bytes()
+
+    def _atomic_write(self, key: str, write: Any) -> None:
+        dst = self._path(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dst.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+            os.replace(tmp, dst)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_file(self, src: Path, key: str) -> None:
+        def write(fh: Any) -> None:
+            with Path(src).open("rb") as source:
+                shutil.copyfileobj(source, fh, 1 << 20)
+
+        self._atomic_write(key, write)
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        self._atomic_write(key, lambda fh: fh.write(data))
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        self.put_file(self._path(src_key), dst_key)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def uri(self, key: str) -> str:
+        return (self.root / key).as_uri()
+
+
+class S3Store:
+    """``s3://bucket/prefix`` through a boto3 client (endpoint URL for MinIO or moto)."""
+
+    def __init__(self, bucket: str, prefix: str, client: Any, endpoint: str | None = None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.client = client
+        self.endpoint = endpoint or "AWS default endpoint"
+        self.url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, key: str) -> str:
+        return self.prefix + key
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            yield
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in {"NoSuchKey", "404"}:
+                raise FileNotFoundError(f"{action}: no such object ({exc})") from exc
+            raise StoreUnavailableError(
+                f"{action} failed at {self.endpoint} (bucket {self.bucket!r}): {exc}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise StoreUnavailableError(
+                f"{action} failed: object store at {self.endpoint} unreachable: {exc}"
+            ) from exc
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        with self._errors(f"listing {self.uri(prefix)}"):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(
+                        key=obj["Key"][len(self.prefix) :],
+                        last_modified=obj["LastModified"].astimezone(UTC),
+                        size=obj["Size"],
+                        etag=obj["ETag"].strip('"'),
+                    )
+
+    def etag(self, key: str) -> str:
+        with self._errors(f"reading {self.uri(key)}"):
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.etag(key)
+        except FileNotFoundError:
+            return False
+        return True
+
+    @contextlib.contextmanager
+    def local_copy(self, key: str) -> Iterator[Path]:
+        with tempfile.TemporaryDirectory(prefix="ml-platform-") as tmp:
+            path = Path(tmp, key.rsplit("/", 1)[-1] or "object")
+            with self._errors(f"downloading {self.uri(key)}"):
+                self.client.download_file(self.bucket, self._key(key), str(path))
+            yield path
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._errors(f"reading {self.uri(key)}"):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def put_file(self, src: Path, key: str) -> None:
+        with self._errors(f"writing {self.uri(key)}"):
+            self.client.upload_file(str(src), self.bucket, self._key(key))
+
+    def put_bytes(self, data: bytes, key: str) -> None:
+        with self._errors(f"writing {self.uri(key)}"):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def copy(self, src_key: str, dst_key: str) -> None:
+        with self._errors(f"copying {self.uri(src_key)} to {self.uri(dst_key)}"):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": self._key(src_key)}, self.bucket, self._key(dst_key)
+            )
+
+    def delete(self, key: str) -> None:
+        with self._errors(f"deleting {self.uri(key)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def s3_client(
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    access_key_id: str | None = None,
+    secret_access_key: str | None = None,
+) -> Any:
+    """A boto3 S3 client with short timeouts, so an unreachable store fails a tick in seconds."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=5,
+        read_timeout=60,
+        retries={"max_attempts": 3, "mode": "standard"},
+        s3={"addressing_style": "path"},  # MinIO and moto serve path-style buckets
+    )
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url or None,
+        region_name=region or None,
+        aws_access_key_id=access_key_id or None,
+        aws_secret_access_key=secret_access_key or None,
+        config=config,
+    )
+
+
+def open_store(url: str, **client_options: str | None) -> ObjectStore:
+    """``file:///path``, a plain path, or ``s3://bucket[/prefix]``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"store URL needs a bucket: {url!r}")
+        client = s3_client(**client_options)
+        return S3Store(
+            parsed.netloc, parsed.path, client, endpoint=client_options.get("endpoint_url")
+        )
+    if parsed.scheme == "file":
+        return LocalStore(Path(parsed.path))
+    if parsed.scheme == "":
+        return LocalStore(Path(url))
+    raise ValueError(f"unsupported store URL {url!r}: use file://, a folder path or s3://")

@@ -1,0 +1,37 @@
+"""Session-wide real servers and small helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from ml_platform_tests.servers import Postgres, S3Server, moto_server, postgres_bin_dir, postgres_cluster
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto in server mode: a real S3 HTTP API on a free loopback port."""
+    with moto_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket and the environment variables that point the platform at it."""
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    env = s3_server.env(bucket)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A throwaway PostgreSQL cluster from the Debian binaries."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
+    with postgres_cluster() as pg:
+        yield pg

@@ -1,0 +1,137 @@
+"""Ingest of one local file against the contract (pure lib code, no Dagster)."""
+
+import gzip
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ml_platform.lib.contract import ContractError, load_contract, parse_contract
+from ml_platform.lib.ingest import RejectedFileError, ingest_file
+
+NOW = datetime(2024, 2, 1, tzinfo=UTC)
+HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
+
+
+@pytest.fixture
+def contract():
+    return load_contract()
+
+
+def ingest(tmp_path: Path, contract, name: str, content: bytes | str, **kw):
+    src = tmp_path / name
+    src.write_bytes(content.encode() if isinstance(content, str) else content)
+    return ingest_file(src, contract, tmp_path / "out", now=NOW, **kw)
+
+
+def test_a_file_spanning_three_days_gives_exactly_three_day_parts(tmp_path, contract):
+    rows = [
+        "2024-01-01T23:59:59Z,007,50,2,5,20",
+        "2024-01-02T00:00:00Z,007,51,2,5,20",
+        "2024-01-02T12:00:00+02:00,008,52,2,5,20",
+        "2024-01-03 08:00:00,008,53,2,5,20",  # naive means UTC
+        "2024-01-03 08:00:00,008,53,2,5,20",  # exact duplicate
+    ]
+    report = ingest(tmp_path, contract, "r.csv", HEADER + "\n".join(rows) + "\n")
+    assert report.dates == ["2024-01-01", "2024-01-02", "2024-01-03"]
+    assert report.rows_by_date == {"2024-01-01": 1, "2024-01-02": 2, "2024-01-03": 1}
+    assert (report.rows_in, report.rows_out, report.duplicate_rows) == (5, 4, 1)
+    assert report.sensors == ["007", "008"]  # ids keep their leading zeros
+    day2 = pd.read_parquet(report.parts["2024-01-02"]).sort_values("timestamp")
+    assert list(day2.columns) == ["timestamp", "sensor_id", "temperature", "vibration", "pressure", "current"]
+    assert str(day2["timestamp"].dt.tz) == "UTC"
+    assert day2["timestamp"].tolist() == [
+        pd.Timestamp("2024-01-02T00:00:00Z"), pd.Timestamp("2024-01-02T10:00:00Z")
+    ]
+
+
+def test_renames_delimiter_gzip_and_epoch_timestamps(tmp_path):
+    contract = parse_contract(
+        {
+            "csv": {"delimiter": ";"},
+            "renames": {"time": "timestamp", "device": "sensor_id", "temp": "temperature"},
+            "columns": {"temperature": {"type": "double", "min": -40, "max": 150}},
+        }
+    )
+    body = "time;device;temp;humidity\n1704067200;a;20.5;40\n1704153600000;b;21;41\n"
+    report = ingest(tmp_path, contract, "x.data", gzip.compress(body.encode()))
+    assert report.source_format == "csv+gzip"
+    assert report.dates == ["2024-01-01", "2024-01-02"]  # seconds and milliseconds both understood
+    assert report.renamed == {"time": "timestamp", "device": "sensor_id", "temp": "temperature"}
+    assert report.extra_columns == ["humidity"]  # reported, not silently dropped
+
+
+def test_parquet_input(tmp_path, contract):
+    df = pd.DataFrame(
+        {
+            "timestamp": pd.to_datetime(["2024-01-05T01:00:00Z", "2024-01-06T01:00:00Z"]),
+            "sensor_id": ["s1", "s2"],
+            "temperature": [40.0, 41.0], "vibration": [1.0, 2.0], "pressure": [3.0, 4.0],
+            "current": [10, 11],  # integers are fine for a double column
+        }
+    )
+    src = tmp_path / "r.parquet"
+    df.to_parquet(src)
+    report = ingest_file(src, contract, tmp_path / "out", now=NOW)
+    assert report.source_format == "parquet"
+    assert report.rows_by_date == {"2024-01-05": 1, "2024-01-06": 1}
+
+
+def test_bad_rows_are_counted_by_reason_and_out_of_range_values_reported(tmp_path, contract):
+    rows = [
+        "2024-01-01T00:00:00Z,s1,50,2,5,20",
+        "2024-01-01T00:01:00Z,s1,50,2,5,999",  # current out of range: kept and counted
+        ",s1,50,2,5,20",  # null timestamp
+        "yesterday,s1,50,2,5,20",  # unparseable
+        "2024-01-01T00:02:00Z,,50,2,5,20",  # no sensor id
+        "2030-01-01T00:00:00Z,s1,50,2,5,20",  # beyond the future tolerance
+    ]
+    report = ingest(tmp_path, contract, "r.csv", HEADER + "\n".join(rows) + "\n")
+    assert report.rejected_rows == {
+        "future_timestamp": 1, "null_sensor_id": 1, "null_timestamp": 1, "unparseable_timestamp": 1,
+    }
+    assert report.out_of_range == {"current": 1}
+    assert report.rows_out == 2
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason", "words"),
+    [
+        ("empty.csv", b"", "empty_file", "0 bytes"),
+        ("header.csv", HEADER, "no_rows", "no data rows"),
+        ("missing.csv", "timestamp,sensor_id,temperature\n2024-01-01,s1,5\n", "missing_columns",
+         "vibration"),
+        ("wrongtype.csv", HEADER + "2024-01-01T00:00:00Z,s1,hot,2,5,20\n", "wrong_type", "temperature"),
+        ("truncated.csv", HEADER + "2024-01-01T00:00:00Z,s1,50,2,5,20\n2024-01-01T00:01:00Z,s1,5",
+         "unreadable", "cannot read"),
+        ("garbage.parquet", b"PAR1\x00\x01garbage", "unreadable", "parquet"),
+        ("bad.csv.gz", b"\x1f\x8b\x08\x00broken", "unreadable", "cannot read"),
+        ("allbad.csv", HEADER + ",s1,50,2,5,20\n", "no_valid_rows", "rejected"),
+    ],
+)
+def test_unacceptable_files_are_rejected_with_a_reason_and_write_nothing(
+    tmp_path, contract, name, content, reason, words
+):
+    with pytest.raises(RejectedFileError) as info:
+        ingest(tmp_path, contract, name, content)
+    assert info.value.reason == reason
+    assert words in info.value.message
+    assert not list((tmp_path / "out").glob("*.parquet"))
+
+
+def test_parquet_with_a_string_measurement_is_rejected(tmp_path, contract):
+    df = pd.DataFrame({"timestamp": ["2024-01-01T00:00:00Z"], "sensor_id": ["s1"],
+                       "temperature": ["hot"], "vibration": [1.0], "pressure": [1.0], "current": [1.0]})
+    df.to_parquet(tmp_path / "r.parquet")
+    with pytest.raises(RejectedFileError, match="'temperature' has type VARCHAR"):
+        ingest_file(tmp_path / "r.parquet", contract, tmp_path / "out", now=NOW)
+
+
+def test_invalid_contracts_fail_loudly():
+    with pytest.raises(ContractError, match="unknown keys"):
+        parse_contract({"columns": {"t": {"type": "double"}}, "colums": {}})
+    with pytest.raises(ContractError, match="min > max"):
+        parse_contract({"columns": {"t": {"type": "double", "min": 5, "max": 1}}})
+    with pytest.raises(ContractError, match="type must be one of"):
+        parse_contract({"columns": {"t": {"type": "float128"}}})
