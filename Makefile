@@ -1,0 +1,52 @@
+# User-facing verbs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+BENCH ?=
+
+.PHONY: help install dev demo test bench lint format clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+install: $(VENV)/.installed  ## create .venv and install the project with its dev extras
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { echo "need $(PYTHON) with pip"; exit 1; }
+	@# uv resolves and installs the stack in seconds; plain venv + pip is the fallback.
+	@if $(PYTHON) -m pip install -q uv >/dev/null 2>&1; then \
+	  $(PYTHON) -m uv venv -q --allow-existing --python $(PYTHON) $(VENV) && \
+	  $(PYTHON) -m uv pip install -q -p $(BIN)/python -e '.[dev]'; \
+	else \
+	  $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q -e '.[dev]'; \
+	fi
+	@touch $@
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.local.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.local.yaml $@
+
+dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon on http://127.0.0.1:3000 (embedded defaults)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+demo: install  ## generate 7 days x 20 sensors into the embedded landing zone (then `make dev`)
+	$(BIN)/python -m ml_platform generate --days 7 --sensors 20 --out .lake/landing
+
+test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemon end to end
+	$(BIN)/python -m pytest
+
+bench: install  ## benchmarks -> benchmarks/results.json and RESULTS.md (BENCH=name for one)
+	$(BIN)/python -m benchmarks.run $(if $(BENCH),--only $(BENCH))
+
+lint: install  ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove local state (.lake, .dagster_home) but keep .venv
+	rm -rf .lake .dagster_home

@@ -1,0 +1,350 @@
+"""Synthetic machine-sensor readings and failure labels, byte-identical for a given seed.
+
+Why: the platform must be exercised end to end (landing -> lakehouse -> features -> model) without
+real plant data, and the data must be as messy as a real feed so that ingestion, quality checks
+and the failure model are tested against the right problems. Every defect a real feed has is
+produced on purpose and at a configurable, known rate: offline gaps, empty cells, stuck and
+spiking sensors, exact duplicate rows and rows that arrive in the next day's file. Failures are
+preceded by a visible degradation ramp so that a model has something to learn.
+
+Speed matters because benchmarks generate ~10M rows: everything is vectorized over a
+``(time, sensor)`` grid per day, Python loops only run over sensors or rare events, and CSV is
+written by Arrow with timestamps pre-formatted (Arrow formats tz-aware timestamps ~30x slower).
+
+Determinism: one ``numpy.random.SeedSequence(seed)`` is split into a child for the per-sensor plan
+(baselines, failures, gaps, faults) and one child per day (noise and row-level defects), so the
+same config always yields the same bytes and no wall-clock time or global random state is used.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import date
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+MEASUREMENTS: tuple[str, ...] = ("temperature", "vibration", "pressure", "current")
+"""Measurement columns, in file order, after ``timestamp`` and ``sensor_id``."""
+
+READING_COLUMNS: tuple[str, ...] = ("timestamp", "sensor_id", *MEASUREMENTS)
+
+PLAUSIBLE_RANGES: dict[str, tuple[float, float]] = {
+    "temperature": (-40.0, 150.0),  # degC, housing temperature
+    "vibration": (0.0, 100.0),  # mm/s RMS
+    "pressure": (0.0, 20.0),  # bar
+    "current": (0.0, 200.0),  # A
+}
+"""Same bounds as the readings data contract; only rare spikes leave them."""
+
+FORMATS: tuple[str, ...] = ("csv", "csv.gz", "parquet")
+
+READINGS_SCHEMA = pa.schema(
+    [
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("sensor_id", pa.string(), nullable=False),
+        *(pa.field(name, pa.float64()) for name in MEASUREMENTS),
+    ]
+)
+
+_DAY_S = 86_400
+_HOUR_S = 3_600
+_DECIMALS = 3  # sensors report fixed precision; also keeps CSV small and fast to format
+_MEAN_GAP_S = 30 * 60  # offline intervals are exponential with this mean ...
+_MAX_GAP_S = 12 * _HOUR_S  # ... capped so one gap cannot swallow a whole sensor-day
+_DOWNTIME_H = (1.0, 4.0)  # repair time after a failure: the sensor sends nothing
+_MIN_FAILURES = 3  # floor on total failures so small demo configs always have positives
+_FAULTY_SHARE = 0.1  # share of sensors that get a stuck interval / that spike
+_STUCK_H = (2.0, 12.0)
+_SPIKES_PER_DAY = (1.0, 4.0)
+_SPIKE_FACTOR = (3.0, 6.0)
+_WEEKEND_LOAD = 0.6  # machines run lighter on Saturday and Sunday
+_CSV_HEADER = (",".join(READING_COLUMNS) + "\n").encode()
+_CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What to generate. Rates are expectations; the seed fixes every random choice."""
+
+    days: int = 7
+    sensors: int = 20
+    start: str = "2024-01-01"  # first UTC day, ISO date
+    interval_s: int = 60  # sampling interval per sensor
+    seed: int = 42
+    fmt: str = "csv"  # "csv" | "csv.gz" | "parquet"
+    failures_per_sensor_month: float = 1.0  # expected failure events per sensor per 30 days
+    degradation_days: float = 2.0  # how long failures are preceded by visible degradation
+    duplicate_ratio: float = 0.002  # fraction of rows emitted twice (exact duplicates)
+    late_ratio: float = 0.01  # fraction of rows delivered in the NEXT day's file (late data)
+    gap_ratio: float = 0.01  # approx fraction of time each sensor is offline (no rows)
+    missing_value_ratio: float = 0.002  # individual measurement cells left empty (NaN)
+
+    def __post_init__(self) -> None:
+        # Fail at construction, not deep inside numpy with an obscure message.
+        if self.days < 1 or self.sensors < 1:
+            raise ValueError("days and sensors must be >= 1")
+        if not 1 <= self.interval_s <= _DAY_S:
+            raise ValueError(f"interval_s must be in [1, {_DAY_S}], got {self.interval_s}")
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
+        if self.fmt not in FORMATS:
+            raise ValueError(f"fmt must be one of {FORMATS}, got {self.fmt!r}")
+        date.fromisoformat(self.start)  # raises ValueError on a bad date
+        if self.failures_per_sensor_month < 0 or self.degradation_days < 0:
+            raise ValueError("failures_per_sensor_month and degradation_days must be >= 0")
+        for name in ("duplicate_ratio", "late_ratio", "gap_ratio", "missing_value_ratio"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class GeneratedFiles:
+    """What :func:`write_files` wrote, so callers need not list or re-read the folder."""
+
+    readings: list[pathlib.Path]  # one file per day, sorted
+    labels: pathlib.Path
+    rows: int  # total reading rows written (including duplicates and late rows)
+    failures: int  # number of failure events in the labels file
+
+
+def sensor_ids(n: int) -> list[str]:
+    """``sensor-001`` ... : zero-padded so that string order equals numeric order."""
+    width = max(3, len(str(n)))
+    return [f"sensor-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: everything decided once per sensor for the whole period.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """Per-sensor parameters and period-level events. Arrays of one kind share an index."""
+
+    start_s: int  # epoch seconds of the first day
+    end_s: int
+    n_sensors: int
+    degradation_s: float
+    ids: pa.Array
+    sensor: dict[str, np.ndarray]  # per-sensor signal parameters, shape (S,)
+    fail_sensor: np.ndarray  # failure events, sorted by (sensor, time)
+    fail_s: np.ndarray
+    fail_vib_gain: np.ndarray  # vibration reaches (1 + gain) x normal at the failure
+    fail_temp_rise: np.ndarray  # degC added at the failure
+    off_sensor: np.ndarray  # offline intervals [start, end): random gaps and repair downtime
+    off_start: np.ndarray
+    off_end: np.ndarray
+    stuck_sensor: np.ndarray  # one frozen channel per stuck interval [start, end)
+    stuck_channel: np.ndarray
+    stuck_start: np.ndarray
+    stuck_end: np.ndarray
+    stuck_value: np.ndarray
+    spike_sensor: np.ndarray
+    spike_p: np.ndarray  # per-sample spike probability
+
+
+def _seeds(cfg: GeneratorConfig) -> tuple[np.random.SeedSequence, list[np.random.SeedSequence]]:
+    """Independent streams for the plan and for each day, so days can be generated one by one."""
+    plan_seed, *day_seeds = np.random.SeedSequence(cfg.seed).spawn(1 + cfg.days)
+    return plan_seed, day_seeds
+
+
+def _start_epoch_s(cfg: GeneratorConfig) -> int:
+    return int(np.datetime64(date.fromisoformat(cfg.start), "s").astype(np.int64))
+
+
+def _make_plan(cfg: GeneratorConfig) -> _Plan:
+    plan_seed, _ = _seeds(cfg)
+    rng = np.random.default_rng(plan_seed)
+    n = cfg.sensors
+    start_s = _start_epoch_s(cfg)
+    end_s = start_s + cfg.days * _DAY_S
+    period_s = end_s - start_s
+
+    def u(lo: float, hi: float) -> np.ndarray:
+        return rng.uniform(lo, hi, n)
+
+    # Per-sensor baselines: every machine is a little different (draw order is part of the seed
+    # contract, so new parameters must be appended, not inserted).
+    sensor = {
+        "peak_h": u(13.0, 17.0),  # UTC hour of peak load
+        "temp_base": u(42.0, 55.0),
+        "temp_amp": u(6.0, 14.0),  # degC from idle to full load
+        "temp_drift": u(-0.05, 0.15),  # degC per day
+        "temp_sd": u(0.3, 0.7),
+        "vib_base": u(1.2, 2.5),
+        "vib_wear": u(0.002, 0.008),  # relative rise per day since last maintenance
+        "vib_sd": u(0.05, 0.10),  # log-normal: vibration is positive and right-skewed
+        "pres_base": u(3.8, 5.5),
+        "pres_amp": u(0.5, 1.5),
+        "pres_drift": u(-0.02, 0.02),  # bar per day (transducer calibration drift)
+        "pres_sd": u(0.03, 0.08),
+        "cur_base": u(10.0, 18.0),
+        "cur_amp": u(10.0, 20.0),
+        "cur_drift": u(-0.03, 0.06),  # A per day
+        "cur_sd": u(0.3, 0.8),
+        "age0_days": u(0.0, 30.0),  # time since last maintenance at the start
+    }
+
+    # Failures: Poisson per sensor, uniform in time after the first degradation window (so a
+    # model always has healthy history before the first positive).
+    degradation_s = cfg.degradation_days * _DAY_S
+    lo = start_s + degradation_s
+    counts = np.zeros(n, dtype=np.int64)
+    if cfg.failures_per_sensor_month > 0 and end_s - lo >= 1:
+        counts = rng.poisson(cfg.failures_per_sensor_month * cfg.days / 30.0, n)
+        short = min(_MIN_FAILURES, n) - int(counts.sum())
+        if short > 0:  # Poisson can draw ~0 on a small config; top up on sensors with none
+            idle = np.flatnonzero(counts == 0)
+            counts[rng.choice(idle, short, replace=False)] += 1
+    f_sensor: list[np.ndarray] = []
+    f_time: list[np.ndarray] = []
+    f_down: list[np.ndarray] = []
+    f_gain: list[np.ndarray] = []
+    f_rise: list[np.ndarray] = []
+    for s in np.flatnonzero(counts):
+        c = int(counts[s])
+        times = np.sort(np.floor(rng.uniform(lo, end_s, c))).astype(np.int64)
+        down = (rng.uniform(*_DOWNTIME_H, c) * _HOUR_S).astype(np.int64)
+        gain = rng.uniform(1.5, 3.0, c)
+        rise = rng.uniform(5.0, 12.0, c)
+        # A failure needs its full degradation ramp after the previous repair; drop the rest.
+        keep = np.zeros(c, dtype=bool)
+        ready = -np.inf
+        for j in range(c):
+            if times[j] - degradation_s >= ready:
+                keep[j] = True
+                ready = times[j] + down[j]
+        f_sensor.append(np.full(int(keep.sum()), s, dtype=np.int64))
+        f_time.append(times[keep])
+        f_down.append(down[keep])
+        f_gain.append(gain[keep])
+        f_rise.append(rise[keep])
+    fail_sensor = _cat(f_sensor, np.int64)
+    fail_s = _cat(f_time, np.int64)
+    fail_down = _cat(f_down, np.int64)
+
+    # Offline gaps: exponential lengths, count chosen so the expected offline share ~ gap_ratio.
+    n_gaps = rng.poisson(cfg.gap_ratio * period_s / _MEAN_GAP_S, n)
+    total_gaps = int(n_gaps.sum())
+    gap_len = np.clip(rng.exponential(_MEAN_GAP_S, total_gaps), cfg.interval_s, _MAX_GAP_S)
+    gap_start = np.floor(rng.uniform(start_s, end_s, total_gaps)).astype(np.int64)
+
+    # Faulty sensors: a few freeze one channel for hours, a few emit rare single-sample spikes.
+    n_faulty = math.ceil(_FAULTY_SHARE * n)
+    stuck_sensor = np.sort(rng.choice(n, n_faulty, replace=False)).astype(np.int64)
+    stuck_channel = rng.integers(0, len(MEASUREMENTS), n_faulty)
+    stuck_len = np.minimum(rng.uniform(*_STUCK_H, n_faulty) * _HOUR_S, period_s)
+    stuck_start = np.floor(rng.uniform(start_s, end_s - stuck_len)).astype(np.int64)
+    spike_sensor = np.sort(rng.choice(n, n_faulty, replace=False)).astype(np.int64)
+    spikes_per_day = rng.uniform(*_SPIKES_PER_DAY, n_faulty)
+    spike_p = np.minimum(spikes_per_day * cfg.interval_s / _DAY_S, 1.0)
+
+    plan = _Plan(
+        start_s=start_s,
+        end_s=end_s,
+        n_sensors=n,
+        degradation_s=degradation_s,
+        ids=pa.array(sensor_ids(n), type=pa.string()),
+        sensor=sensor,
+        fail_sensor=fail_sensor,
+        fail_s=fail_s,
+        fail_vib_gain=_cat(f_gain, np.float64),
+        fail_temp_rise=_cat(f_rise, np.float64),
+        off_sensor=np.concatenate([np.repeat(np.arange(n, dtype=np.int64), n_gaps), fail_sensor]),
+        off_start=np.concatenate([gap_start, fail_s]),
+        off_end=np.concatenate([gap_start + gap_len.astype(np.int64), fail_s + fail_down]),
+        stuck_sensor=stuck_sensor,
+        stuck_channel=stuck_channel,
+        stuck_start=stuck_start,
+        stuck_end=stuck_start + stuck_len.astype(np.int64),
+        stuck_value=np.zeros(n_faulty),
+        spike_sensor=spike_sensor,
+        spike_p=spike_p,
+    )
+    # A stuck channel repeats the (noise-free) value it had when it froze. It is computed from
+    # the plan, not from the day's data, so a freeze spanning midnight repeats the same value.
+    frozen = np.empty(n_faulty)
+    for j in range(n_faulty):
+        clean, _ = _signals(plan, stuck_start[j : j + 1])
+        frozen[j] = clean[stuck_channel[j], 0, stuck_sensor[j]]
+    return replace(plan, stuck_value=np.round(frozen, _DECIMALS))
+
+
+def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype=dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Signals: vectorized over a (time, sensor) grid.
+# --------------------------------------------------------------------------------------------
+
+
+def _signals(plan: _Plan, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free channels, shape (4, T, S), and the degradation ramp (T, S) at epoch seconds t.
+
+    Load follows a daily cycle peaking in the afternoon (lighter at weekends); temperature,
+    current and pressure follow load, vibration grows with wear since the last maintenance and
+    during the degradation ramp before a failure.
+    """
+    p = plan.sensor
+    hour = (t % _DAY_S) / _HOUR_S
+    weekday = (t // _DAY_S + 3) % 7  # 1970-01-01 was a Thursday; Monday == 0
+    shift = np.where(weekday >= 5, _WEEKEND_LOAD, 1.0)
+    phase = (2.0 * np.pi / 24.0) * (hour[:, None] - p["peak_h"][None, :])
+    load = shift[:, None] * (0.5 + 0.5 * np.cos(phase))
+    elapsed = ((t - plan.start_s) / _DAY_S)[:, None]
+    vib_mult, temp_add, ramp = _degradation(plan, t)
+
+    out = np.empty((len(MEASUREMENTS), len(t), plan.n_sensors))
+    out[0] = p["temp_base"] + p["temp_amp"] * load + p["temp_drift"] * elapsed + temp_add
+    wear = 1.0 + p["vib_wear"] * _age_days(plan, t)
+    out[1] = p["vib_base"] * (1.0 + 0.5 * load) * wear * vib_mult
+    out[2] = p["pres_base"] + p["pres_amp"] * load + p["pres_drift"] * elapsed
+    out[3] = p["cur_base"] + p["cur_amp"] * load + p["cur_drift"] * elapsed
+    return out, ramp
+
+
+def _age_days(plan: _Plan, t: np.ndarray) -> np.ndarray:
+    """Days since the last maintenance (a failure's repair resets wear), shape (T, S)."""
+    anchor = plan.start_s - plan.sensor["age0_days"] * _DAY_S
+    age = t[:, None] - anchor[None, :]
+    for s in np.unique(plan.fail_sensor):
+        repaired = plan.fail_s[plan.fail_sensor == s]
+        i = np.searchsorted(repaired, t, side="right")
+        since = t - repaired[np.maximum(i - 1, 0)]
+        age[:, s] = np.where(i > 0, since, age[:, s])
+    return age / _DAY_S
+
+
+def _degradation(plan: _Plan, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vibration factor, temperature rise and ramp (0..1) before each failure, each (T, S).
+
+    The ramp is quadratic in time (wear accelerates) and ends at the failure: afterwards the
+    machine is repaired and back to its baseline.
+    """
+    shape = (len(t), plan.n_sensors)
+    vib_mult, temp_add, ramp = np.ones(shape), np.zeros(shape), np.zeros(shape)
+    degradation_s = plan.degradation_s
+    if len(t) == 0 or degradation_s <= 0:
+        return vib_mult, temp_add, ramp
+    hit = np.flatnonzero((plan.fail_s > t[0]) & (plan.fail_s - degradation_s <= t[-1]))
+    for j in hit:
+        f, s = plan.fail_s[j], plan.fail_sensor[j]
+        lo, hi = np.searchsorted(t, [f - degradation_s, f])
+        if lo == hi:
+            continue
+        x = ((t[lo:hi] - (f - degradation_s)) / degradation_s) ** 2
+        ramp[lo:hi, s] = x
+        vib_mult[lo:hi, s] = 1.0 + plan.fail_vib_gain[j] * x
+        temp_add[lo:hi, s] = plan.fail_temp_rise[j] * x
+    return vib_mult, temp_add, ramp
