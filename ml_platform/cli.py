@@ -62,11 +62,31 @@ def cmd_land(args: argparse.Namespace) -> int:
 
     url = args.store or os.environ.get("ML_PLATFORM_STORE_URL") or (project_root() / ".lake").as_uri()
     store = _store_for(url)
+    prefix = paths.LANDING_PREFIXES[args.dataset]
+    sub = args.prefix.strip("/") + "/" if args.prefix.strip("/") else ""
+    keys = []
     for name in args.files:
         path = Path(name)
-        key = paths.LANDING_PREFIXES[args.dataset] + (args.prefix.strip("/") + "/" if args.prefix else "") + path.name
+        key = prefix + sub + path.name
         store.put_file(path, key)
-        print(f"landed {path} -> {store.uri(key)}")
+        partition = paths.partition_key(sub + path.name, store.etag(key))
+        keys.append(partition)
+        print(f"landed {path} -> {store.uri(key)}\n  partition: {partition}")
+    if args.register:
+        # What the landing sensor does, for people who run `dagster asset materialize` by hand.
+        import dagster as dg
+
+        from ml_platform.defs.partitions import label_files, reading_files
+
+        partitions = {"readings": reading_files, "labels": label_files}[args.dataset]
+        with dg.DagsterInstance.get() as instance:
+            instance.add_dynamic_partitions(partitions.name, keys)
+        asset = f"raw_{args.dataset}"
+        for key in keys:
+            print(
+                f"registered; materialize with:\n  dagster asset materialize -m "
+                f"ml_platform.definitions --select {asset} --partition '{key}'"
+            )
     return 0
 
 
@@ -94,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     land.add_argument("--dataset", choices=["readings", "labels"], default="readings")
     land.add_argument("--prefix", default="", help="sub-folder below landing/<dataset>/")
     land.add_argument("--store", default="", help="store URL (default: $ML_PLATFORM_STORE_URL or .lake)")
+    land.add_argument(
+        "--register",
+        action="store_true",
+        help="also add the partitions to the Dagster instance ($DAGSTER_HOME), as the sensor would",
+    )
     land.set_defaults(func=cmd_land)
 
     args = parser.parse_args(argv)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date
 
@@ -66,6 +68,7 @@ _STUCK_H = (2.0, 12.0)
 _SPIKES_PER_DAY = (1.0, 4.0)
 _SPIKE_FACTOR = (3.0, 6.0)
 _WEEKEND_LOAD = 0.6  # machines run lighter on Saturday and Sunday
+_WRITER_THREADS = 2
 _CSV_HEADER = (",".join(READING_COLUMNS) + "\n").encode()
 _CSV_OPTIONS = pa_csv.WriteOptions(include_header=False, quoting_style="none")
 
@@ -348,3 +351,202 @@ def _degradation(plan: _Plan, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
         vib_mult[lo:hi, s] = 1.0 + plan.fail_vib_gain[j] * x
         temp_add[lo:hi, s] = plan.fail_temp_rise[j] * x
     return vib_mult, temp_add, ramp
+
+
+# --------------------------------------------------------------------------------------------
+# One day of rows.
+# --------------------------------------------------------------------------------------------
+
+
+def _day_grid(cfg: GeneratorConfig, plan: _Plan, day: int) -> np.ndarray:
+    """Epoch seconds of the samples in ``day``: one global grid, so days join seamlessly."""
+    first = -(-day * _DAY_S // cfg.interval_s)  # ceil division
+    stop = -(-(day + 1) * _DAY_S // cfg.interval_s)
+    return plan.start_s + np.arange(first, stop, dtype=np.int64) * cfg.interval_s
+
+
+def _day_values(
+    cfg: GeneratorConfig, plan: _Plan, t: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Measured values (4, T, S): signal + noise + faults, rounded, with empty cells as NaN."""
+    p = plan.sensor
+    values, ramp = _signals(plan, t)
+    noise = rng.standard_normal(values.shape)
+    values[0] += p["temp_sd"] * noise[0]
+    values[1] *= np.exp(p["vib_sd"] * noise[1])
+    values[2] += p["pres_sd"] * noise[2]
+    values[3] += p["cur_sd"] * (1.0 + 3.0 * ramp) * noise[3]  # a failing motor draws unevenly
+    np.maximum(values[1:], 0.0, out=values[1:])  # vibration, pressure and current are >= 0
+
+    n_times = len(t)
+    for s, prob in zip(plan.spike_sensor, plan.spike_p, strict=True):
+        n = rng.binomial(n_times, prob)
+        rows = rng.integers(0, n_times, n)
+        channels = rng.integers(0, len(MEASUREMENTS), n)
+        values[channels, rows, s] *= rng.uniform(*_SPIKE_FACTOR, n)
+    np.round(values, _DECIMALS, out=values)
+
+    for j in np.flatnonzero((plan.stuck_end > t[0]) & (plan.stuck_start <= t[-1])):
+        lo, hi = np.searchsorted(t, [plan.stuck_start[j], plan.stuck_end[j]])
+        values[plan.stuck_channel[j], lo:hi, plan.stuck_sensor[j]] = plan.stuck_value[j]
+
+    cells = values.reshape(-1)  # a view: values is contiguous
+    n_missing = rng.binomial(cells.size, cfg.missing_value_ratio)
+    cells[rng.integers(0, cells.size, n_missing)] = np.nan
+    return values
+
+
+def _day_online(plan: _Plan, t: np.ndarray) -> np.ndarray:
+    """(T, S) mask of samples a sensor actually sent (False inside gaps and repair downtime)."""
+    online = np.ones((len(t), plan.n_sensors), dtype=bool)
+    for j in np.flatnonzero((plan.off_end > t[0]) & (plan.off_start <= t[-1])):
+        lo, hi = np.searchsorted(t, [plan.off_start[j], plan.off_end[j]])
+        online[lo:hi, plan.off_sensor[j]] = False
+    return online
+
+
+def _rows_table(plan: _Plan, t: np.ndarray, values: np.ndarray, rows: np.ndarray) -> pa.Table:
+    """Arrow table of the given flat (time-major, sensor-minor) row indices, in that order."""
+    n = plan.n_sensors
+    flat = values.reshape(len(MEASUREMENTS), -1)
+    columns = [
+        pa.array(t[rows // n] * 1_000_000, type=READINGS_SCHEMA.field("timestamp").type),
+        plan.ids.take(pa.array(rows % n)),
+        *(pa.array(flat[c][rows], from_pandas=True) for c in range(len(MEASUREMENTS))),
+    ]
+    return pa.Table.from_arrays(columns, schema=READINGS_SCHEMA)
+
+
+def _day_tables(
+    cfg: GeneratorConfig, plan: _Plan, day: int, rng: np.random.Generator
+) -> tuple[pa.Table, pa.Table | None]:
+    """Rows of ``day`` delivered on time (sorted, with duplicates) and rows delivered late."""
+    t = _day_grid(cfg, plan, day)
+    if len(t) == 0:  # interval_s longer than the gap between two grid points in this day
+        return READINGS_SCHEMA.empty_table(), None
+    values = _day_values(cfg, plan, t, rng)
+    sent = np.flatnonzero(_day_online(plan, t).reshape(-1))
+
+    late: np.ndarray | None = None
+    if day < cfg.days - 1:  # the last day has no next file to be late into
+        pick = np.sort(rng.choice(len(sent), rng.binomial(len(sent), cfg.late_ratio), False))
+        late = sent[pick]
+        sent = np.delete(sent, pick)
+
+    # Exact duplicates sit right after their original (a re-sent message), keeping sort order.
+    copies = np.ones(len(sent), dtype=np.int64)
+    copies[rng.choice(len(sent), rng.binomial(len(sent), cfg.duplicate_ratio), False)] = 2
+    on_time = _rows_table(plan, t, values, np.repeat(sent, copies))
+    return on_time, None if late is None else _rows_table(plan, t, values, late)
+
+
+# --------------------------------------------------------------------------------------------
+# Public API.
+# --------------------------------------------------------------------------------------------
+
+
+def _iter_days(cfg: GeneratorConfig, plan: _Plan) -> Iterator[tuple[str, pa.Table]]:
+    _, day_seeds = _seeds(cfg)
+    first_day = np.datetime64(date.fromisoformat(cfg.start), "D")
+    late_from_yesterday: pa.Table | None = None
+    for day in range(cfg.days):
+        on_time, late = _day_tables(cfg, plan, day, np.random.default_rng(day_seeds[day]))
+        table = on_time
+        if late_from_yesterday is not None:
+            table = pa.concat_tables([on_time, late_from_yesterday])
+        yield str(first_day + day), table
+        late_from_yesterday = late
+
+
+def generate_readings(cfg: GeneratorConfig) -> Iterator[tuple[str, pa.Table]]:
+    """Yield (file_day 'YYYY-MM-DD', table) per delivery day, in day order.
+
+    A day's table holds that day's rows sorted by (timestamp, sensor_id), exact duplicates next
+    to their original, then the previous day's late rows appended (also sorted). Days are
+    generated one at a time, so memory stays at about one day of data.
+    """
+    yield from _iter_days(cfg, _make_plan(cfg))
+
+
+def _labels_frame(plan: _Plan) -> pd.DataFrame:
+    order = np.lexsort((plan.fail_sensor, plan.fail_s))  # by timestamp, then sensor
+    ids = np.asarray(plan.ids.to_pylist(), dtype=object)
+    return pd.DataFrame(
+        {
+            "sensor_id": ids[plan.fail_sensor[order]],
+            "timestamp": pd.to_datetime(plan.fail_s[order], unit="s", utc=True).as_unit("ns"),
+            "failure": np.ones(len(order), dtype=np.int64),
+        }
+    )
+
+
+def generate_labels(cfg: GeneratorConfig) -> pd.DataFrame:
+    """Failure events: columns sensor_id (str), timestamp (datetime64[ns, UTC]), failure (int, 1).
+
+    Sorted by timestamp. Each event is preceded by ``degradation_days`` of visible degradation in
+    the readings and followed by a few hours of repair downtime (no rows).
+    """
+    return _labels_frame(_make_plan(cfg))
+
+
+def _iso_utc(timestamps: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """``2024-01-01T00:00:13Z`` strings. A day has few distinct instants, so each is formatted
+    once and gathered; Arrow's own tz-aware timestamp formatting is ~30x slower."""
+    seconds = timestamps.cast(pa.int64()).to_numpy() // 1_000_000
+    instants, inverse = np.unique(seconds, return_inverse=True)
+    text = np.datetime_as_string(instants.astype("datetime64[s]"), unit="s", timezone="UTC")
+    return pa.array(text, type=pa.string()).take(pa.array(inverse))
+
+
+def _write_readings(table: pa.Table, path: pathlib.Path, fmt: str) -> None:
+    """Write to a temporary name, then rename, so a folder watcher never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    if fmt == "parquet":
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        csv_table = table.set_column(0, "timestamp", _iso_utc(table.column("timestamp")))
+        with pa.OSFile(str(tmp), "wb") as raw:
+            # Arrow's gzip stream writes no timestamp in its header, so output stays byte-stable.
+            sink = pa.CompressedOutputStream(raw, "gzip") if fmt == "csv.gz" else raw
+            sink.write(_CSV_HEADER)  # Arrow would quote header names; plain is friendlier
+            pa_csv.write_csv(csv_table, sink, _CSV_OPTIONS)
+            if sink is not raw:
+                sink.close()
+    os.replace(tmp, path)
+
+
+def write_files(cfg: GeneratorConfig, out_dir: pathlib.Path) -> GeneratedFiles:
+    """Writes out_dir/readings/readings_YYYY-MM-DD.<fmt> and out_dir/labels/labels.csv.
+
+    Files of other days or formats already in the folders are left alone.
+    """
+    out_dir = pathlib.Path(out_dir)
+    readings_dir, labels_dir = out_dir / "readings", out_dir / "labels"
+    readings_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
+
+    plan = _make_plan(cfg)
+    paths: list[pathlib.Path] = []
+    rows = 0
+    # Formatting and compressing a day takes longer than generating it, and Arrow writes outside
+    # the GIL: writer threads overlap with generation. Each file is written by exactly one
+    # thread, so bytes do not depend on scheduling; the bounded queue caps memory at a few days.
+    with ThreadPoolExecutor(max_workers=_WRITER_THREADS) as pool:
+        pending: deque[Future[None]] = deque()
+        for day, table in _iter_days(cfg, plan):
+            path = readings_dir / f"readings_{day}.{cfg.fmt}"
+            pending.append(pool.submit(_write_readings, table, path, cfg.fmt))
+            paths.append(path)
+            rows += table.num_rows
+            while len(pending) > _WRITER_THREADS:
+                pending.popleft().result()
+        for future in pending:
+            future.result()
+
+    labels = _labels_frame(plan)
+    labels_path = labels_dir / "labels.csv"
+    text = labels.assign(timestamp=labels["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ"))
+    tmp = labels_path.with_name(f".{labels_path.name}.tmp")
+    text.to_csv(tmp, index=False, lineterminator="\n")
+    os.replace(tmp, labels_path)
+    return GeneratedFiles(readings=paths, labels=labels_path, rows=rows, failures=len(labels))

@@ -1,0 +1,43 @@
+"""The code location loads, has the expected graph, and stays light."""
+
+import json
+import subprocess
+import sys
+
+import dagster as dg
+
+from ml_platform.definitions import defs
+
+
+def test_definitions_load_with_the_ingest_graph():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"raw_readings", "raw_labels"} <= keys
+    for key in ("raw_readings", "raw_labels"):
+        node = graph.get(dg.AssetKey(key))
+        assert node.group_name == "ingest"
+        assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
+    sensors = {s.name: s for s in defs.sensors}
+    assert sensors["readings_landing_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors["labels_landing_sensor"].job_name == "ingest_labels_job"
+
+
+def test_loading_the_code_location_imports_no_heavy_library():
+    code = (
+        "import sys, json, ml_platform.definitions; "
+        "print(json.dumps(sorted(m for m in ('feast', 'great_expectations', 'mlflow', 'sklearn', "
+        "'pandas') if m in sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_local_profile_needs_no_environment(monkeypatch):
+    from ml_platform.defs.resources import build_resources
+
+    for name in ("ML_PLATFORM_STORE_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.delenv(name, raising=False)
+    resources = build_resources({})
+    assert resources["lake"].url.startswith("file://") and resources["lake"].url.endswith("/.lake")
+    assert resources["lake"].access_key_id is None
