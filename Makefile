@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	@# uv resolves and installs the stack in seconds; plain venv + pip is the fallback.
 	@if $(PYTHON) -m pip install -q uv >/dev/null 2>&1; then \
 	  $(PYTHON) -m uv venv -q --allow-existing --python $(PYTHON) $(VENV) && \
-	  $(PYTHON) -m uv pip install -q -p $(BIN)/python -e '.[dev]'; \
+	  $(PYTHON) -m uv pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev]'; \
 	else \
 	  $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q -e '.[dev]'; \
 	fi

@@ -7,7 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from ml_platform_tests.servers import Postgres, S3Server, moto_server, postgres_bin_dir, postgres_cluster
+from ml_platform_tests.servers import (
+    Postgres,
+    S3Server,
+    moto_server,
+    postgres_bin_dir,
+    postgres_cluster,
+)
 
 
 @pytest.fixture(scope="session")

@@ -37,29 +37,37 @@ class ObjectInfo:
 
 class ObjectStore(Protocol):
     url: str
+    etag_is_content_hash: bool
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def etag(self, key: str) -> str: ...
     def exists(self, key: str) -> bool: ...
     def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
     def read_bytes(self, key: str) -> bytes: ...
-    def put_file(self, src: Path, key: str) -> None: ...
+    def put_file(self, src: Path, key: str, *, move: bool = False) -> None: ...
     def put_bytes(self, data: bytes, key: str) -> None: ...
     def copy(self, src_key: str, dst_key: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
 
 
-def _md5_file(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+            digest.update(block)  # hashlib releases the GIL: this can run beside DuckDB
     return digest.hexdigest()
 
 
+def content_etag(sha256_hex: str) -> str:
+    """The local store's ETag: a content hash, so identical bytes re-put keep their ETag."""
+    return sha256_hex[:32]
+
+
 class LocalStore:
-    """A folder laid out like a bucket. ETags are content MD5s, as S3 gives for simple PUTs."""
+    """A folder laid out like a bucket. ETags are content hashes (see :func:`content_etag`)."""
+
+    etag_is_content_hash = True
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -92,7 +100,7 @@ class LocalStore:
                     )
 
     def etag(self, key: str) -> str:
-        return _md5_file(self._path(key))
+        return content_etag(sha256_file(self._path(key)))
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -120,7 +128,15 @@ class LocalStore:
                 os.unlink(tmp)
             raise
 
-    def put_file(self, src: Path, key: str) -> None:
+    def put_file(self, src: Path, key: str, *, move: bool = False) -> None:
+        """Copy ``src`` in atomically; with ``move``, rename it in when on the same filesystem."""
+        if move:
+            dst = self._path(key)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # EXDEV: another filesystem, copy below
+                os.replace(src, dst)
+                return
+
         def write(fh: Any) -> None:
             with Path(src).open("rb") as source:
                 shutil.copyfileobj(source, fh, 1 << 20)
@@ -143,6 +159,8 @@ class LocalStore:
 
 class S3Store:
     """``s3://bucket/prefix`` through a boto3 client (endpoint URL for MinIO or moto)."""
+
+    etag_is_content_hash = False  # multipart ETags are not content hashes; HEAD tells the ETag
 
     def __init__(self, bucket: str, prefix: str, client: Any, endpoint: str | None = None):
         self.bucket = bucket
@@ -207,7 +225,7 @@ class S3Store:
         with self._errors(f"reading {self.uri(key)}"):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
-    def put_file(self, src: Path, key: str) -> None:
+    def put_file(self, src: Path, key: str, *, move: bool = False) -> None:
         with self._errors(f"writing {self.uri(key)}"):
             self.client.upload_file(str(src), self.bucket, self._key(key))
 

@@ -1,10 +1,10 @@
 """``raw_readings`` and ``raw_labels``: one partition per landed object version."""
 
 
-import hashlib
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,17 +14,9 @@ from ml_platform.defs.partitions import label_files, reading_files
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
 from ml_platform.lib.ingest import IngestReport, RejectedFileError, ingest_file
-from ml_platform.lib.store import ObjectStore
+from ml_platform.lib.store import ObjectStore, content_etag, sha256_file
 
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _markdown_preview(rows: list[dict]) -> str:
@@ -69,18 +61,25 @@ def ingest_landed_object(
     relative_key, etag = paths.split_partition_key(context.partition_key)
     key = paths.landing_object(dataset, relative_key)
     file_id = paths.file_id(context.partition_key)
-    current_etag = store.etag(key) if store.exists(key) else None
-    if current_etag is None:
+    if not store.exists(key):
         raise dg.Failure(f"{store.uri(key)} no longer exists: nothing to ingest", allow_retries=False)
-    if current_etag != etag:
-        raise dg.Failure(
-            f"{store.uri(key)} was overwritten since it landed (ETag {etag} -> {current_etag}); "
+
+    def overwritten(current: str) -> dg.Failure:
+        return dg.Failure(
+            f"{store.uri(key)} was overwritten since it landed (ETag {etag} -> {current}); "
             "the new version has its own partition",
             allow_retries=False,
         )
 
-    with store.local_copy(key) as local, tempfile.TemporaryDirectory(prefix="bronze-") as out:
-        size, sha256 = local.stat().st_size, _sha256(local)
+    if not store.etag_is_content_hash and (current := store.etag(key)) != etag:
+        raise overwritten(current)
+
+    with (
+        store.local_copy(key) as local,
+        tempfile.TemporaryDirectory(prefix="bronze-") as out,
+        ThreadPoolExecutor(1) as hasher,
+    ):
+        size, sha256_future = local.stat().st_size, hasher.submit(sha256_file, local)
         try:
             report = ingest_file(
                 local,
@@ -90,6 +89,9 @@ def ingest_landed_object(
                 threads=ingest.threads or None,
             )
         except RejectedFileError as rejected:
+            sha256 = sha256_future.result()
+            if store.etag_is_content_hash and content_etag(sha256) != etag:
+                raise overwritten(content_etag(sha256)) from rejected
             record = {
                 "object": store.uri(key),
                 "partition_key": context.partition_key,
@@ -111,10 +113,13 @@ def ingest_landed_object(
                 metadata={"reason": rejected.reason, "quarantined": copy_uri, "sha256": sha256},
                 allow_retries=False,
             ) from rejected
+        sha256 = sha256_future.result()
+        if store.etag_is_content_hash and content_etag(sha256) != etag:
+            raise overwritten(content_etag(sha256))
         written = []
         for day, part in report.parts.items():
             part_key = paths.bronze_part(dataset, day, file_id)
-            store.put_file(part, part_key)
+            store.put_file(part, part_key, move=True)
             written.append(store.uri(part_key))
 
     return dg.MaterializeResult(metadata=_metadata(report, store.uri(key), etag, sha256, size,

@@ -1,0 +1,65 @@
+"""Upload -> landing sensor -> run success through the real daemon, PostgreSQL and the S3 API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+INTERVAL_S = 1
+BODY = (
+    "timestamp,sensor_id,temperature,vibration,pressure,current\n"
+    "2024-05-01T10:00:00Z,s1,50,2,5,20\n2024-05-02T10:00:00Z,s2,51,2,5,{n}\n"
+)
+
+
+def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    from ml_platform.lib import paths
+    from ml_platform_tests.servers import moto_server, postgres_cluster
+
+    timings: list[float] = []
+    with moto_server() as s3, postgres_cluster() as pg, tempfile.TemporaryDirectory() as tmp:
+        pg.create_database("dagster")
+        s3.client().create_bucket(Bucket="bench")
+        env = {**os.environ, **s3.env("bench"), **pg.dagster_env("dagster"),
+               "ML_PLATFORM_SENSOR_INTERVAL_S": str(INTERVAL_S), "DAGSTER_HOME": tmp}
+        shutil.copy(ROOT / "dagster.yaml", Path(tmp, "dagster.yaml"))
+        os.environ.update(env)
+        daemon = subprocess.Popen(
+            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
+             str(ROOT / "workspace.yaml")],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(tmp))
+        try:
+            client = s3.client()
+            for n in range(uploads + 1):  # the first one warms up the daemon's code server
+                started = time.monotonic()
+                etag = client.put_object(Bucket="bench", Key=f"landing/readings/{n}.csv",
+                                         Body=BODY.format(n=n).encode())["ETag"]
+                key = paths.partition_key(f"{n}.csv", etag)
+                while True:
+                    runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": key}))
+                    if runs and runs[0].is_finished:
+                        assert runs[0].status == dg.DagsterRunStatus.SUCCESS, runs[0].status
+                        break
+                    if time.monotonic() - started > 180:
+                        raise TimeoutError(f"no run for {key}")
+                    time.sleep(0.1)
+                if n:
+                    timings.append(time.monotonic() - started)
+        finally:
+            os.killpg(daemon.pid, signal.SIGTERM)
+            daemon.wait(30)
+            instance.dispose()
+    return timings, INTERVAL_S
