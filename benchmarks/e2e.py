@@ -30,14 +30,26 @@ def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
     with moto_server() as s3, postgres_cluster() as pg, tempfile.TemporaryDirectory() as tmp:
         pg.create_database("dagster")
         s3.client().create_bucket(Bucket="bench")
-        env = {**os.environ, **s3.env("bench"), **pg.dagster_env("dagster"),
-               "ML_PLATFORM_SENSOR_INTERVAL_S": str(INTERVAL_S), "DAGSTER_HOME": tmp}
+        env = {
+            **os.environ,
+            **s3.env("bench"),
+            **pg.dagster_env("dagster"),
+            "ML_PLATFORM_SENSOR_INTERVAL_S": str(INTERVAL_S),
+            "DAGSTER_HOME": tmp,
+        }
         shutil.copy(ROOT / "dagster.yaml", Path(tmp, "dagster.yaml"))
         os.environ.update(env)
         daemon = subprocess.Popen(
-            [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
-             str(ROOT / "workspace.yaml")],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                str(Path(sys.executable).with_name("dagster-daemon")),
+                "run",
+                "-w",
+                str(ROOT / "workspace.yaml"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(tmp))
@@ -45,8 +57,9 @@ def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
             client = s3.client()
             for n in range(uploads + 1):  # the first one warms up the daemon's code server
                 started = time.monotonic()
-                etag = client.put_object(Bucket="bench", Key=f"landing/readings/{n}.csv",
-                                         Body=BODY.format(n=n).encode())["ETag"]
+                etag = client.put_object(
+                    Bucket="bench", Key=f"landing/readings/{n}.csv", Body=BODY.format(n=n).encode()
+                )["ETag"]
                 key = paths.partition_key(f"{n}.csv", etag)
                 while True:
                     runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": key}))

@@ -28,9 +28,14 @@ RESULTS = HERE / "results.json"
 
 
 def record(name, value, unit, reference=None, reference_value=None, rows=None) -> dict:
-    return {"name": name, "value": round(value, 3), "unit": unit, "reference": reference,
-            "reference_value": None if reference_value is None else round(reference_value, 3),
-            "rows": rows}
+    return {
+        "name": name,
+        "value": round(value, 3),
+        "unit": unit,
+        "reference": reference,
+        "reference_value": None if reference_value is None else round(reference_value, 3),
+        "rows": rows,
+    }
 
 
 def readings_csv(days: int, sensors: int, interval_s: int) -> Path:
@@ -81,15 +86,39 @@ def bench_ingest() -> list[dict]:
     rows = ours["rows"]
     ref_rate = reference["rows"] / reference["seconds"]
     return [
-        record("ingest_rows_per_s", rows / ours["seconds"], "rows/s", "duckdb_copy_rows_per_s",
-               ref_rate, rows),
+        record(
+            "ingest_rows_per_s",
+            rows / ours["seconds"],
+            "rows/s",
+            "duckdb_copy_rows_per_s",
+            ref_rate,
+            rows,
+        ),
         record("duckdb_copy_rows_per_s", ref_rate, "rows/s", rows=reference["rows"]),
-        record("ingest_peak_rss_mb", ours["peak_rss_mb"], "MB", "duckdb_copy_peak_rss_mb",
-               reference["peak_rss_mb"], rows),
-        record("naive_pandas_ingest_rows_per_s", naive["rows"] / naive["seconds"], "rows/s",
-               "duckdb_copy_rows_per_s", ref_rate, naive["rows"]),
-        record("naive_pandas_peak_rss_mb", naive["peak_rss_mb"], "MB", "ingest_peak_rss_mb",
-               ours["peak_rss_mb"], naive["rows"]),
+        record(
+            "ingest_peak_rss_mb",
+            ours["peak_rss_mb"],
+            "MB",
+            "duckdb_copy_peak_rss_mb",
+            reference["peak_rss_mb"],
+            rows,
+        ),
+        record(
+            "naive_pandas_ingest_rows_per_s",
+            naive["rows"] / naive["seconds"],
+            "rows/s",
+            "duckdb_copy_rows_per_s",
+            ref_rate,
+            naive["rows"],
+        ),
+        record(
+            "naive_pandas_peak_rss_mb",
+            naive["peak_rss_mb"],
+            "MB",
+            "ingest_peak_rss_mb",
+            ours["peak_rss_mb"],
+            naive["rows"],
+        ),
     ]
 
 
@@ -99,10 +128,22 @@ def bench_ingest_5x() -> list[dict]:
     small = measure("asset", base)
     large = measure("asset", big)
     return [
-        record("ingest_5x_peak_rss_mb", large["peak_rss_mb"], "MB", "ingest_peak_rss_mb",
-               small["peak_rss_mb"], large["rows"]),
-        record("ingest_5x_rows_per_s", large["rows"] / large["seconds"], "rows/s",
-               "ingest_rows_per_s", small["rows"] / small["seconds"], large["rows"]),
+        record(
+            "ingest_5x_peak_rss_mb",
+            large["peak_rss_mb"],
+            "MB",
+            "ingest_peak_rss_mb",
+            small["peak_rss_mb"],
+            large["rows"],
+        ),
+        record(
+            "ingest_5x_rows_per_s",
+            large["rows"] / large["seconds"],
+            "rows/s",
+            "ingest_rows_per_s",
+            small["rows"] / small["seconds"],
+            large["rows"],
+        ),
     ]
 
 
@@ -110,8 +151,12 @@ def _import_seconds(module_code: str, runs: int = 5) -> float:
     times = []
     for _ in range(runs):
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-W", "ignore", "-c", module_code], cwd=ROOT, check=True,
-                       env={**os.environ, "DAGSTER_HOME": tempfile.gettempdir()})
+        subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", module_code],
+            cwd=ROOT,
+            check=True,
+            env={**os.environ, "DAGSTER_HOME": tempfile.gettempdir()},
+        )
         times.append(time.perf_counter() - started)
     return min(times)
 
@@ -130,8 +175,16 @@ def bench_e2e() -> list[dict]:
     from benchmarks.e2e import upload_to_success
 
     timings, interval = upload_to_success(uploads=5)
-    return [record("upload_to_raw_success_s", statistics.median(timings), "s",
-                   "sensor_interval_s", interval, rows=len(timings))]
+    return [
+        record(
+            "upload_to_raw_success_s",
+            statistics.median(timings),
+            "s",
+            "sensor_interval_s",
+            interval,
+            rows=len(timings),
+        )
+    ]
 
 
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
@@ -154,12 +207,13 @@ def write_markdown(records: list[dict]) -> None:
         "|---|---:|---|---|---:|---:|---:|",
     ]
     for r in records:
-        ratio = (f"{r['value'] / r['reference_value']:.2f}x"
-                 if r["reference_value"] else "")
+        ratio = f"{r['value'] / r['reference_value']:.2f}x" if r["reference_value"] else ""
         rows = f"{r['rows']:,}" if r["rows"] else ""
         ref_value = "" if r["reference_value"] is None else f"{r['reference_value']:,}"
-        lines.append(f"| {r['name']} | {r['value']:,} | {r['unit']} | {r['reference'] or ''} | "
-                     f"{ref_value} | {ratio} | {rows} |")
+        lines.append(
+            f"| {r['name']} | {r['value']:,} | {r['unit']} | {r['reference'] or ''} | "
+            f"{ref_value} | {ratio} | {rows} |"
+        )
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
@@ -178,8 +232,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} ...", flush=True)
         results = BENCHMARKS[name]()
         for r in results:
-            print(f"[bench]   {r['name']} = {r['value']} {r['unit']}"
-                  + (f" (reference {r['reference']} = {r['reference_value']})" if r["reference"] else ""))
+            print(
+                f"[bench]   {r['name']} = {r['value']} {r['unit']}"
+                + (
+                    f" (reference {r['reference']} = {r['reference_value']})"
+                    if r["reference"]
+                    else ""
+                )
+            )
         print(f"[bench] {name} took {time.perf_counter() - started:.0f} s", flush=True)
         fresh += results
     names_fresh = {r["name"] for r in fresh}

@@ -44,8 +44,9 @@ def asset(path: Path, out: Path) -> tuple[int, float]:
     resources = build_resources()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("reading_files", [partition])
-        result = dg.materialize([raw_readings], instance=instance, partition_key=partition,
-                                resources=resources)
+        result = dg.materialize(
+            [raw_readings], instance=instance, partition_key=partition, resources=resources
+        )
         [mat] = result.asset_materializations_for_node("raw_readings")
     # The asset's own wall time (read, hash, cast, validate, count, write, publish), without the
     # Dagster process start-up that every run pays whatever it does.

@@ -60,7 +60,9 @@ def cmd_land(args: argparse.Namespace) -> int:
     from ml_platform.defs.resources import project_root
     from ml_platform.lib import paths
 
-    url = args.store or os.environ.get("ML_PLATFORM_STORE_URL") or (project_root() / ".lake").as_uri()
+    url = (
+        args.store or os.environ.get("ML_PLATFORM_STORE_URL") or (project_root() / ".lake").as_uri()
+    )
     store = _store_for(url)
     prefix = paths.LANDING_PREFIXES[args.dataset]
     sub = args.prefix.strip("/") + "/" if args.prefix.strip("/") else ""
@@ -113,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     land.add_argument("files", nargs="+")
     land.add_argument("--dataset", choices=["readings", "labels"], default="readings")
     land.add_argument("--prefix", default="", help="sub-folder below landing/<dataset>/")
-    land.add_argument("--store", default="", help="store URL (default: $ML_PLATFORM_STORE_URL or .lake)")
+    land.add_argument(
+        "--store", default="", help="store URL (default: $ML_PLATFORM_STORE_URL or .lake)"
+    )
     land.add_argument(
         "--register",
         action="store_true",

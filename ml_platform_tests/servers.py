@@ -71,15 +71,16 @@ class S3Server:
 def moto_server() -> Iterator[S3Server]:
     port = free_port()
     exe = Path(sys.executable).with_name("moto_server")
-    log = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
+    fd, log_path = tempfile.mkstemp(prefix="moto-", suffix=".log")
+    with os.fdopen(fd, "w") as log:  # the child keeps its own handle
+        process = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+        )
     server = S3Server(f"http://127.0.0.1:{port}", process)
 
     def ready() -> bool:
         if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited: {Path(log.name).read_text()[-2000:]}")
+            raise RuntimeError(f"moto_server exited: {Path(log_path).read_text()[-2000:]}")
         try:
             urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=1).read()
             return True
@@ -95,7 +96,7 @@ def moto_server() -> Iterator[S3Server]:
             process.wait(10)
         except subprocess.TimeoutExpired:
             process.kill()
-        os.unlink(log.name)
+        os.unlink(log_path)
 
 
 def postgres_bin_dir() -> Path | None:
@@ -121,9 +122,24 @@ class Postgres:
 
     def create_database(self, name: str) -> None:
         subprocess.run(
-            [str(self.bin_dir / "psql"), "-h", self.host, "-p", str(self.port), "-U", self.user,
-             "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", f'CREATE DATABASE "{name}"'],
-            check=True, capture_output=True, env={**os.environ, "PGPASSWORD": self.password},
+            [
+                str(self.bin_dir / "psql"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.user,
+                "-d",
+                "postgres",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                f'CREATE DATABASE "{name}"',
+            ],
+            check=True,
+            capture_output=True,
+            env={**os.environ, "PGPASSWORD": self.password},
         )
 
     def pg_ctl(self, *args: str) -> None:
@@ -158,11 +174,28 @@ def postgres_cluster() -> Iterator[Postgres]:
     password = "test-only"  # trust auth on loopback; Feast and SQLAlchemy still want a password
     pg = Postgres("127.0.0.1", port, "postgres", password, bin_dir, data, as_postgres)
     try:
-        _run_pg([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                 "-E", "UTF8"], as_postgres)
-        pg.pg_ctl("-l", str(base / "server.log"), "-w", "-o",
-                  f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200 "
-                  "-c fsync=off", "start")
+        _run_pg(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+            as_postgres,
+        )
+        pg.pg_ctl(
+            "-l",
+            str(base / "server.log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200 "
+            "-c fsync=off",
+            "start",
+        )
         yield pg
     finally:
         with contextlib.suppress(Exception):

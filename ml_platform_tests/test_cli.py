@@ -24,8 +24,19 @@ def test_generate_land_and_materialize_a_partition_with_the_dagster_cli(tmp_path
     env = {**os.environ, "DAGSTER_HOME": str(home), "ML_PLATFORM_STORE_URL": lake.as_uri()}
     python = sys.executable
 
-    out = run(python, "-m", "ml_platform", "generate", "--days", "3", "--sensors", "4",
-              "--out", str(tmp_path / "generated"), env=env)
+    out = run(
+        python,
+        "-m",
+        "ml_platform",
+        "generate",
+        "--days",
+        "3",
+        "--sensors",
+        "4",
+        "--out",
+        str(tmp_path / "generated"),
+        env=env,
+    )
     assert "generated" in out
     readings = sorted((tmp_path / "generated" / "readings").glob("readings_*.csv"))
     assert len(readings) == 3
@@ -33,8 +44,18 @@ def test_generate_land_and_materialize_a_partition_with_the_dagster_cli(tmp_path
     out = run(python, "-m", "ml_platform", "land", "--register", str(readings[1]), env=env)
     key = re.search(r"partition: (\S+)", out).group(1)
     dagster = str(Path(python).with_name("dagster"))
-    run(dagster, "asset", "materialize", "-m", "ml_platform.definitions", "--select", "raw_readings",
-        "--partition", key, env=env)
+    run(
+        dagster,
+        "asset",
+        "materialize",
+        "-m",
+        "ml_platform.definitions",
+        "--select",
+        "raw_readings",
+        "--partition",
+        key,
+        env=env,
+    )
 
     parts = sorted((lake / "lake" / "bronze" / "readings").glob("date=*/file=*.parquet"))
     # The second day's file holds that day plus a few late rows of the first day.

@@ -39,8 +39,17 @@ def deployed(tmp_path, postgres, s3_env, monkeypatch):
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w", str(ROOT / "workspace.yaml")],
-        cwd=ROOT, env={**os.environ}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).with_name("dagster-daemon")),
+            "run",
+            "-w",
+            str(ROOT / "workspace.yaml"),
+        ],
+        cwd=ROOT,
+        env={**os.environ},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     try:
@@ -88,7 +97,9 @@ def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed,
     ]
 
     # A rejected file: its run fails, the file is quarantined with its reason.
-    bad_etag = client.put_object(Bucket=bucket, Key="landing/readings/e2e/bad.csv", Body=HEADER.encode())["ETag"]
+    bad_etag = client.put_object(
+        Bucket=bucket, Key="landing/readings/e2e/bad.csv", Body=HEADER.encode()
+    )["ETag"]
     bad_key = paths.partition_key("e2e/bad.csv", bad_etag)
     bad_run = wait_for_run(instance, bad_key, daemon)
     assert bad_run.status == dg.DagsterRunStatus.FAILURE

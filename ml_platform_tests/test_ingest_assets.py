@@ -35,14 +35,19 @@ def land(s3_server, s3_env, dataset: str, name: str, body: bytes) -> str:
 def materialize(instance, asset, partition_key: str) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(asset.partitions_def.name, [partition_key])
     return dg.materialize(
-        [asset], instance=instance, partition_key=partition_key, resources=build_resources(),
+        [asset],
+        instance=instance,
+        partition_key=partition_key,
+        resources=build_resources(),
         raise_on_error=False,
     )
 
 
 def keys_under(s3_server, s3_env, prefix: str) -> list[str]:
     bucket = s3_env["ML_PLATFORM_STORE_URL"][5:]
-    pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    pages = (
+        s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    )
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
@@ -52,7 +57,8 @@ def test_a_three_day_file_writes_bronze_parts_for_exactly_those_days(s3_server, 
     assert result.success
     fid = paths.file_id(key)
     assert keys_under(s3_server, s3_env, "lake/bronze/readings/") == [
-        paths.bronze_part("readings", day, fid) for day in ("2024-03-01", "2024-03-02", "2024-03-03")
+        paths.bronze_part("readings", day, fid)
+        for day in ("2024-03-01", "2024-03-02", "2024-03-03")
     ]
     [mat] = result.asset_materializations_for_node("raw_readings")
     meta = {k: v.value for k, v in mat.metadata.items()}
@@ -70,14 +76,18 @@ BAD_FILES = {
     "corrupt.parquet": (b"PAR1 this is not parquet", "unreadable"),
     "empty.csv": (b"", "empty_file"),
     "header-only.csv": (HEADER.encode(), "no_rows"),
-    "missing-column.csv": (b"timestamp,sensor_id,temperature\n2024-03-01T00:00:00Z,s1,4\n",
-                           "missing_columns"),
+    "missing-column.csv": (
+        b"timestamp,sensor_id,temperature\n2024-03-01T00:00:00Z,s1,4\n",
+        "missing_columns",
+    ),
     "wrong-type.csv": ((HEADER + "2024-03-01T00:00:00Z,s1,warm,2,5,20\n").encode(), "wrong_type"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FILES))
-def test_bad_files_fail_their_run_and_are_quarantined_with_a_reason(name, s3_server, s3_env, instance):
+def test_bad_files_fail_their_run_and_are_quarantined_with_a_reason(
+    name, s3_server, s3_env, instance
+):
     body, reason = BAD_FILES[name]
     key = land(s3_server, s3_env, "readings", name, body)
     result = materialize(instance, raw_readings, key)
@@ -91,7 +101,9 @@ def test_bad_files_fail_their_run_and_are_quarantined_with_a_reason(name, s3_ser
     copy = client.get_object(Bucket=bucket, Key=paths.quarantine_object("readings", fid, name))
     assert copy["Body"].read() == body
     record = json.loads(
-        client.get_object(Bucket=bucket, Key=paths.quarantine_record("readings", fid, name))["Body"].read()
+        client.get_object(Bucket=bucket, Key=paths.quarantine_record("readings", fid, name))[
+            "Body"
+        ].read()
     )
     assert record["reason"] == reason and record["partition_key"] == key and record["message"]
     # The landed original is untouched and nothing reached bronze.
@@ -112,7 +124,13 @@ def test_labels_are_ingested_with_their_own_contract(s3_server, s3_env, instance
 
 def test_an_overwritten_object_is_not_ingested_under_its_old_version(s3_server, s3_env, instance):
     old = land(s3_server, s3_env, "readings", "r.csv", THREE_DAYS.encode())
-    land(s3_server, s3_env, "readings", "r.csv", (THREE_DAYS + "2024-03-04T00:00:00Z,s1,1,1,1,1\n").encode())
+    land(
+        s3_server,
+        s3_env,
+        "readings",
+        "r.csv",
+        (THREE_DAYS + "2024-03-04T00:00:00Z,s1,1,1,1,1\n").encode(),
+    )
     result = materialize(instance, raw_readings, old)
     assert not result.success
     assert "was overwritten" in result.failure_data_for_node("raw_readings").error.message

@@ -39,10 +39,18 @@ def test_a_file_spanning_three_days_gives_exactly_three_day_parts(tmp_path, cont
     assert (report.rows_in, report.rows_out, report.duplicate_rows) == (5, 4, 1)
     assert report.sensors == ["007", "008"]  # ids keep their leading zeros
     day2 = pd.read_parquet(report.parts["2024-01-02"]).sort_values("timestamp")
-    assert list(day2.columns) == ["timestamp", "sensor_id", "temperature", "vibration", "pressure", "current"]
+    assert list(day2.columns) == [
+        "timestamp",
+        "sensor_id",
+        "temperature",
+        "vibration",
+        "pressure",
+        "current",
+    ]
     assert str(day2["timestamp"].dt.tz) == "UTC"
     assert day2["timestamp"].tolist() == [
-        pd.Timestamp("2024-01-02T00:00:00Z"), pd.Timestamp("2024-01-02T10:00:00Z")
+        pd.Timestamp("2024-01-02T00:00:00Z"),
+        pd.Timestamp("2024-01-02T10:00:00Z"),
     ]
 
 
@@ -67,7 +75,9 @@ def test_parquet_input(tmp_path, contract):
         {
             "timestamp": pd.to_datetime(["2024-01-05T01:00:00Z", "2024-01-06T01:00:00Z"]),
             "sensor_id": ["s1", "s2"],
-            "temperature": [40.0, 41.0], "vibration": [1.0, 2.0], "pressure": [3.0, 4.0],
+            "temperature": [40.0, 41.0],
+            "vibration": [1.0, 2.0],
+            "pressure": [3.0, 4.0],
             "current": [10, 11],  # integers are fine for a double column
         }
     )
@@ -89,7 +99,10 @@ def test_bad_rows_are_counted_by_reason_and_out_of_range_values_reported(tmp_pat
     ]
     report = ingest(tmp_path, contract, "r.csv", HEADER + "\n".join(rows) + "\n")
     assert report.rejected_rows == {
-        "future_timestamp": 1, "null_sensor_id": 1, "null_timestamp": 1, "unparseable_timestamp": 1,
+        "future_timestamp": 1,
+        "null_sensor_id": 1,
+        "null_timestamp": 1,
+        "unparseable_timestamp": 1,
     }
     assert report.out_of_range == {"current": 1}
     assert report.rows_out == 2
@@ -100,11 +113,24 @@ def test_bad_rows_are_counted_by_reason_and_out_of_range_values_reported(tmp_pat
     [
         ("empty.csv", b"", "empty_file", "0 bytes"),
         ("header.csv", HEADER, "no_rows", "no data rows"),
-        ("missing.csv", "timestamp,sensor_id,temperature\n2024-01-01,s1,5\n", "missing_columns",
-         "vibration"),
-        ("wrongtype.csv", HEADER + "2024-01-01T00:00:00Z,s1,hot,2,5,20\n", "wrong_type", "temperature"),
-        ("truncated.csv", HEADER + "2024-01-01T00:00:00Z,s1,50,2,5,20\n2024-01-01T00:01:00Z,s1,5",
-         "unreadable", "cannot read"),
+        (
+            "missing.csv",
+            "timestamp,sensor_id,temperature\n2024-01-01,s1,5\n",
+            "missing_columns",
+            "vibration",
+        ),
+        (
+            "wrongtype.csv",
+            HEADER + "2024-01-01T00:00:00Z,s1,hot,2,5,20\n",
+            "wrong_type",
+            "temperature",
+        ),
+        (
+            "truncated.csv",
+            HEADER + "2024-01-01T00:00:00Z,s1,50,2,5,20\n2024-01-01T00:01:00Z,s1,5",
+            "unreadable",
+            "cannot read",
+        ),
         ("garbage.parquet", b"PAR1\x00\x01garbage", "unreadable", "parquet"),
         ("bad.csv.gz", b"\x1f\x8b\x08\x00broken", "unreadable", "cannot read"),
         ("allbad.csv", HEADER + ",s1,50,2,5,20\n", "no_valid_rows", "rejected"),
@@ -121,8 +147,16 @@ def test_unacceptable_files_are_rejected_with_a_reason_and_write_nothing(
 
 
 def test_parquet_with_a_string_measurement_is_rejected(tmp_path, contract):
-    df = pd.DataFrame({"timestamp": ["2024-01-01T00:00:00Z"], "sensor_id": ["s1"],
-                       "temperature": ["hot"], "vibration": [1.0], "pressure": [1.0], "current": [1.0]})
+    df = pd.DataFrame(
+        {
+            "timestamp": ["2024-01-01T00:00:00Z"],
+            "sensor_id": ["s1"],
+            "temperature": ["hot"],
+            "vibration": [1.0],
+            "pressure": [1.0],
+            "current": [1.0],
+        }
+    )
     df.to_parquet(tmp_path / "r.parquet")
     with pytest.raises(RejectedFileError, match="'temperature' has type VARCHAR"):
         ingest_file(tmp_path / "r.parquet", contract, tmp_path / "out", now=NOW)

@@ -55,7 +55,7 @@ def test_nothing_new_keeps_the_cursor() -> None:
 
 
 def test_partition_key_round_trip_and_file_id_is_path_safe() -> None:
-    key = paths.partition_key('plant 1/day 1/Readings (1).csv.gz', '"abc123"')
+    key = paths.partition_key("plant 1/day 1/Readings (1).csv.gz", '"abc123"')
     assert key == "plant 1/day 1/Readings (1).csv.gz@abc123"
     assert paths.split_partition_key(key) == ("plant 1/day 1/Readings (1).csv.gz", "abc123")
     fid = paths.file_id(key)
@@ -63,3 +63,17 @@ def test_partition_key_round_trip_and_file_id_is_path_safe() -> None:
     assert fid != paths.file_id(paths.partition_key("plant 1/day 1/Readings (1).csv.gz", "other"))
     with pytest.raises(ValueError, match="not a landing partition key"):
         paths.split_partition_key("no-etag")
+
+
+@pytest.mark.parametrize(
+    "relative_key",
+    ["a...b.csv", "....csv", "tab\there.csv", "100%/x%2E.csv", "ünïcødé/日本.csv", "a b/c@d.csv"],
+)
+def test_any_object_key_makes_a_valid_reversible_partition_key(relative_key: str) -> None:
+    from dagster._core.definitions.partitions.utils.base import (
+        raise_error_on_invalid_partition_key_substring,
+    )
+
+    key = paths.partition_key(relative_key, "etag1")
+    raise_error_on_invalid_partition_key_substring([key])
+    assert paths.split_partition_key(key) == (relative_key, "etag1")

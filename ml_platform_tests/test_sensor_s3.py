@@ -40,7 +40,9 @@ def instance():
         yield inst
 
 
-def test_2500_objects_are_each_requested_exactly_once_across_capped_ticks(s3_env, s3_server, instance):
+def test_2500_objects_are_each_requested_exactly_once_across_capped_ticks(
+    s3_env, s3_server, instance
+):
     client, bucket = s3_server.client(), s3_env["ML_PLATFORM_STORE_URL"][5:]
     keys = [f"{PREFIX}batch/{i:04d}.csv" for i in range(2500)]
     with ThreadPoolExecutor(16) as pool:
@@ -119,11 +121,15 @@ def test_unreachable_store_fails_the_tick_and_keeps_the_cursor(instance):
     from ml_platform_tests.servers import free_port
 
     lake = LakeResource(
-        url="s3://nowhere", endpoint_url=f"http://127.0.0.1:{free_port()}", region="us-east-1",
-        access_key_id="x", secret_access_key="y",
+        url="s3://nowhere",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        region="us-east-1",
+        access_key_id="x",
+        secret_access_key="y",
     )
-    context = dg.build_sensor_context(instance=instance, cursor='{"hwm":null,"keys_at_hwm":[]}',
-                                      resources={"lake": lake})
+    context = dg.build_sensor_context(
+        instance=instance, cursor='{"hwm":null,"keys_at_hwm":[]}', resources={"lake": lake}
+    )
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         make_sensor()(context)
     assert context.cursor == '{"hwm":null,"keys_at_hwm":[]}'

@@ -71,7 +71,16 @@ def _require(condition: bool, message: str, source: str) -> None:
 
 def parse_contract(data: dict[str, Any], source: str = "<inline>") -> Contract:
     _require(isinstance(data, dict), "a contract is a YAML mapping", source)
-    known = {"name", "csv", "renames", "timestamp", "key", "extra_columns", "out_of_range", "columns"}
+    known = {
+        "name",
+        "csv",
+        "renames",
+        "timestamp",
+        "key",
+        "extra_columns",
+        "out_of_range",
+        "columns",
+    }
     unknown = set(data) - known
     _require(not unknown, f"unknown keys {sorted(unknown)} (known: {sorted(known)})", source)
     columns = []
@@ -80,7 +89,9 @@ def parse_contract(data: dict[str, Any], source: str = "<inline>") -> Contract:
         bad = set(spec) - {"type", "unit", "min", "max", "required", "description"}
         _require(not bad, f"column {name!r}: unknown keys {sorted(bad)}", source)
         column = Column(name=str(name), **spec)
-        _require(column.type in TYPES, f"column {name!r}: type must be one of {sorted(TYPES)}", source)
+        _require(
+            column.type in TYPES, f"column {name!r}: type must be one of {sorted(TYPES)}", source
+        )
         if column.min is not None and column.max is not None:
             _require(column.min <= column.max, f"column {name!r}: min > max", source)
         columns.append(column)

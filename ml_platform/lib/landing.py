@@ -51,9 +51,7 @@ def select_new(
     """The oldest ``limit`` objects not yet handed out, and the cursor that records them."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    fresh = sorted(
-        (o for o in objects if cursor.is_new(o)), key=lambda o: (o.last_modified, o.key)
-    )
+    fresh = sorted((o for o in objects if cursor.is_new(o)), key=lambda o: (o.last_modified, o.key))
     taken = fresh[:limit]
     if not taken:
         return [], cursor

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from urllib.parse import unquote
 
 LANDING = "landing/"
 QUARANTINE = "landing/quarantine/"
@@ -19,13 +20,29 @@ LANDING_PREFIXES = {"readings": "landing/readings/", "labels": "landing/labels/"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(relative_key: str) -> str:
+    """Make an object key a valid Dagster partition key, reversibly.
+
+    Dagster rejects ``...`` and control characters in partition keys, and one such key would fail
+    every sensor tick; S3 allows both. ``%`` is escaped first so that unquoting is exact.
+    """
+    text = relative_key.replace("%", "%25")
+    text = _CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", text)
+    while "..." in text:
+        text = text.replace("...", "..%2E", 1)
+    return text
+
+
 def partition_key(relative_key: str, etag: str) -> str:
     """Dynamic partition key of one object version: its key below the landing prefix and ETag.
 
     A re-upload with changed content has a new ETag and so becomes a new partition; the same
     bytes re-put keep their key and are recognised (the run key is the same).
     """
-    return f"{relative_key}@{etag.strip(chr(34))}"
+    return f"{_escape(relative_key)}@{etag.strip(chr(34))}"
 
 
 def split_partition_key(key: str) -> tuple[str, str]:
@@ -33,7 +50,7 @@ def split_partition_key(key: str) -> tuple[str, str]:
     relative_key, sep, etag = key.rpartition("@")
     if not sep or not relative_key or not etag:
         raise ValueError(f"not a landing partition key (expected '<key>@<etag>'): {key!r}")
-    return relative_key, etag
+    return unquote(relative_key), etag
 
 
 def file_id(partition: str) -> str:

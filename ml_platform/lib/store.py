@@ -204,7 +204,9 @@ class S3Store:
 
     def etag(self, key: str) -> str:
         with self._errors(f"reading {self.uri(key)}"):
-            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip('"')
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"].strip(
+                '"'
+            )
 
     def exists(self, key: str) -> bool:
         try:

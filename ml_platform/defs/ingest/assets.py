@@ -1,6 +1,5 @@
 """``raw_readings`` and ``raw_labels``: one partition per landed object version."""
 
-
 import json
 import tempfile
 import time
@@ -62,7 +61,9 @@ def ingest_landed_object(
     key = paths.landing_object(dataset, relative_key)
     file_id = paths.file_id(context.partition_key)
     if not store.exists(key):
-        raise dg.Failure(f"{store.uri(key)} no longer exists: nothing to ingest", allow_retries=False)
+        raise dg.Failure(
+            f"{store.uri(key)} no longer exists: nothing to ingest", allow_retries=False
+        )
 
     def overwritten(current: str) -> dg.Failure:
         return dg.Failure(
@@ -122,17 +123,28 @@ def ingest_landed_object(
             store.put_file(part, part_key, move=True)
             written.append(store.uri(part_key))
 
-    return dg.MaterializeResult(metadata=_metadata(report, store.uri(key), etag, sha256, size,
-                                                   written, time.perf_counter() - started))
+    return dg.MaterializeResult(
+        metadata=_metadata(
+            report, store.uri(key), etag, sha256, size, written, time.perf_counter() - started
+        )
+    )
 
 
 def _metadata(
-    report: IngestReport, uri: str, etag: str, sha256: str, size: int, parts: list[str], seconds: float
+    report: IngestReport,
+    uri: str,
+    etag: str,
+    sha256: str,
+    size: int,
+    parts: list[str],
+    seconds: float,
 ) -> dict:
     return {
         "dagster/row_count": report.rows_out,
         "dagster/column_schema": dg.TableSchema(
-            columns=[dg.TableColumn(name, _TYPE_NAMES.get(t, t.lower())) for name, t in report.schema]
+            columns=[
+                dg.TableColumn(name, _TYPE_NAMES.get(t, t.lower())) for name, t in report.schema
+            ]
         ),
         "object": uri,
         "etag": etag,

@@ -1,6 +1,5 @@
 """Landing sensors: every new object version under a landing prefix becomes one partition and run."""
 
-
 from typing import Any
 
 import dagster as dg
