@@ -9,14 +9,26 @@ from ml_platform.defs.ingest.assets import (
     raw_readings,
 )
 from ml_platform.defs.ingest.sensors import build_landing_sensor
+from ml_platform.defs.lakehouse.assets import daily_aggregates, lakehouse_job, sensor_chunks
+from ml_platform.defs.lakehouse.checks import (
+    daily_aggregates_pass_quality_suite,
+    sensor_chunks_pass_quality_suite,
+    sensor_chunks_values_within_contract_ranges,
+)
+from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
 from ml_platform.defs.partitions import label_files, reading_files
 from ml_platform.defs.resources import build_resources, settings
 
 _settings = settings()
 
 defs = dg.Definitions(
-    assets=[raw_readings, raw_labels],
-    jobs=[ingest_readings_job, ingest_labels_job],
+    assets=[raw_readings, raw_labels, sensor_chunks, daily_aggregates],
+    asset_checks=[
+        sensor_chunks_pass_quality_suite,
+        sensor_chunks_values_within_contract_ranges,
+        daily_aggregates_pass_quality_suite,
+    ],
+    jobs=[ingest_readings_job, ingest_labels_job, lakehouse_job],
     sensors=[
         build_landing_sensor(
             "readings",
@@ -29,6 +41,10 @@ defs = dg.Definitions(
             "labels",
             ingest_labels_job,
             label_files,
+            interval_s=_settings.sensor_interval_s,
+            max_requests_per_tick=_settings.max_requests_per_tick,
+        ),
+        build_lakehouse_sensor(
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
         ),

@@ -2,7 +2,13 @@
 
 import dagster as dg
 
+from ml_platform.defs.resources import settings
+
 #: One partition per accepted landed object version: ``<key below landing/readings/>@<etag>``.
 reading_files = dg.DynamicPartitionsDefinition(name="reading_files")
 #: Same for ``landing/labels/``.
 label_files = dg.DynamicPartitionsDefinition(name="label_files")
+
+#: One partition per UTC day, from ML_PLATFORM_START_DATE; today's partition exists (end_offset=1)
+#: because readings of the current day arrive during the day.
+daily = dg.DailyPartitionsDefinition(start_date=settings().start_date, end_offset=1)

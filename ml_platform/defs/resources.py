@@ -67,6 +67,7 @@ class Settings:
 
     sensor_interval_s: int = 15
     max_requests_per_tick: int = 100
+    start_date: str = "2024-01-01"  # first daily partition
 
 
 def settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -74,6 +75,7 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
     return Settings(
         sensor_interval_s=int(env.get("ML_PLATFORM_SENSOR_INTERVAL_S", 15)),
         max_requests_per_tick=int(env.get("ML_PLATFORM_MAX_REQUESTS_PER_TICK", 100)),
+        start_date=env.get("ML_PLATFORM_START_DATE", "2024-01-01"),
     )
 
 

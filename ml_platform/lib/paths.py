@@ -86,3 +86,25 @@ def quarantine_object(dataset: str, file_identifier: str, relative_key: str) -> 
 def quarantine_record(dataset: str, file_identifier: str, relative_key: str) -> str:
     """The ``.error.json`` written beside the quarantined copy."""
     return quarantine_object(dataset, file_identifier, relative_key) + ".error.json"
+
+
+SILVER_CHUNKS = "lake/silver/sensor_chunks/"
+GOLD_AGGREGATES = "lake/gold/daily_aggregates/"
+
+
+def chunks_day_prefix(day: str) -> str:
+    return f"{SILVER_CHUNKS}date={day}/"
+
+
+def chunk_object(day: str, sensor_file: str) -> str:
+    """``lake/silver/sensor_chunks/date=D/sensor_id=S.parquet``: one sensor's readings of one day.
+
+    ``sensor_file`` is the ``sensor_id=S`` name DuckDB gives the partition (special characters
+    escaped), so the key is safe whatever the sensor id.
+    """
+    return f"{chunks_day_prefix(day)}{sensor_file}.parquet"
+
+
+def aggregates_object(day: str) -> str:
+    """``lake/gold/daily_aggregates/date=D/aggregates.parquet``: one row per sensor of one day."""
+    return f"{GOLD_AGGREGATES}date={day}/aggregates.parquet"

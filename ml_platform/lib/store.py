@@ -44,6 +44,7 @@ class ObjectStore(Protocol):
     def exists(self, key: str) -> bool: ...
     def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
     def read_bytes(self, key: str) -> bytes: ...
+    def fetch(self, keys: list[str], into: Path) -> list[Path]: ...
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None: ...
     def put_bytes(self, data: bytes, key: str) -> None: ...
     def copy(self, src_key: str, dst_key: str) -> None: ...
@@ -114,6 +115,10 @@ class LocalStore:
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
+
+    def fetch(self, keys: list[str], into: Path) -> list[Path]:
+        """Local paths of ``keys``; a folder store needs no copy."""
+        return [self._path(key) for key in keys]
 
     def _atomic_write(self, key: str, write: Any) -> None:
         dst = self._path(key)
@@ -226,6 +231,17 @@ class S3Store:
     def read_bytes(self, key: str) -> bytes:
         with self._errors(f"reading {self.uri(key)}"):
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def fetch(self, keys: list[str], into: Path) -> list[Path]:
+        """Download ``keys`` into the folder ``into`` (the caller owns and removes it)."""
+        into.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for i, key in enumerate(keys):
+            path = into / f"{i:06d}-{key.rsplit('/', 1)[-1]}"
+            with self._errors(f"downloading {self.uri(key)}"):
+                self.client.download_file(self.bucket, self._key(key), str(path))
+            paths.append(path)
+        return paths
 
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None:
         with self._errors(f"writing {self.uri(key)}"):

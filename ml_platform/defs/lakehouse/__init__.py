@@ -1,0 +1,1 @@
+"""Lakehouse layer: day-wise silver chunks and gold daily aggregates (group ``lakehouse``)."""

@@ -1,0 +1,189 @@
+"""``sensor_chunks[day]`` and ``daily_aggregates[day]``: ranges of days run in one run."""
+
+
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.defs.ingest.assets import raw_readings
+from ml_platform.defs.partitions import daily
+from ml_platform.defs.resources import IngestResource, LakeResource
+from ml_platform.lib import paths
+from ml_platform.lib.lakehouse import aggregate_day, build_chunks, previous_days
+
+#: Runs of the lakehouse are serialised by this tag (dagster.yaml: tag_concurrency_limits), so two
+#: files touching the same day cannot race: the later run always sees both bronze parts.
+LAKEHOUSE_TAGS = {"ml_platform/lakehouse": "serial"}
+
+
+def _markdown(rows: list[dict], columns: int = 8) -> str:
+    if not rows:
+        return "(no rows)"
+    header = list(rows[0])[:columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(r[c]) for c in header) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+@dg.asset(
+    partitions_def=daily,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[dg.AssetDep(raw_readings, partition_mapping=dg.AllPartitionMapping())],
+    group_name="lakehouse",
+    kinds={"duckdb", "parquet", "s3"},
+    owners=["team:data-platform"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "sensor_chunks_conserve_rows",
+            asset="sensor_chunks",
+            description="Rows out + duplicates removed = rows in, and one object per sensor.",
+        )
+    ],
+)
+def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource):
+    """One day's readings: every bronze part merged, de-duplicated, one sorted object per sensor."""
+    store = lake.store()
+    per_day, rows_per_sensor, gaps, problems = {}, {}, {}, []
+    preview: list[dict] = []
+    started = time.perf_counter()
+    for day in context.partition_keys:
+        parts = sorted(
+            store.list(paths.bronze_day_prefix("readings", day)),
+            key=lambda o: (o.last_modified, o.key),  # oldest ingestion first: newest wins
+        )
+        with tempfile.TemporaryDirectory(prefix="chunks-") as tmp:
+            inputs = Path(tmp, "in")
+            inputs.mkdir()
+            local = store.fetch([p.key for p in parts], inputs)
+            report = build_chunks(local, day, Path(tmp, "out"), memory_limit=ingest.memory_limit)
+            written = set()
+            for name, file in report.files.items():
+                key = paths.chunk_object(day, name)
+                store.put_file(file, key, move=True)
+                written.add(key)
+        # Sensors that vanished from a re-run day are removed: the day equals its bronze parts.
+        stale = [o.key for o in store.list(paths.chunks_day_prefix(day)) if o.key not in written]
+        for key in stale:
+            store.delete(key)
+        if report.rows_out + report.duplicates_removed != report.rows_in or len(written) != len(
+            report.rows_per_sensor
+        ):
+            problems.append(day)
+        per_day[day] = {
+            "bronze_parts": len(parts),
+            "rows_in": report.rows_in,
+            "rows": report.rows_out,
+            "duplicates_removed": report.duplicates_removed,
+            "sensors": len(report.rows_per_sensor),
+            "stale_sensors_removed": len(stale),
+        }
+        rows_per_sensor[day] = report.rows_per_sensor
+        gaps[day] = {s: g for s, g in report.gaps.items() if g["gaps"]}
+        preview = report.preview or preview
+        context.log.info(f"{day}: {per_day[day]}")
+    total = sum(d["rows"] for d in per_day.values())
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": total,
+            "days": dg.MetadataValue.json(per_day),
+            "rows_per_sensor": dg.MetadataValue.json(rows_per_sensor),
+            "gaps": dg.MetadataValue.json(gaps),
+            "preview": dg.MetadataValue.md(_markdown(preview)),
+            "location": store.uri(paths.SILVER_CHUNKS),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="sensor_chunks_conserve_rows",
+                passed=not problems,
+                metadata={"days_checked": len(per_day), "days_failing": dg.MetadataValue.json(problems)},
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=daily,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[
+        sensor_chunks,
+        # The trailing-week features read the seven previous days' aggregates; missing days are
+        # tolerated (the history simply starts later).
+        dg.AssetDep(
+            "daily_aggregates",
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-7, end_offset=-1, allow_nonexistent_upstream_partitions=True
+            ),
+        ),
+    ],
+    group_name="lakehouse",
+    kinds={"duckdb", "parquet", "s3"},
+    owners=["team:data-platform"],
+    # The newest day's aggregates are expected by 06:00 UTC the next morning.
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=24)
+    ),
+)
+def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource):
+    """One row per sensor and day: daily statistics per measurement and trailing-week features.
+
+    ``event_timestamp`` (end of the UTC day) and ``created_timestamp`` (when the newest input was
+    ingested) make it a ready Feast source.
+    """
+    store = lake.store()
+    measurements = [c.name for c in ingest.contract("readings").columns]
+    per_day = {}
+    preview: list[dict] = []
+    started = time.perf_counter()
+    for day in context.partition_keys:  # ascending: each day sees the history just written
+        chunk_keys = [o.key for o in store.list(paths.chunks_day_prefix(day))]
+        target = paths.aggregates_object(day)
+        if not chunk_keys:
+            store.delete(target)
+            per_day[day] = {"rows": 0, "history_days": 0}
+            continue
+        history = [k for k in map(paths.aggregates_object, previous_days(day)) if store.exists(k)]
+        created = max(o.last_modified for o in store.list(paths.bronze_day_prefix("readings", day)))
+        with tempfile.TemporaryDirectory(prefix="aggregates-") as tmp:
+            chunks_dir, history_dir = Path(tmp, "chunks"), Path(tmp, "history")
+            chunks_dir.mkdir()
+            history_dir.mkdir()
+            out = Path(tmp, "aggregates.parquet")
+            rows = aggregate_day(
+                store.fetch(chunk_keys, chunks_dir),
+                day,
+                measurements,
+                out,
+                previous=store.fetch(history, history_dir),
+                created=created,
+                memory_limit=ingest.memory_limit,
+            )
+            if not preview:
+                import pyarrow.parquet as pq
+
+                preview = pq.read_table(out).slice(0, 5).to_pylist()
+            store.put_file(out, target, move=True)
+        per_day[day] = {"rows": rows, "history_days": len(history)}
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": sum(d["rows"] for d in per_day.values()),
+            "days": dg.MetadataValue.json(per_day),
+            "measurements": dg.MetadataValue.json(measurements),
+            "preview": dg.MetadataValue.md(_markdown(preview, columns=10)),
+            "location": store.uri(paths.GOLD_AGGREGATES),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+lakehouse_job = dg.define_asset_job(
+    "lakehouse_job",
+    selection=[sensor_chunks, daily_aggregates],
+    tags=LAKEHOUSE_TAGS,
+    description="Chunks and aggregates of a range of days, in one run.",
+)
+
+

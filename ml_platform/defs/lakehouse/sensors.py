@@ -1,0 +1,53 @@
+"""From a landed file to its days: one lakehouse run per ``raw_readings`` materialization."""
+
+import dagster as dg
+
+from ml_platform.defs.lakehouse.assets import lakehouse_job
+from ml_platform.defs.partitions import daily
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+
+def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="lakehouse_on_new_readings_sensor",
+        job=lakehouse_job,
+        minimum_interval_seconds=interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="For every raw_readings materialization, rebuilds sensor_chunks and "
+        "daily_aggregates over exactly the days that file touched, in one run.",
+    )
+    def lakehouse_on_new_readings_sensor(context: dg.SensorEvaluationContext):
+        # The cursor is the storage id of the last materialization handled: exactly once each.
+        # Quarantined files fail before materializing, so they never show up here.
+        after = int(context.cursor) if context.cursor else None
+        result = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_readings"), after_storage_id=after),
+            limit=max_requests_per_tick,
+            ascending=True,
+        )
+        if not result.records:
+            return dg.SkipReason("no new raw_readings materializations")
+        known = set(daily.get_partition_keys(dynamic_partitions_store=context.instance))
+        requests = []
+        for record in result.records:
+            materialization = record.asset_materialization
+            entry = materialization.metadata.get("dates") if materialization else None
+            days = sorted(set(entry.value if entry else []) & known)
+            if not days:
+                context.log.info(f"{materialization.partition}: no day inside the partitions")
+                continue
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"raw_readings:{record.storage_id}",
+                    tags={
+                        RANGE_START: days[0],
+                        RANGE_END: days[-1],
+                        "ml_platform/source_file": materialization.partition or "",
+                    },
+                )
+            )
+        return dg.SensorResult(run_requests=requests, cursor=str(result.records[-1].storage_id))
+
+    return lakehouse_on_new_readings_sensor

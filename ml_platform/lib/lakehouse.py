@@ -1,0 +1,238 @@
+"""Silver chunks and gold aggregates of one UTC day, computed with DuckDB.
+
+Both functions work on local Parquet files and hold at most one day in memory; the caller lists
+and fetches the inputs from the object store and publishes the outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow.parquet as pq
+
+KEY_COLUMNS = ("timestamp", "sensor_id")
+PREVIEW_ROWS = 5
+#: A gap is an interval between two readings of a sensor longer than this many median intervals.
+GAP_FACTOR = 5
+
+STATISTICS = ("count", "missing_ratio", "mean", "std", "min", "max", "p05", "p50", "p95", "last",
+              "slope_per_h")  # fmt: skip
+TRAILING = ("mean_7d", "change_vs_7d")
+
+
+def _q(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _files(paths: list[Path]) -> str:
+    return "[" + ", ".join(_q(str(p)) for p in paths) + "]"
+
+
+def _connect(memory_limit: str) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute(f"SET memory_limit={_q(memory_limit)}")
+    con.execute("SET TimeZone='UTC'")
+    return con
+
+
+@dataclass
+class ChunkReport:
+    day: str
+    rows_in: int = 0
+    rows_out: int = 0
+    duplicates_removed: int = 0
+    rows_per_sensor: dict[str, int] = field(default_factory=dict)
+    gaps: dict[str, dict[str, float]] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)  # "sensor_id=S" -> local file
+    preview: list[dict[str, Any]] = field(default_factory=list)
+
+
+def build_chunks(
+    parts: list[Path], day: str, out_dir: Path, *, memory_limit: str = "1GB"
+) -> ChunkReport:
+    """Merge one day's bronze parts into one sorted, de-duplicated file per sensor.
+
+    ``parts`` are ordered oldest ingestion first: for a repeated ``(sensor_id, timestamp)`` the
+    row of the most recently ingested part wins, so a corrected late file replaces earlier values.
+    """
+    report = ChunkReport(day=day)
+    if not parts:
+        return report
+    con = _connect(memory_limit)
+    try:
+        con.execute("CREATE TABLE ranks (filename VARCHAR, _rank INTEGER)")
+        con.executemany("INSERT INTO ranks VALUES (?, ?)", [(str(p), i) for i, p in enumerate(parts)])
+        columns = [
+            r[0]
+            for r in con.execute(
+                f"DESCRIBE SELECT * FROM read_parquet({_files(parts)}, union_by_name=true)"
+            ).fetchall()
+        ]
+        values = [c for c in columns if c not in KEY_COLUMNS]
+        # Ties inside one part (same key, different values) resolve by the values themselves,
+        # so the result never depends on scan order and re-runs write identical objects.
+        tie_break = "".join(f", {_ident(c)} DESC NULLS LAST" for c in values)
+        con.execute(
+            "CREATE TABLE merged AS SELECT * EXCLUDE (filename, _rank) FROM ("
+            f"SELECT b.*, r._rank FROM read_parquet({_files(parts)}, union_by_name=true, "
+            "filename=true) b JOIN ranks r USING (filename)) "
+            f"QUALIFY row_number() OVER (PARTITION BY sensor_id, timestamp "
+            f"ORDER BY _rank DESC{tie_break}) = 1"
+        )
+        report.rows_in = con.execute(
+            f"SELECT count(*) FROM read_parquet({_files(parts)}, union_by_name=true)"
+        ).fetchone()[0]
+        report.rows_per_sensor = dict(
+            con.execute("SELECT sensor_id, count(*) FROM merged GROUP BY 1 ORDER BY 1").fetchall()
+        )
+        report.rows_out = sum(report.rows_per_sensor.values())
+        report.duplicates_removed = report.rows_in - report.rows_out
+        report.gaps = _gaps(con)
+        ordered = ", ".join(_ident(c) for c in ["timestamp", "sensor_id", *values])
+        con.execute(
+            f"COPY (SELECT {ordered} FROM merged ORDER BY sensor_id, timestamp) "
+            f"TO {_q(str(out_dir))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sensor_id), "
+            "WRITE_PARTITION_COLUMNS true, OVERWRITE_OR_IGNORE)"
+        )
+        report.preview = con.execute(
+            f"SELECT {ordered} FROM merged ORDER BY sensor_id, timestamp LIMIT {PREVIEW_ROWS}"
+        ).fetch_arrow_table().to_pylist()
+    finally:
+        con.close()
+    for folder in sorted(out_dir.glob("sensor_id=*")):
+        [data] = sorted(folder.glob("*.parquet"))  # one file per partition: no size rotation
+        report.files[folder.name] = data
+    return report
+
+
+def _gaps(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, float]]:
+    """Per sensor: median sampling interval, longest gap, and gaps longer than GAP_FACTOR x median."""
+    rows = con.execute(
+        f"""
+        WITH steps AS (
+            SELECT sensor_id,
+                   epoch(timestamp) - epoch(lag(timestamp) OVER (
+                       PARTITION BY sensor_id ORDER BY timestamp)) AS step
+            FROM merged
+        ), typical AS (
+            SELECT sensor_id, median(step) AS median_s FROM steps GROUP BY 1
+        )
+        SELECT s.sensor_id, t.median_s, max(s.step),
+               count(*) FILTER (WHERE s.step > {GAP_FACTOR} * t.median_s)
+        FROM steps s JOIN typical t USING (sensor_id)
+        GROUP BY 1, 2 ORDER BY 1
+        """
+    ).fetchall()
+    return {
+        sensor: {"median_interval_s": median or 0.0, "max_gap_s": longest or 0.0, "gaps": int(n)}
+        for sensor, median, longest, n in rows
+    }
+
+
+def end_of_day(day: str) -> datetime:
+    """The event time of a day's aggregates: the last microsecond of the UTC day."""
+    from datetime import UTC
+
+    return datetime.combine(date.fromisoformat(day), time.max, tzinfo=UTC)
+
+
+def aggregate_day(
+    chunks: list[Path],
+    day: str,
+    measurements: list[str],
+    out_file: Path,
+    *,
+    previous: list[Path] | None = None,
+    created: datetime,
+    memory_limit: str = "1GB",
+) -> int:
+    """Write one row per sensor with the day's statistics and the trailing-week features.
+
+    ``previous`` are the aggregates of the (up to) seven days before ``day``; missing days are
+    simply absent, so the trailing features use whatever history exists.
+    Returns the number of rows written.
+    """
+    con = _connect(memory_limit)
+    try:
+        stats = []
+        for m in measurements:
+            c = _ident(m)
+            stats += [
+                f"count({c}) AS {_ident(m + '_count')}",
+                f"1 - count({c}) / count(*) AS {_ident(m + '_missing_ratio')}",
+                f"avg({c}) AS {_ident(m + '_mean')}",
+                f"stddev_samp({c}) AS {_ident(m + '_std')}",
+                f"min({c}) AS {_ident(m + '_min')}",
+                f"max({c}) AS {_ident(m + '_max')}",
+                f"quantile_cont({c}, 0.05) AS {_ident(m + '_p05')}",
+                f"quantile_cont({c}, 0.5) AS {_ident(m + '_p50')}",
+                f"quantile_cont({c}, 0.95) AS {_ident(m + '_p95')}",
+                f"arg_max({c}, timestamp) FILTER (WHERE {c} IS NOT NULL) AS {_ident(m + '_last')}",
+                f"regr_slope({c}, epoch(timestamp) / 3600.0) AS {_ident(m + '_slope_per_h')}",
+            ]
+        con.execute(
+            f"CREATE TABLE today AS SELECT sensor_id, count(*) AS rows, {', '.join(stats)} "
+            f"FROM read_parquet({_files(chunks)}, union_by_name=true) GROUP BY sensor_id"
+        )
+        trailing_cols = ["sensor_id"]
+        for m in measurements:
+            trailing_cols.append(f"avg({_ident(m + '_mean')}) AS {_ident(m + '_mean_7d')}")
+        trailing_cols.append("count(*) FILTER (WHERE rows > 0) AS days_with_data_7d")
+        if previous:
+            source = f"read_parquet({_files(previous)}, union_by_name=true)"
+        else:  # an empty history with the right columns
+            nulls = ", ".join(f"NULL::DOUBLE AS {_ident(m + '_mean')}" for m in measurements)
+            source = f"(SELECT NULL::VARCHAR AS sensor_id, 0 AS rows, {nulls} WHERE false)"
+        con.execute(f"CREATE TABLE history AS SELECT {', '.join(trailing_cols)} FROM {source} GROUP BY 1")
+        features = []
+        for m in measurements:
+            features += [
+                f"h.{_ident(m + '_mean_7d')}",
+                f"t.{_ident(m + '_mean')} - h.{_ident(m + '_mean_7d')} AS {_ident(m + '_change_vs_7d')}",
+            ]
+        con.execute(
+            f"COPY (SELECT t.sensor_id, DATE {_q(day)} AS date, t.* EXCLUDE (sensor_id), "
+            f"{', '.join(features)}, coalesce(h.days_with_data_7d, 0) AS days_with_data_7d, "
+            f"TIMESTAMPTZ {_q(end_of_day(day).isoformat())} AS event_timestamp, "
+            f"TIMESTAMPTZ {_q(created.isoformat())} AS created_timestamp "
+            "FROM today t LEFT JOIN history h USING (sensor_id) ORDER BY t.sensor_id) "
+            f"TO {_q(str(out_file))} (FORMAT parquet, COMPRESSION zstd)"
+        )
+    finally:
+        con.close()
+    return pq.ParquetFile(out_file).metadata.num_rows
+
+
+def previous_days(day: str, n: int = 7) -> list[str]:
+    first = date.fromisoformat(day)
+    return [(first - timedelta(days=i)).isoformat() for i in range(n, 0, -1)]
+
+
+def read_frame(files: list[Path]) -> Any:
+    """The rows of ``files`` as one pandas DataFrame (for checks; one day at most)."""
+    if not files:
+        import pandas as pd
+
+        return pd.DataFrame()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone='UTC'")
+        return con.execute(f"SELECT * FROM read_parquet({_files(files)}, union_by_name=true)").df()
+
+
+def distinct_keys(files: list[Path]) -> int:
+    """Distinct ``(sensor_id, timestamp)`` pairs across bronze parts: what the chunks must hold."""
+    if not files:
+        return 0
+    with duckdb.connect() as con:
+        return con.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT sensor_id, timestamp FROM "
+            f"read_parquet({_files(files)}, union_by_name=true))"
+        ).fetchone()[0]
