@@ -66,11 +66,13 @@ def deployed(tmp_path, postgres, s3_env, monkeypatch):
             print((tmp_path / "daemon.log").read_text()[-5000:])
 
 
-def wait_for_run(instance, partition_key: str, daemon, timeout: float = 150) -> dg.DagsterRun:
+def wait_for_run(
+    instance, partition_key: str, daemon, timeout: float = 150, tag: str = "dagster/partition"
+) -> dg.DagsterRun:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         assert daemon.poll() is None, "the daemon exited"
-        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition_key}))
+        runs = instance.get_runs(dg.RunsFilter(tags={tag: partition_key}))
         if runs and runs[0].is_finished:
             return runs[0]
         time.sleep(0.25)
@@ -95,6 +97,19 @@ def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed,
     assert sorted(o["Key"] for o in bronze) == [
         paths.bronze_part("readings", d, paths.file_id(key)) for d in ("2024-05-01", "2024-05-02")
     ]
+
+    # The lakehouse sensor turns the file's two days into one run of chunks and aggregates.
+    lakehouse = wait_for_run(instance, key, daemon, tag="ml_platform/source_file")
+    print(f"upload_to_aggregates_s={time.monotonic() - uploaded:.2f}")
+    assert lakehouse.status == dg.DagsterRunStatus.SUCCESS
+    assert (lakehouse.tags["dagster/asset_partition_range_start"],
+            lakehouse.tags["dagster/asset_partition_range_end"]) == ("2024-05-01", "2024-05-02")  # fmt: skip
+    silver = client.list_objects_v2(Bucket=bucket, Prefix="lake/silver/")["Contents"]
+    assert sorted(o["Key"] for o in silver) == [
+        paths.chunk_object(d, f"sensor_id={s}") for d, s in (("2024-05-01", "s1"), ("2024-05-02", "s2"))
+    ]
+    for day in ("2024-05-01", "2024-05-02"):
+        client.head_object(Bucket=bucket, Key=paths.aggregates_object(day))
 
     # A rejected file: its run fails, the file is quarantined with its reason.
     bad_etag = client.put_object(

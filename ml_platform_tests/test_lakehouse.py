@@ -1,0 +1,250 @@
+"""sensor_chunks and daily_aggregates: correctness, late data, checks, range runs and automation."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+from dagster._core.instance.ref import InstanceRef
+
+from ml_platform.defs.ingest.assets import raw_readings
+from ml_platform.defs.lakehouse import checks
+from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
+from ml_platform.defs.lakehouse.sensors import RANGE_END, RANGE_START, build_lakehouse_sensor
+from ml_platform.defs.resources import build_resources
+from ml_platform.lib import paths
+from ml_platform.lib.generator import GeneratorConfig, write_files
+from ml_platform.lib.store import LocalStore
+
+ROOT = Path(__file__).resolve().parents[1]
+DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
+MEASUREMENTS = ["temperature", "vibration", "pressure", "current"]
+LAKEHOUSE = [
+    sensor_chunks,
+    daily_aggregates,
+    checks.sensor_chunks_pass_quality_suite,
+    checks.sensor_chunks_values_within_contract_ranges,
+    checks.daily_aggregates_pass_quality_suite,
+]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> LocalStore:
+    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
+    return LocalStore(tmp_path / "lake")
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> str:
+    name = name or file.name
+    key = paths.landing_object("readings", name)
+    store.put_file(file, key)
+    partition = paths.partition_key(name, store.etag(key))
+    instance.add_dynamic_partitions("reading_files", [partition])
+    result = dg.materialize(
+        [raw_readings], instance=instance, partition_key=partition, resources=build_resources(),
+        raise_on_error=False,
+    )
+    return partition if result.success else ""
+
+
+def run_range(instance, start: str, end: str) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        LAKEHOUSE, instance=instance, resources=build_resources(), raise_on_error=False,
+        tags={RANGE_START: start, RANGE_END: end},
+    )
+
+
+@pytest.fixture
+def landed(tmp_path, store, instance) -> list[str]:
+    """Three generated days (with duplicates and late rows) ingested into bronze."""
+    files = write_files(GeneratorConfig(days=3, sensors=3, interval_s=600, seed=7), tmp_path / "gen")
+    return [ingest(instance, store, f) for f in files.readings]
+
+
+def objects(store: LocalStore, prefix: str) -> dict[str, bytes]:
+    return {o.key: store.read_bytes(o.key) for o in store.list(prefix)}
+
+
+def expected_chunks(store: LocalStore, day: str) -> pd.DataFrame:
+    """Independent pandas version: newest ingested part wins per (sensor_id, timestamp)."""
+    parts = sorted(store.list(paths.bronze_day_prefix("readings", day)),
+                   key=lambda o: (o.last_modified, o.key))  # fmt: skip
+    frame = pd.concat([pd.read_parquet(store.root / p.key) for p in parts], ignore_index=True)
+    frame = frame.drop_duplicates(subset=["sensor_id", "timestamp"], keep="last")
+    return frame.sort_values(["sensor_id", "timestamp"]).reset_index(drop=True)
+
+
+def expected_aggregates(chunks: pd.DataFrame, history: list[pd.DataFrame]) -> pd.DataFrame:
+    rows = []
+    hours = (chunks["timestamp"] - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 3600
+    for sensor, group in chunks.groupby("sensor_id"):
+        row = {"sensor_id": sensor, "rows": len(group)}
+        for m in MEASUREMENTS:
+            values = group[m]
+            valid = group[values.notna()]
+            row |= {
+                f"{m}_count": values.count(),
+                f"{m}_missing_ratio": 1 - values.count() / len(group),
+                f"{m}_mean": values.mean(),
+                f"{m}_std": values.std(),
+                f"{m}_min": values.min(),
+                f"{m}_max": values.max(),
+                f"{m}_p05": values.quantile(0.05),
+                f"{m}_p50": values.quantile(0.5),
+                f"{m}_p95": values.quantile(0.95),
+                f"{m}_last": valid.sort_values("timestamp")[m].iloc[-1],
+                f"{m}_slope_per_h": np.polyfit(hours[valid.index], valid[m], 1)[0],
+            }
+            past = [h.loc[h.sensor_id == sensor, f"{m}_mean"] for h in history]
+            past = pd.concat(past) if past else pd.Series(dtype=float)
+            row[f"{m}_mean_7d"] = past.mean() if len(past) else np.nan
+            row[f"{m}_change_vs_7d"] = row[f"{m}_mean"] - row[f"{m}_mean_7d"]
+        row["days_with_data_7d"] = sum(int((h.sensor_id == sensor).any()) for h in history)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, instance, landed):
+    assert all(landed)
+    result = run_range(instance, DAYS[0], DAYS[-1])
+    assert result.success
+    assert {m.partition for m in result.asset_materializations_for_node("daily_aggregates")} == set(DAYS)
+    evaluations = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
+    for day in DAYS:  # one GX result per partition, even in a range run
+        assert evaluations[("sensor_chunks_pass_quality_suite", day)]
+        assert evaluations[("daily_aggregates_pass_quality_suite", day)]
+
+    history = []
+    for day in DAYS:
+        expected = expected_chunks(store, day)
+        sensors = sorted(expected["sensor_id"].unique())
+        assert sorted(o.key for o in store.list(paths.chunks_day_prefix(day))) == [
+            paths.chunk_object(day, f"sensor_id={s}") for s in sensors
+        ]
+        actual = pd.concat(
+            [pd.read_parquet(store.root / paths.chunk_object(day, f"sensor_id={s}")) for s in sensors],
+            ignore_index=True,
+        )
+        for sensor, group in actual.groupby("sensor_id"):  # each object is sorted by time
+            assert group["timestamp"].is_monotonic_increasing, sensor
+        pd.testing.assert_frame_equal(actual[expected.columns], expected, check_dtype=False)
+        assert actual["timestamp"].dt.date.astype(str).eq(day).all()
+
+        gold = pd.read_parquet(store.root / paths.aggregates_object(day))
+        want = expected_aggregates(expected, history)
+        pd.testing.assert_frame_equal(
+            gold[want.columns].reset_index(drop=True), want, check_dtype=False, rtol=1e-9
+        )
+        assert (gold["event_timestamp"] == pd.Timestamp(f"{day}T23:59:59.999999Z")).all()
+        assert gold["created_timestamp"].notna().all()
+        history.append(gold)
+
+
+def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(tmp_path, store, instance, landed):
+    assert run_range(instance, DAYS[0], DAYS[-1]).success
+    before = objects(store, "lake/silver/") | objects(store, "lake/gold/")
+    day2 = pd.read_parquet(store.root / paths.chunk_object(DAYS[1], "sensor_id=sensor-001"))
+    corrected = day2.iloc[[0]].assign(temperature=-1.5)  # a correction of an existing reading
+    newcomer = day2.iloc[[1]].assign(sensor_id="sensor-late")  # a sensor first seen late
+    late = tmp_path / "late.parquet"
+    pd.concat([corrected, newcomer]).to_parquet(late)
+    late_partition = ingest(instance, store, late)
+    assert late_partition
+
+    # The automation asks for exactly the late file's day, in one run.
+    sensor = build_lakehouse_sensor(interval_s=1, max_requests_per_tick=10)
+    context = dg.build_sensor_context(instance=instance)
+    requests = sensor(context).run_requests
+    late_requests = [r for r in requests if r.tags["ml_platform/source_file"] == late_partition]
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in late_requests] == [(DAYS[1], DAYS[1])]
+    assert run_range(instance, DAYS[1], DAYS[1]).success
+
+    after = objects(store, "lake/silver/") | objects(store, "lake/gold/")
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert changed == {
+        paths.chunk_object(DAYS[1], "sensor_id=sensor-001"),
+        paths.chunk_object(DAYS[1], "sensor_id=sensor-late"),
+        paths.aggregates_object(DAYS[1]),
+    }
+    fixed = pd.read_parquet(store.root / paths.chunk_object(DAYS[1], "sensor_id=sensor-001"))
+    assert fixed.loc[fixed.timestamp == corrected.timestamp.iloc[0], "temperature"].tolist() == [-1.5]
+    gold = pd.read_parquet(store.root / paths.aggregates_object(DAYS[1]))
+    assert "sensor-late" in set(gold.sensor_id)
+
+    # Re-running the day rewrites identical objects.
+    assert run_range(instance, DAYS[1], DAYS[1]).success
+    assert objects(store, "lake/silver/") | objects(store, "lake/gold/") == after
+
+
+def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_quarantine(
+    tmp_path, store, instance
+):
+    header = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
+    spanning = tmp_path / "span.csv"
+    spanning.write_text(header + "".join(f"{d}T12:00:00Z,s1,50,2,5,20\n" for d in DAYS))
+    bad = tmp_path / "bad.csv"
+    bad.write_text(header)
+    assert ingest(instance, store, spanning)
+    assert not ingest(instance, store, bad)  # quarantined: fails before materializing
+
+    sensor = build_lakehouse_sensor(interval_s=1, max_requests_per_tick=10)
+    context = dg.build_sensor_context(instance=instance)
+    result = sensor(context)
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests] == [
+        (DAYS[0], DAYS[-1])
+    ]
+    assert result.run_requests[0].run_key.startswith("raw_readings:")
+    # Exactly once: the next tick with the returned cursor has nothing to do.
+    again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
+    assert isinstance(again, dg.SkipReason)
+
+
+def test_a_failing_blocking_check_stops_only_its_own_days_downstream(store, instance, landed, monkeypatch):
+    real = checks.distinct_keys
+
+    def one_row_short_on_day_2(files):  # simulates a chunk that lost a row on 2024-01-02
+        return real(files) + (1 if any(f"date={DAYS[1]}" in str(f) for f in files) else 0)
+
+    monkeypatch.setattr(checks, "distinct_keys", one_row_short_on_day_2)
+    outcomes = {}
+    for day in DAYS:
+        result = dg.materialize(LAKEHOUSE, instance=instance, resources=build_resources(),
+                                partition_key=day, raise_on_error=False)  # fmt: skip
+        outcomes[day] = result
+    assert outcomes[DAYS[0]].success and outcomes[DAYS[2]].success
+    failed = outcomes[DAYS[1]]
+    assert not failed.success
+    assert not failed.asset_materializations_for_node("daily_aggregates")
+    [evaluation] = [e for e in failed.get_asset_check_evaluations()
+                    if e.check_name == "sensor_chunks_pass_quality_suite"]  # fmt: skip
+    assert not evaluation.passed and evaluation.partition == DAYS[1]
+    assert "expect_table_row_count_to_equal" in evaluation.description
+    assert instance.get_materialized_partitions(dg.AssetKey("daily_aggregates")) == {DAYS[0], DAYS[2]}
+
+
+def test_single_run_backfill_from_the_cli(tmp_path, store, instance, landed):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m",
+         "ml_platform.definitions", "--select", "sensor_chunks,daily_aggregates",
+         "--partition-range", f"{DAYS[0]}...{DAYS[-1]}"],
+        cwd=ROOT, env=env, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as cli_instance:
+        assert len(cli_instance.get_runs()) == 1
+        for asset in ("sensor_chunks", "daily_aggregates"):
+            assert cli_instance.get_materialized_partitions(dg.AssetKey(asset)) == set(DAYS)
+    assert all(store.exists(paths.aggregates_object(d)) for d in DAYS)
