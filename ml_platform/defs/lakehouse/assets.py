@@ -3,6 +3,7 @@
 
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from ml_platform.defs.ingest.assets import raw_readings
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
-from ml_platform.lib.lakehouse import aggregate_day, build_chunks, previous_days
+from ml_platform.lib.lakehouse import ChunkReport, aggregate_day, build_chunks, previous_days
 
 #: Runs of the lakehouse are serialised by this tag (dagster.yaml: tag_concurrency_limits), so two
 #: files touching the same day cannot race: the later run always sees both bronze parts.
@@ -49,16 +50,16 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     per_day, rows_per_sensor, gaps, problems = {}, {}, {}, []
     preview: list[dict] = []
     started = time.perf_counter()
-    for day in context.partition_keys:
+    def rebuild(day: str) -> tuple[str, int, ChunkReport, int]:
         parts = sorted(
             store.list(paths.bronze_day_prefix("readings", day)),
             key=lambda o: (o.last_modified, o.key),  # oldest ingestion first: newest wins
         )
         with tempfile.TemporaryDirectory(prefix="chunks-") as tmp:
-            inputs = Path(tmp, "in")
-            inputs.mkdir()
-            local = store.fetch([p.key for p in parts], inputs)
-            report = build_chunks(local, day, Path(tmp, "out"), memory_limit=ingest.memory_limit)
+            local = store.fetch([p.key for p in parts], Path(tmp, "in"))
+            report = build_chunks(
+                local, day, Path(tmp, "out"), memory_limit=ingest.memory_limit, threads=1
+            )
             written = set()
             for name, file in report.files.items():
                 key = paths.chunk_object(day, name)
@@ -68,22 +69,28 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
         stale = [o.key for o in store.list(paths.chunks_day_prefix(day)) if o.key not in written]
         for key in stale:
             store.delete(key)
-        if report.rows_out + report.duplicates_removed != report.rows_in or len(written) != len(
-            report.rows_per_sensor
-        ):
-            problems.append(day)
-        per_day[day] = {
-            "bronze_parts": len(parts),
-            "rows_in": report.rows_in,
-            "rows": report.rows_out,
-            "duplicates_removed": report.duplicates_removed,
-            "sensors": len(report.rows_per_sensor),
-            "stale_sensors_removed": len(stale),
-        }
-        rows_per_sensor[day] = report.rows_per_sensor
-        gaps[day] = {s: g for s, g in report.gaps.items() if g["gaps"]}
-        preview = report.preview or preview
-        context.log.info(f"{day}: {per_day[day]}")
+        return day, len(parts), report, len(stale)
+
+    # Two days at a time, one DuckDB thread each: a day is too small to keep two threads busy.
+    # Memory stays bounded by two days' data.
+    with ThreadPoolExecutor(2) as pool:
+        for day, n_parts, report, n_stale in pool.map(rebuild, context.partition_keys):
+            if report.rows_out + report.duplicates_removed != report.rows_in or len(
+                report.files
+            ) != len(report.rows_per_sensor):
+                problems.append(day)
+            per_day[day] = {
+                "bronze_parts": n_parts,
+                "rows_in": report.rows_in,
+                "rows": report.rows_out,
+                "duplicates_removed": report.duplicates_removed,
+                "sensors": len(report.rows_per_sensor),
+                "stale_sensors_removed": n_stale,
+            }
+            rows_per_sensor[day] = report.rows_per_sensor
+            gaps[day] = {s: g for s, g in report.gaps.items() if g["gaps"]}
+            preview = report.preview or preview
+            context.log.info(f"{day}: {per_day[day]}")
     total = sum(d["rows"] for d in per_day.values())
     return dg.MaterializeResult(
         metadata={
