@@ -154,15 +154,34 @@ def bench_lakehouse() -> list[dict]:
     naive = measure("pandas_pipeline", path)
     overhead = (ours["backfill_wall_s"] - ours["backfill_compute_s"]) / ours["backfill_wall_s"]
     return [
-        record("lakehouse_s", ours["seconds"], "s", "duckdb_reference_s", reference["seconds"],
-               ours["rows"]),
+        record(
+            "lakehouse_s",
+            ours["seconds"],
+            "s",
+            "duckdb_reference_s",
+            reference["seconds"],
+            ours["rows"],
+        ),
         record("duckdb_reference_s", reference["seconds"], "s", rows=reference["rows"]),
-        record("naive_pandas_s", naive["seconds"], "s", "lakehouse_s", ours["seconds"],
-               naive["rows"]),
-        record("lakehouse_peak_rss_mb", ours["peak_rss_mb"], "MB", "duckdb_reference_peak_rss_mb",
-               reference["peak_rss_mb"], ours["rows"]),
-        record("backfill_30d_overhead_ratio", overhead, "ratio", "backfill_30d_wall_s",
-               ours["backfill_wall_s"], ours["days"]),
+        record(
+            "naive_pandas_s", naive["seconds"], "s", "lakehouse_s", ours["seconds"], naive["rows"]
+        ),
+        record(
+            "lakehouse_peak_rss_mb",
+            ours["peak_rss_mb"],
+            "MB",
+            "duckdb_reference_peak_rss_mb",
+            reference["peak_rss_mb"],
+            ours["rows"],
+        ),
+        record(
+            "backfill_30d_overhead_ratio",
+            overhead,
+            "ratio",
+            "backfill_30d_wall_s",
+            ours["backfill_wall_s"],
+            ours["days"],
+        ),
     ]
 
 

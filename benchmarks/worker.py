@@ -87,8 +87,9 @@ def lakehouse(path: Path, out: Path) -> dict:
     resources = build_resources()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("reading_files", [partition])
-        raw = dg.materialize([raw_readings], instance=instance, partition_key=partition,
-                             resources=resources)
+        raw = dg.materialize(
+            [raw_readings], instance=instance, partition_key=partition, resources=resources
+        )
         [mat] = raw.asset_materializations_for_node("raw_readings")
         days = mat.metadata["dates"].value
         started = time.perf_counter()
@@ -120,7 +121,9 @@ def duckdb_pipeline(path: Path, out: Path) -> int:
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.execute("SET memory_limit='1GB'")
-    con.execute(f"CREATE TABLE r AS SELECT DISTINCT * FROM read_csv('{path}', types={{'sensor_id': 'VARCHAR'}})")
+    con.execute(
+        f"CREATE TABLE r AS SELECT DISTINCT * FROM read_csv('{path}', types={{'sensor_id': 'VARCHAR'}})"
+    )
     con.execute(
         "CREATE TABLE d AS SELECT * FROM r QUALIFY row_number() OVER "
         "(PARTITION BY sensor_id, timestamp ORDER BY temperature) = 1"

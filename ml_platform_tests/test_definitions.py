@@ -21,6 +21,28 @@ def test_definitions_load_with_the_ingest_graph():
     sensors = {s.name: s for s in defs.sensors}
     assert sensors["readings_landing_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["labels_landing_sensor"].job_name == "ingest_labels_job"
+    assert sensors["lakehouse_on_new_readings_sensor"].job_name == "lakehouse_job"
+
+
+def test_the_lakehouse_is_daily_single_run_and_checked():
+    graph = defs.resolve_asset_graph()
+    for key in ("sensor_chunks", "daily_aggregates"):
+        node = graph.get(dg.AssetKey(key))
+        assert node.group_name == "lakehouse"
+        assert isinstance(node.partitions_def, dg.DailyPartitionsDefinition)
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+    assert dg.AssetKey("sensor_chunks") in graph.get(dg.AssetKey("daily_aggregates")).parent_keys
+    check_names = {k.name for k in graph.asset_check_keys}
+    assert {
+        "sensor_chunks_pass_quality_suite",
+        "sensor_chunks_values_within_contract_ranges",
+        "daily_aggregates_pass_quality_suite",
+        "sensor_chunks_conserve_rows",
+    } <= check_names
+    blocking = {
+        k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking
+    }  # fmt: skip
+    assert {"sensor_chunks_pass_quality_suite", "daily_aggregates_pass_quality_suite"} <= blocking
 
 
 def test_loading_the_code_location_imports_no_heavy_library():

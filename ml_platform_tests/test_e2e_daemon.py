@@ -106,7 +106,8 @@ def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed,
             lakehouse.tags["dagster/asset_partition_range_end"]) == ("2024-05-01", "2024-05-02")  # fmt: skip
     silver = client.list_objects_v2(Bucket=bucket, Prefix="lake/silver/")["Contents"]
     assert sorted(o["Key"] for o in silver) == [
-        paths.chunk_object(d, f"sensor_id={s}") for d, s in (("2024-05-01", "s1"), ("2024-05-02", "s2"))
+        paths.chunk_object(d, f"sensor_id={s}")
+        for d, s in (("2024-05-01", "s1"), ("2024-05-02", "s2"))
     ]
     for day in ("2024-05-01", "2024-05-02"):
         client.head_object(Bucket=bucket, Key=paths.aggregates_object(day))

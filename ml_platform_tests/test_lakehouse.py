@@ -51,7 +51,10 @@ def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> 
     partition = paths.partition_key(name, store.etag(key))
     instance.add_dynamic_partitions("reading_files", [partition])
     result = dg.materialize(
-        [raw_readings], instance=instance, partition_key=partition, resources=build_resources(),
+        [raw_readings],
+        instance=instance,
+        partition_key=partition,
+        resources=build_resources(),
         raise_on_error=False,
     )
     return partition if result.success else ""
@@ -59,7 +62,10 @@ def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> 
 
 def run_range(instance, start: str, end: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
-        LAKEHOUSE, instance=instance, resources=build_resources(), raise_on_error=False,
+        LAKEHOUSE,
+        instance=instance,
+        resources=build_resources(),
+        raise_on_error=False,
         tags={RANGE_START: start, RANGE_END: end},
     )
 
@@ -67,7 +73,9 @@ def run_range(instance, start: str, end: str) -> dg.ExecuteInProcessResult:
 @pytest.fixture
 def landed(tmp_path, store, instance) -> list[str]:
     """Three generated days (with duplicates and late rows) ingested into bronze."""
-    files = write_files(GeneratorConfig(days=3, sensors=3, interval_s=600, seed=7), tmp_path / "gen")
+    files = write_files(
+        GeneratorConfig(days=3, sensors=3, interval_s=600, seed=7), tmp_path / "gen"
+    )
     return [ingest(instance, store, f) for f in files.readings]
 
 
@@ -118,8 +126,12 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
     assert all(landed)
     result = run_range(instance, DAYS[0], DAYS[-1])
     assert result.success
-    assert {m.partition for m in result.asset_materializations_for_node("daily_aggregates")} == set(DAYS)
-    evaluations = {(e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()}
+    assert {m.partition for m in result.asset_materializations_for_node("daily_aggregates")} == set(
+        DAYS
+    )
+    evaluations = {
+        (e.check_name, e.partition): e.passed for e in result.get_asset_check_evaluations()
+    }
     for day in DAYS:  # one GX result per partition, even in a range run
         assert evaluations[("sensor_chunks_pass_quality_suite", day)]
         assert evaluations[("daily_aggregates_pass_quality_suite", day)]
@@ -132,7 +144,10 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
             paths.chunk_object(day, f"sensor_id={s}") for s in sensors
         ]
         actual = pd.concat(
-            [pd.read_parquet(store.root / paths.chunk_object(day, f"sensor_id={s}")) for s in sensors],
+            [
+                pd.read_parquet(store.root / paths.chunk_object(day, f"sensor_id={s}"))
+                for s in sensors
+            ],
             ignore_index=True,
         )
         for sensor, group in actual.groupby("sensor_id"):  # each object is sorted by time
@@ -150,7 +165,9 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
         history.append(gold)
 
 
-def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(tmp_path, store, instance, landed):
+def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(
+    tmp_path, store, instance, landed
+):
     assert run_range(instance, DAYS[0], DAYS[-1]).success
     before = objects(store, "lake/silver/") | objects(store, "lake/gold/")
     day2 = pd.read_parquet(store.root / paths.chunk_object(DAYS[1], "sensor_id=sensor-001"))
@@ -177,7 +194,9 @@ def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(tmp_pa
         paths.aggregates_object(DAYS[1]),
     }
     fixed = pd.read_parquet(store.root / paths.chunk_object(DAYS[1], "sensor_id=sensor-001"))
-    assert fixed.loc[fixed.timestamp == corrected.timestamp.iloc[0], "temperature"].tolist() == [-1.5]
+    assert fixed.loc[fixed.timestamp == corrected.timestamp.iloc[0], "temperature"].tolist() == [
+        -1.5
+    ]
     gold = pd.read_parquet(store.root / paths.aggregates_object(DAYS[1]))
     assert "sensor-late" in set(gold.sensor_id)
 
@@ -209,7 +228,9 @@ def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_qua
     assert isinstance(again, dg.SkipReason)
 
 
-def test_a_failing_blocking_check_stops_only_its_own_days_downstream(store, instance, landed, monkeypatch):
+def test_a_failing_blocking_check_stops_only_its_own_days_downstream(
+    store, instance, landed, monkeypatch
+):
     real = checks.distinct_keys
 
     def one_row_short_on_day_2(files):  # simulates a chunk that lost a row on 2024-01-02
@@ -229,7 +250,10 @@ def test_a_failing_blocking_check_stops_only_its_own_days_downstream(store, inst
                     if e.check_name == "sensor_chunks_pass_quality_suite"]  # fmt: skip
     assert not evaluation.passed and evaluation.partition == DAYS[1]
     assert "expect_table_row_count_to_equal" in evaluation.description
-    assert instance.get_materialized_partitions(dg.AssetKey("daily_aggregates")) == {DAYS[0], DAYS[2]}
+    assert instance.get_materialized_partitions(dg.AssetKey("daily_aggregates")) == {
+        DAYS[0],
+        DAYS[2],
+    }
 
 
 def test_single_run_backfill_from_the_cli(tmp_path, store, instance, landed):

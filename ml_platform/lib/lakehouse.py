@@ -76,7 +76,9 @@ def build_chunks(
     con = _connect(memory_limit, threads)
     try:
         con.execute("CREATE TABLE ranks (filename VARCHAR, _rank INTEGER)")
-        con.executemany("INSERT INTO ranks VALUES (?, ?)", [(str(p), i) for i, p in enumerate(parts)])
+        con.executemany(
+            "INSERT INTO ranks VALUES (?, ?)", [(str(p), i) for i, p in enumerate(parts)]
+        )
         columns = [
             r[0]
             for r in con.execute(
@@ -107,9 +109,13 @@ def build_chunks(
             f"TO {_q(str(out_dir))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sensor_id), "
             "WRITE_PARTITION_COLUMNS true, OVERWRITE_OR_IGNORE)"
         )
-        report.preview = con.execute(
-            f"SELECT {ordered} FROM merged ORDER BY sensor_id, timestamp LIMIT {PREVIEW_ROWS}"
-        ).fetch_arrow_table().to_pylist()
+        report.preview = (
+            con.execute(
+                f"SELECT {ordered} FROM merged ORDER BY sensor_id, timestamp LIMIT {PREVIEW_ROWS}"
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
     finally:
         con.close()
     for folder in sorted(out_dir.glob("sensor_id=*")):
@@ -195,7 +201,9 @@ def aggregate_day(
         else:  # an empty history with the right columns
             nulls = ", ".join(f"NULL::DOUBLE AS {_ident(m + '_mean')}" for m in measurements)
             source = f"(SELECT NULL::VARCHAR AS sensor_id, 0 AS rows, {nulls} WHERE false)"
-        con.execute(f"CREATE TABLE history AS SELECT {', '.join(trailing_cols)} FROM {source} GROUP BY 1")
+        con.execute(
+            f"CREATE TABLE history AS SELECT {', '.join(trailing_cols)} FROM {source} GROUP BY 1"
+        )
         features = []
         for m in measurements:
             features += [

@@ -65,7 +65,9 @@ def run_suite(df: Any, expectations: list[Expect], name: str) -> SuiteOutcome:
                 "columns": r.expectation_config.kwargs.get("column_list"),
                 "unexpected_count": details.get("unexpected_count"),
                 "observed_value": _plain(details.get("observed_value")),
-                "sample": [_plain(v) for v in (details.get("partial_unexpected_list") or [])[:SAMPLE]],
+                "sample": [
+                    _plain(v) for v in (details.get("partial_unexpected_list") or [])[:SAMPLE]
+                ],
             }
         )
     return SuiteOutcome(

@@ -1,6 +1,5 @@
 """``sensor_chunks[day]`` and ``daily_aggregates[day]``: ranges of days run in one run."""
 
-
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -50,6 +49,7 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     per_day, rows_per_sensor, gaps, problems = {}, {}, {}, []
     preview: list[dict] = []
     started = time.perf_counter()
+
     def rebuild(day: str) -> tuple[str, int, ChunkReport, int]:
         parts = sorted(
             store.list(paths.bronze_day_prefix("readings", day)),
@@ -106,7 +106,10 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
             dg.AssetCheckResult(
                 check_name="sensor_chunks_conserve_rows",
                 passed=not problems,
-                metadata={"days_checked": len(per_day), "days_failing": dg.MetadataValue.json(problems)},
+                metadata={
+                    "days_checked": len(per_day),
+                    "days_failing": dg.MetadataValue.json(problems),
+                },
             )
         ],
     )
@@ -192,5 +195,3 @@ lakehouse_job = dg.define_asset_job(
     tags=LAKEHOUSE_TAGS,
     description="Chunks and aggregates of a range of days, in one run.",
 )
-
-

@@ -34,7 +34,10 @@ def _evaluation(
         metadata={
             "evaluated_expectations": outcome.evaluated,
             "failed_expectations": dg.MetadataValue.json(outcome.failed),
-            **{k: v if isinstance(v, int | float | str) else dg.MetadataValue.json(v) for k, v in seen.items()},
+            **{
+                k: v if isinstance(v, int | float | str) else dg.MetadataValue.json(v)
+                for k, v in seen.items()
+            },
         },
     )
 
@@ -54,9 +57,7 @@ def _chunk_frame(store, day: str, tmp: Path):
     description="GX: no null keys, unique (sensor_id, timestamp), rows inside their day, "
     "row count = distinct keys of the day's bronze parts.",
 )
-def sensor_chunks_pass_quality_suite(
-    context: dg.AssetCheckExecutionContext, lake: LakeResource
-):
+def sensor_chunks_pass_quality_suite(context: dg.AssetCheckExecutionContext, lake: LakeResource):
     store = lake.store()
     for day in context.partition_keys:
         with tempfile.TemporaryDirectory(prefix="check-") as tmp:
@@ -74,8 +75,14 @@ def sensor_chunks_pass_quality_suite(
                 [
                     Expect("ExpectColumnValuesToNotBeNull", {"column": "timestamp"}),
                     Expect("ExpectColumnValuesToNotBeNull", {"column": "sensor_id"}),
-                    Expect("ExpectCompoundColumnsToBeUnique", {"column_list": ["sensor_id", "timestamp"]}),
-                    Expect("ExpectColumnValuesToBeInSet", {"column": "on_partition_day", "value_set": [True]}),
+                    Expect(
+                        "ExpectCompoundColumnsToBeUnique",
+                        {"column_list": ["sensor_id", "timestamp"]},
+                    ),
+                    Expect(
+                        "ExpectColumnValuesToBeInSet",
+                        {"column": "on_partition_day", "value_set": [True]},
+                    ),
                     Expect("ExpectTableRowCountToEqual", {"value": expected}),
                 ],
                 name="sensor_chunks",
@@ -97,7 +104,9 @@ def sensor_chunks_values_within_contract_ranges(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, ingest: IngestResource
 ):
     store = lake.store()
-    ranged = [c for c in ingest.contract("readings").columns if c.min is not None or c.max is not None]
+    ranged = [
+        c for c in ingest.contract("readings").columns if c.min is not None or c.max is not None
+    ]
     for day in context.partition_keys:
         with tempfile.TemporaryDirectory(prefix="check-") as tmp:
             frame, _ = _chunk_frame(store, day, Path(tmp))
@@ -145,7 +154,9 @@ def daily_aggregates_pass_quality_suite(
         else:
             frame["rows_in_chunks"] = frame["sensor_id"].map(sensors).fillna(-1).astype("int64")
             required = ["sensor_id", "rows", "event_timestamp", "created_timestamp"]
-            required += [f"{m}_count" for m in measurements] + [f"{m}_missing_ratio" for m in measurements]
+            required += [f"{m}_count" for m in measurements] + [
+                f"{m}_missing_ratio" for m in measurements
+            ]
             outcome = run_suite(
                 frame,
                 [
