@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +17,9 @@ BODY = (
 
 def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
     import dagster as dg
-    from dagster._core.instance.ref import InstanceRef
 
     from ml_platform.lib import paths
-    from ml_platform_tests.servers import moto_server, postgres_cluster
+    from ml_platform_tests.servers import dagster_daemon, moto_server, postgres_cluster
 
     timings: list[float] = []
     with moto_server() as s3, postgres_cluster() as pg, tempfile.TemporaryDirectory() as tmp:
@@ -37,23 +32,8 @@ def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
             "ML_PLATFORM_SENSOR_INTERVAL_S": str(INTERVAL_S),
             "DAGSTER_HOME": tmp,
         }
-        shutil.copy(ROOT / "dagster.yaml", Path(tmp, "dagster.yaml"))
         os.environ.update(env)
-        daemon = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("dagster-daemon")),
-                "run",
-                "-w",
-                str(ROOT / "workspace.yaml"),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(tmp))
-        try:
+        with dagster_daemon(Path(tmp), env) as (instance, _daemon):
             client = s3.client()
             for n in range(uploads + 1):  # the first one warms up the daemon's code server
                 started = time.monotonic()
@@ -71,8 +51,4 @@ def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
                     time.sleep(0.1)
                 if n:
                     timings.append(time.monotonic() - started)
-        finally:
-            os.killpg(daemon.pid, signal.SIGTERM)
-            daemon.wait(30)
-            instance.dispose()
     return timings, INTERVAL_S

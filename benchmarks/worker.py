@@ -25,23 +25,27 @@ def duckdb_copy(path: Path, out: Path) -> int:
     return int(rows)
 
 
-def asset(path: Path, out: Path) -> tuple[int, float]:
-    """The platform's ingest: the ``raw_readings`` asset itself, with a local object store."""
-    import dagster as dg
-
-    from ml_platform.defs.ingest.assets import raw_readings
+def _land(path: Path, out: Path) -> tuple[str, dict]:
+    """Land ``path`` in a local store at ``out`` (a hard link, no copy); its partition and resources."""
     from ml_platform.defs.resources import build_resources
     from ml_platform.lib import paths
     from ml_platform.lib.store import LocalStore
 
     store = LocalStore(out)
     key = paths.landing_object("readings", path.name)
-    target = out / key
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.link(path.resolve(), target)  # land it without copying gigabytes (same filesystem)
-    partition = paths.partition_key(path.name, store.etag(key))
+    (out / key).parent.mkdir(parents=True, exist_ok=True)
+    os.link(path.resolve(), out / key)
     os.environ["ML_PLATFORM_STORE_URL"] = out.as_uri()
-    resources = build_resources()
+    return paths.partition_key(path.name, store.etag(key)), build_resources()
+
+
+def asset(path: Path, out: Path) -> tuple[int, float]:
+    """The platform's ingest: the ``raw_readings`` asset itself, with a local object store."""
+    import dagster as dg
+
+    from ml_platform.defs.ingest.assets import raw_readings
+
+    partition, resources = _land(path, out)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("reading_files", [partition])
         result = dg.materialize(
@@ -74,17 +78,8 @@ def lakehouse(path: Path, out: Path) -> dict:
 
     from ml_platform.defs.ingest.assets import raw_readings
     from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
-    from ml_platform.defs.resources import build_resources
-    from ml_platform.lib import paths
-    from ml_platform.lib.store import LocalStore
 
-    store = LocalStore(out)
-    key = paths.landing_object("readings", path.name)
-    (out / key).parent.mkdir(parents=True, exist_ok=True)
-    os.link(path.resolve(), out / key)
-    partition = paths.partition_key(path.name, store.etag(key))
-    os.environ["ML_PLATFORM_STORE_URL"] = out.as_uri()
-    resources = build_resources()
+    partition, resources = _land(path, out)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("reading_files", [partition])
         raw = dg.materialize(

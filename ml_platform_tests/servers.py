@@ -201,3 +201,42 @@ def postgres_cluster() -> Iterator[Postgres]:
         with contextlib.suppress(Exception):
             pg.pg_ctl("-m", "immediate", "-w", "stop")
         shutil.rmtree(base, ignore_errors=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def dagster_daemon(home: Path, env: dict[str, str], log: Path | None = None):
+    """``dagster-daemon run`` on the repository's workspace, with ``home`` as DAGSTER_HOME holding
+    the repository's own (deployed-profile) ``dagster.yaml``. Yields ``(instance, process)``.
+
+    The instance is opened in this process, so the variables ``dagster.yaml`` reads must be set
+    in ``os.environ`` too.
+    """
+    import signal
+
+    import dagster as dg
+    from dagster._core.instance.ref import InstanceRef
+
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    out = log.open("w") if log else subprocess.DEVNULL
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
+         str(ROOT / "workspace.yaml")],
+        cwd=ROOT, env={**env, "DAGSTER_HOME": str(home)}, stdout=out, stderr=subprocess.STDOUT,
+        start_new_session=True,  # its code server and run workers die with the group
+    )  # fmt: skip
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    try:
+        yield instance, process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+        instance.dispose()
+        if log:
+            out.close()

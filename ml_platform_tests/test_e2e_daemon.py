@@ -5,19 +5,16 @@ proves that configuration works.
 """
 
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.instance.ref import InstanceRef
 
 from ml_platform.lib import paths
+from ml_platform_tests.servers import dagster_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,37 +30,11 @@ def deployed(tmp_path, postgres, s3_env, monkeypatch):
     env = {**s3_env, **postgres.dagster_env(db), "ML_PLATFORM_SENSOR_INTERVAL_S": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("dagster-daemon")),
-            "run",
-            "-w",
-            str(ROOT / "workspace.yaml"),
-        ],
-        cwd=ROOT,
-        env={**os.environ},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
-    try:
+    log = tmp_path / "daemon.log"
+    with dagster_daemon(tmp_path / "dagster_home", {**os.environ}, log) as (instance, daemon):
         yield instance, daemon
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        instance.dispose()
-        log.close()
-        if daemon.returncode not in (0, -signal.SIGTERM):
-            print((tmp_path / "daemon.log").read_text()[-5000:])
+    if daemon.returncode not in (0, -signal.SIGTERM):
+        print(log.read_text()[-5000:])
 
 
 def wait_for_run(
