@@ -256,7 +256,12 @@ def test_a_failing_blocking_check_stops_only_its_own_days_downstream(
     }
 
 
-def test_single_run_backfill_from_the_cli(tmp_path, store, instance, landed):
+def test_single_run_backfill_of_seven_days_from_the_cli(tmp_path, store, instance):
+    week = [f"2024-01-0{d}" for d in range(1, 8)]
+    files = write_files(
+        GeneratorConfig(days=7, sensors=2, interval_s=1800, seed=3), tmp_path / "gen"
+    )
+    assert all(ingest(instance, store, f) for f in files.readings)
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
@@ -264,11 +269,18 @@ def test_single_run_backfill_from_the_cli(tmp_path, store, instance, landed):
     subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m",
          "ml_platform.definitions", "--select", "sensor_chunks,daily_aggregates",
-         "--partition-range", f"{DAYS[0]}...{DAYS[-1]}"],
+         "--partition-range", f"{week[0]}...{week[-1]}"],
         cwd=ROOT, env=env, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as cli_instance:
-        assert len(cli_instance.get_runs()) == 1
+        [run] = cli_instance.get_runs()
+        assert run.status == dg.DagsterRunStatus.SUCCESS
         for asset in ("sensor_chunks", "daily_aggregates"):
-            assert cli_instance.get_materialized_partitions(dg.AssetKey(asset)) == set(DAYS)
-    assert all(store.exists(paths.aggregates_object(d)) for d in DAYS)
+            assert cli_instance.get_materialized_partitions(dg.AssetKey(asset)) == set(week)
+    assert all(store.exists(paths.aggregates_object(d)) for d in week)
+
+
+def test_an_in_process_range_is_one_run(store, instance, landed):
+    before = len(instance.get_runs())
+    assert run_range(instance, DAYS[0], DAYS[-1]).success
+    assert len(instance.get_runs()) == before + 1

@@ -132,6 +132,13 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     group_name="lakehouse",
     kinds={"duckdb", "parquet", "s3"},
     owners=["team:data-platform"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "daily_aggregates_one_row_per_sensor_object",
+            asset="daily_aggregates",
+            description="Each day has as many aggregate rows as it has sensor chunk objects.",
+        )
+    ],
     # The newest day's aggregates are expected by 06:00 UTC the next morning.
     freshness_policy=dg.FreshnessPolicy.cron(
         deadline_cron="0 6 * * *", lower_bound_delta=timedelta(hours=24)
@@ -153,7 +160,7 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
         target = paths.aggregates_object(day)
         if not chunk_keys:
             store.delete(target)
-            per_day[day] = {"rows": 0, "history_days": 0}
+            per_day[day] = {"rows": 0, "sensors": 0, "history_days": 0}
             continue
         history = [k for k in map(paths.aggregates_object, previous_days(day)) if store.exists(k)]
         created = max(o.last_modified for o in store.list(paths.bronze_day_prefix("readings", day)))
@@ -176,7 +183,8 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
 
                 preview = pq.read_table(out).slice(0, 5).to_pylist()
             store.put_file(out, target, move=True)
-        per_day[day] = {"rows": rows, "history_days": len(history)}
+        per_day[day] = {"rows": rows, "sensors": len(chunk_keys), "history_days": len(history)}
+    mismatched = [d for d, v in per_day.items() if v["rows"] != v.get("sensors", 0)]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": sum(d["rows"] for d in per_day.values()),
@@ -185,7 +193,17 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
             "preview": dg.MetadataValue.md(_markdown(preview, columns=10)),
             "location": store.uri(paths.GOLD_AGGREGATES),
             "seconds": round(time.perf_counter() - started, 3),
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="daily_aggregates_one_row_per_sensor_object",
+                passed=not mismatched,
+                metadata={
+                    "days_checked": len(per_day),
+                    "days_failing": dg.MetadataValue.json(mismatched),
+                },
+            )
+        ],
     )
 
 
