@@ -5,8 +5,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
+import dagster as dg
 import pytest
 
+from ml_platform.lib.generator import GeneratorConfig, write_files
+from ml_platform.lib.store import LocalStore
+from ml_platform_tests.helpers import ingest
 from ml_platform_tests.servers import (
     Postgres,
     S3Server,
@@ -41,3 +45,25 @@ def postgres() -> Iterator[Postgres]:
         pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
     with postgres_cluster() as pg:
         yield pg
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> LocalStore:
+    """An empty local object store, selected through ML_PLATFORM_STORE_URL."""
+    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
+    return LocalStore(tmp_path / "lake")
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture
+def landed(tmp_path, store, instance) -> list[str]:
+    """Three generated days (3 sensors, with duplicates and late rows) ingested into bronze."""
+    files = write_files(
+        GeneratorConfig(days=3, sensors=3, interval_s=600, seed=7), tmp_path / "gen"
+    )
+    return [ingest(instance, store, f) for f in files.readings]

@@ -207,9 +207,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @contextlib.contextmanager
-def dagster_daemon(home: Path, env: dict[str, str], log: Path | None = None):
+def dagster_daemon(
+    home: Path, env: dict[str, str], log: Path | None = None, config: str = "dagster.yaml"
+):
     """``dagster-daemon run`` on the repository's workspace, with ``home`` as DAGSTER_HOME holding
-    the repository's own (deployed-profile) ``dagster.yaml``. Yields ``(instance, process)``.
+    the repository's own instance ``config`` (by default the deployed profile, PostgreSQL).
+    Yields ``(instance, process)``.
 
     The instance is opened in this process, so the variables ``dagster.yaml`` reads must be set
     in ``os.environ`` too.
@@ -220,7 +223,7 @@ def dagster_daemon(home: Path, env: dict[str, str], log: Path | None = None):
     from dagster._core.instance.ref import InstanceRef
 
     home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(ROOT / config, home / "dagster.yaml")
     out = log.open("w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",

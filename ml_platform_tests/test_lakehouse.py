@@ -8,10 +8,8 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
-import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from ml_platform.defs.ingest.assets import raw_readings
 from ml_platform.defs.lakehouse import checks
 from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 from ml_platform.defs.lakehouse.sensors import RANGE_END, RANGE_START, build_lakehouse_sensor
@@ -19,6 +17,7 @@ from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore
+from ml_platform_tests.helpers import ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
@@ -32,34 +31,6 @@ LAKEHOUSE = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch) -> LocalStore:
-    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
-    return LocalStore(tmp_path / "lake")
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
-def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> str:
-    name = name or file.name
-    key = paths.landing_object("readings", name)
-    store.put_file(file, key)
-    partition = paths.partition_key(name, store.etag(key))
-    instance.add_dynamic_partitions("reading_files", [partition])
-    result = dg.materialize(
-        [raw_readings],
-        instance=instance,
-        partition_key=partition,
-        resources=build_resources(),
-        raise_on_error=False,
-    )
-    return partition if result.success else ""
-
-
 def run_range(instance, start: str, end: str) -> dg.ExecuteInProcessResult:
     return dg.materialize(
         LAKEHOUSE,
@@ -68,15 +39,6 @@ def run_range(instance, start: str, end: str) -> dg.ExecuteInProcessResult:
         raise_on_error=False,
         tags={RANGE_START: start, RANGE_END: end},
     )
-
-
-@pytest.fixture
-def landed(tmp_path, store, instance) -> list[str]:
-    """Three generated days (with duplicates and late rows) ingested into bronze."""
-    files = write_files(
-        GeneratorConfig(days=3, sensors=3, interval_s=600, seed=7), tmp_path / "gen"
-    )
-    return [ingest(instance, store, f) for f in files.readings]
 
 
 def objects(store: LocalStore, prefix: str) -> dict[str, bytes]:
@@ -94,7 +56,7 @@ def expected_chunks(store: LocalStore, day: str) -> pd.DataFrame:
 
 def expected_aggregates(chunks: pd.DataFrame, history: list[pd.DataFrame]) -> pd.DataFrame:
     rows = []
-    hours = (chunks["timestamp"] - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 3600
+    hours = (chunks["timestamp"] - chunks["timestamp"].dt.normalize()).dt.total_seconds() / 3600
     for sensor, group in chunks.groupby("sensor_id"):
         row = {"sensor_id": sensor, "rows": len(group)}
         for m in MEASUREMENTS:

@@ -169,3 +169,20 @@ def test_invalid_contracts_fail_loudly():
         parse_contract({"columns": {"t": {"type": "double", "min": 5, "max": 1}}})
     with pytest.raises(ContractError, match="type must be one of"):
         parse_contract({"columns": {"t": {"type": "float128"}}})
+
+
+def test_a_bad_timestamp_past_the_sniffer_sample_is_a_bad_row_not_a_bad_file(tmp_path, contract):
+    good = "".join(
+        f"2024-01-01T00:{i // 60 % 60:02d}:{i % 60:02d}Z,s1,50,2,5,20\n" for i in range(3000)
+    )
+    body = HEADER + good * 20 + "garbage,s1,50,2,5,20\n"  # 60,000 rows before the bad one
+    report = ingest(tmp_path, contract, "late-garbage.csv", body)
+    assert report.rejected_rows == {"unparseable_timestamp": 1}
+    assert report.rows_in == 60_001
+
+
+def test_contract_bounds_are_numbers():
+    contract = parse_contract({"columns": {"t": {"type": "double", "min": "-4e1", "max": "1e3"}}})
+    assert (contract.columns[0].min, contract.columns[0].max) == (-40.0, 1000.0)
+    with pytest.raises(ContractError, match="max must be a number"):
+        parse_contract({"columns": {"t": {"type": "double", "max": "1; DROP TABLE x"}}})

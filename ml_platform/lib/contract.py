@@ -88,6 +88,14 @@ def parse_contract(data: dict[str, Any], source: str = "<inline>") -> Contract:
         spec = dict(spec or {})
         bad = set(spec) - {"type", "unit", "min", "max", "required", "description"}
         _require(not bad, f"column {name!r}: unknown keys {sorted(bad)}", source)
+        for bound in ("min", "max"):
+            if spec.get(bound) is not None:
+                try:
+                    spec[bound] = float(spec[bound])  # YAML reads 1e3 as a string
+                except (TypeError, ValueError):
+                    raise ContractError(
+                        f"{source}: column {name!r}: {bound} must be a number"
+                    ) from None
         column = Column(name=str(name), **spec)
         _require(
             column.type in TYPES, f"column {name!r}: type must be one of {sorted(TYPES)}", source

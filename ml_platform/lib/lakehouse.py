@@ -82,7 +82,7 @@ def build_chunks(
         columns = [
             r[0]
             for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({_files(parts)}, union_by_name=true)"
+                f"DESCRIBE SELECT * FROM read_parquet({_files(parts)}, union_by_name=true, hive_partitioning=false)"
             ).fetchall()
         ]
         values = [c for c in columns if c not in KEY_COLUMNS]
@@ -91,7 +91,7 @@ def build_chunks(
         tie_break = "".join(f", {_ident(c)} DESC NULLS LAST" for c in values)
         con.execute(
             "CREATE TABLE merged AS SELECT * EXCLUDE (filename, _rank) FROM ("
-            f"SELECT b.*, r._rank FROM read_parquet({_files(parts)}, union_by_name=true, "
+            f"SELECT b.*, r._rank FROM read_parquet({_files(parts)}, union_by_name=true, hive_partitioning=false, "
             "filename=true) b JOIN ranks r USING (filename)) "
             f"QUALIFY row_number() OVER (PARTITION BY sensor_id, timestamp "
             f"ORDER BY _rank DESC{tie_break}) = 1"
@@ -171,7 +171,9 @@ def aggregate_day(
     simply absent, so the trailing features use whatever history exists.
     Returns the number of rows written.
     """
-    con = _connect(memory_limit)
+    # One thread: floating-point sums then add up in one order, so re-runs write identical bytes.
+    con = _connect(memory_limit, threads=1)
+    midnight = (date.fromisoformat(day) - date(1970, 1, 1)).days * 86_400  # epoch seconds
     try:
         stats = []
         for m in measurements:
@@ -186,18 +188,22 @@ def aggregate_day(
                 # One sort per measurement for all three exact quantiles (unpacked below).
                 f"quantile_cont({c}, [0.05, 0.5, 0.95]) AS {_ident(m + '_q')}",
                 f"arg_max({c}, timestamp) FILTER (WHERE {c} IS NOT NULL) AS {_ident(m + '_last')}",
-                f"regr_slope({c}, epoch(timestamp) / 3600.0) AS {_ident(m + '_slope_per_h')}",
+                # Hours since midnight: small x values keep the regression numerically exact.
+                f"regr_slope({c}, (epoch(timestamp) - {midnight}) / 3600.0) "
+                f"AS {_ident(m + '_slope_per_h')}",
             ]
         con.execute(
             f"CREATE TABLE today AS SELECT sensor_id, count(*) AS rows, {', '.join(stats)} "
-            f"FROM read_parquet({_files(chunks)}, union_by_name=true) GROUP BY sensor_id"
+            f"FROM read_parquet({_files(chunks)}, union_by_name=true, hive_partitioning=false) GROUP BY sensor_id"
         )
         trailing_cols = ["sensor_id"]
         for m in measurements:
             trailing_cols.append(f"avg({_ident(m + '_mean')}) AS {_ident(m + '_mean_7d')}")
         trailing_cols.append("count(*) FILTER (WHERE rows > 0) AS days_with_data_7d")
         if previous:
-            source = f"read_parquet({_files(previous)}, union_by_name=true)"
+            source = (
+                f"read_parquet({_files(previous)}, union_by_name=true, hive_partitioning=false)"
+            )
         else:  # an empty history with the right columns
             nulls = ", ".join(f"NULL::DOUBLE AS {_ident(m + '_mean')}" for m in measurements)
             source = f"(SELECT NULL::VARCHAR AS sensor_id, 0 AS rows, {nulls} WHERE false)"
@@ -244,7 +250,9 @@ def read_frame(files: list[Path]) -> Any:
         return pd.DataFrame()
     with duckdb.connect() as con:
         con.execute("SET TimeZone='UTC'")
-        return con.execute(f"SELECT * FROM read_parquet({_files(files)}, union_by_name=true)").df()
+        return con.execute(
+            f"SELECT * FROM read_parquet({_files(files)}, union_by_name=true, hive_partitioning=false)"
+        ).df()
 
 
 def distinct_keys(files: list[Path]) -> int:
@@ -254,5 +262,5 @@ def distinct_keys(files: list[Path]) -> int:
     with duckdb.connect() as con:
         return con.execute(
             "SELECT count(*) FROM (SELECT DISTINCT sensor_id, timestamp FROM "
-            f"read_parquet({_files(files)}, union_by_name=true))"
+            f"read_parquet({_files(files)}, union_by_name=true, hive_partitioning=false))"
         ).fetchone()[0]

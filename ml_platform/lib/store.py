@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 _TMP_PREFIX = ".tmp-"
 
@@ -302,7 +303,7 @@ def open_store(url: str, **client_options: str | None) -> ObjectStore:
             parsed.netloc, parsed.path, client, endpoint=client_options.get("endpoint_url")
         )
     if parsed.scheme == "file":
-        return LocalStore(Path(parsed.path))
+        return LocalStore(Path(url2pathname(parsed.path)))  # "my%20project" -> "my project"
     if parsed.scheme == "":
         return LocalStore(Path(url))
     raise ValueError(f"unsupported store URL {url!r}: use file://, a folder path or s3://")

@@ -36,6 +36,8 @@ def build_landing_sensor(
             return dg.SkipReason(f"no new objects under {store.uri(prefix)}")
         requests = []
         for obj in new:
+            if obj.key.endswith("/"):  # a "folder" marker some S3 clients create: not a file
+                continue
             try:
                 etag = obj.etag or store.etag(obj.key)
             except FileNotFoundError:

@@ -119,13 +119,14 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     partitions_def=daily,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[
-        sensor_chunks,
-        # The trailing-week features read the seven previous days' aggregates; missing days are
-        # tolerated (the history simply starts later).
+        # A day's aggregates depend on its own chunks and, through the trailing-week features, on
+        # the seven days before it; missing earlier days are tolerated. (Mapped on sensor_chunks
+        # rather than on daily_aggregates itself: a self-dependency makes the backfill daemon
+        # split a range into one run per asset.)
         dg.AssetDep(
-            "daily_aggregates",
+            sensor_chunks,
             partition_mapping=dg.TimeWindowPartitionMapping(
-                start_offset=-7, end_offset=-1, allow_nonexistent_upstream_partitions=True
+                start_offset=-7, end_offset=0, allow_nonexistent_upstream_partitions=True
             ),
         ),
     ],
