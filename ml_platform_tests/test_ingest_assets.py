@@ -134,3 +134,44 @@ def test_an_overwritten_object_is_not_ingested_under_its_old_version(s3_server, 
     result = materialize(instance, raw_readings, old)
     assert not result.success
     assert "was overwritten" in result.failure_data_for_node("raw_readings").error.message
+
+
+def test_the_s3_download_only_accepts_the_expected_version(s3_server, s3_env):
+    from ml_platform.lib.store import ObjectChangedError, open_store
+
+    store = open_store(s3_env["ML_PLATFORM_STORE_URL"])
+    store.put_bytes(b"v1", "landing/readings/v.csv")
+    etag = store.etag("landing/readings/v.csv")
+    with store.local_copy("landing/readings/v.csv", if_match=etag) as path:
+        assert path.read_bytes() == b"v1"
+    store.put_bytes(b"v2", "landing/readings/v.csv")
+    with (
+        pytest.raises(ObjectChangedError),
+        store.local_copy("landing/readings/v.csv", if_match=etag),
+    ):
+        pass
+
+
+def test_publishing_is_all_days_or_none(s3_server, s3_env, tmp_path):
+    from ml_platform.defs.ingest.assets import _publish
+    from ml_platform.lib.ingest import ingest_file
+    from ml_platform.lib.store import StoreUnavailableError, open_store
+
+    src = tmp_path / "r.csv"
+    src.write_text(THREE_DAYS)
+    report = ingest_file(src, build_resources()["ingest"].contract("readings"), tmp_path / "out")
+    store = open_store(s3_env["ML_PLATFORM_STORE_URL"])
+    real_put, calls = store.put_file, []
+
+    def flaky_put(src, dst, *, move=False):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise StoreUnavailableError("store went away mid-publish")
+        return real_put(src, dst, move=move)
+
+    store.put_file = flaky_put
+    with pytest.raises(StoreUnavailableError):
+        _publish(store, "readings", "f-1", report)
+    assert keys_under(s3_server, s3_env, "lake/bronze/") == []  # the first day was withdrawn
+    store.put_file = real_put
+    assert len(_publish(store, "readings", "f-1", report)) == 3

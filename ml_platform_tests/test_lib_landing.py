@@ -40,17 +40,40 @@ def test_objects_landing_later_in_the_same_second_are_still_seen() -> None:
     assert [o.key for o in first] == ["a"]
     second, cursor = select_new([obj("a", 5), obj("b", 5)], cursor, 10)
     assert [o.key for o in second] == ["b"]
-    assert cursor.keys_at_hwm == {"a", "b"}
+    assert cursor.keys_at_hwm == {"a@e", "b@e"}
 
 
 def test_cursor_stays_compact_when_time_moves_on() -> None:
     _, cursor = drain([obj(f"k{i}", i) for i in range(50)], 10)
     assert cursor.hwm == T0 + timedelta(seconds=49)
-    assert cursor.keys_at_hwm == {"k49"}
+    assert cursor.keys_at_hwm == {"k49@e"}
+
+
+def test_a_key_overwritten_within_the_same_second_is_a_new_version() -> None:
+    first, cursor = select_new([obj("a", 5)], LandingCursor(), 10)
+    rewritten = ObjectInfo(key="a", last_modified=first[0].last_modified, size=2, etag="other")
+    again, _ = select_new([rewritten], cursor, 10)
+    assert again == [rewritten]
+
+
+def test_a_local_file_moved_in_with_an_old_mtime_is_seen(tmp_path) -> None:
+    import os
+
+    from ml_platform.lib.store import LocalStore
+
+    store = LocalStore(tmp_path / "lake")
+    store.put_bytes(b"new", "landing/readings/new.csv")
+    _, cursor = select_new(store.list("landing/readings/"), LandingCursor(), 10)
+    old = tmp_path / "old.csv"
+    old.write_bytes(b"old")
+    os.utime(old, (0, 0))  # mtime in 1970, as `mv` or `cp -p` of an old file keeps it
+    old.rename(tmp_path / "lake/landing/readings/old.csv")
+    new, _ = select_new(store.list("landing/readings/"), cursor, 10)
+    assert [o.key for o in new] == ["landing/readings/old.csv"]
 
 
 def test_nothing_new_keeps_the_cursor() -> None:
-    cursor = LandingCursor(hwm=T0, keys_at_hwm=frozenset({"a"}))
+    cursor = LandingCursor(hwm=T0, keys_at_hwm=frozenset({"a@e"}))
     assert select_new([obj("a", 0)], cursor, 5) == ([], cursor)
 
 

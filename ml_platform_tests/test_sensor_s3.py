@@ -69,7 +69,7 @@ def test_2500_objects_are_each_requested_exactly_once_across_capped_ticks(
     state = LandingCursor.from_json(cursor)
     listed = client.list_objects_v2(Bucket=bucket, Prefix=PREFIX, MaxKeys=1000)
     at_hwm = {
-        o["Key"]
+        f"{o['Key']}@{o['ETag'].strip(chr(34))}"
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX)
         for o in page["Contents"]
         if o["LastModified"] == state.hwm

@@ -1,8 +1,8 @@
 """Which landed objects are new since the last sensor tick: a compact, exact cursor.
 
 S3 ``LastModified`` has one-second resolution and listings come in key order, so the cursor keeps
-a high-water mark (the newest ``LastModified`` handed out) plus the keys handed out *at* that
-instant. Objects are taken oldest first, capped per tick; whatever is left at the high-water
+a high-water mark (the newest ``LastModified`` handed out) plus the object versions (key and
+ETag) handed out *at* that instant, so a key overwritten within the same second is still new. Objects are taken oldest first, capped per tick; whatever is left at the high-water
 second is still "not seen" and is taken next tick. The cursor never grows beyond the keys that
 share one timestamp.
 """
@@ -25,7 +25,7 @@ class LandingCursor:
     def is_new(self, obj: ObjectInfo) -> bool:
         if self.hwm is None or obj.last_modified > self.hwm:
             return True
-        return obj.last_modified == self.hwm and obj.key not in self.keys_at_hwm
+        return obj.last_modified == self.hwm and version(obj) not in self.keys_at_hwm
 
     def to_json(self) -> str:
         return json.dumps(
@@ -45,6 +45,11 @@ class LandingCursor:
         return cls(hwm=hwm, keys_at_hwm=frozenset(data.get("keys_at_hwm", ())))
 
 
+def version(obj: ObjectInfo) -> str:
+    """One object version: its key and ETag (or, where the listing has none, its size)."""
+    return f"{obj.key}@{obj.etag or obj.size}"
+
+
 def select_new(
     objects: Iterable[ObjectInfo], cursor: LandingCursor, limit: int
 ) -> tuple[list[ObjectInfo], LandingCursor]:
@@ -56,7 +61,7 @@ def select_new(
     if not taken:
         return [], cursor
     hwm = taken[-1].last_modified
-    at_hwm = {o.key for o in taken if o.last_modified == hwm}
+    at_hwm = {version(o) for o in taken if o.last_modified == hwm}
     if hwm == cursor.hwm:
         at_hwm |= cursor.keys_at_hwm
     return taken, LandingCursor(hwm=hwm, keys_at_hwm=frozenset(at_hwm))

@@ -28,6 +28,10 @@ class StoreUnavailableError(RuntimeError):
     """The object store could not be reached or refused the request."""
 
 
+class ObjectChangedError(RuntimeError):
+    """The object no longer has the version (ETag) the caller asked for."""
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -43,7 +47,9 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def etag(self, key: str) -> str: ...
     def exists(self, key: str) -> bool: ...
-    def local_copy(self, key: str) -> contextlib.AbstractContextManager[Path]: ...
+    def local_copy(
+        self, key: str, if_match: str | None = None
+    ) -> contextlib.AbstractContextManager[Path]: ...
     def read_bytes(self, key: str) -> bytes: ...
     def fetch(self, keys: list[str], into: Path) -> list[Path]: ...
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None: ...
@@ -95,9 +101,13 @@ class LocalStore:
                     continue
                 with contextlib.suppress(FileNotFoundError):  # deleted while listing
                     stat = path.stat()
+                    # ctime too: a file moved or copied in with an old mtime (mv, cp -p, rsync -a)
+                    # has just landed, and its ctime says so.
                     yield ObjectInfo(
                         key=key,
-                        last_modified=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
+                        last_modified=datetime.fromtimestamp(
+                            max(stat.st_mtime, stat.st_ctime), tz=UTC
+                        ),
                         size=stat.st_size,
                     )
 
@@ -108,7 +118,8 @@ class LocalStore:
         return self._path(key).is_file()
 
     @contextlib.contextmanager
-    def local_copy(self, key: str) -> Iterator[Path]:
+    def local_copy(self, key: str, if_match: str | None = None) -> Iterator[Path]:
+        # ``if_match`` is checked by the caller against the content hash (see content_etag).
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(f"no object {self.uri(key)}")
@@ -222,11 +233,29 @@ class S3Store:
         return True
 
     @contextlib.contextmanager
-    def local_copy(self, key: str) -> Iterator[Path]:
+    def local_copy(self, key: str, if_match: str | None = None) -> Iterator[Path]:
+        """Download to a temporary file; with ``if_match``, only that version (else
+        :class:`ObjectChangedError`), so an overwrite racing the download is never ingested."""
+        from botocore.exceptions import ClientError
+
         with tempfile.TemporaryDirectory(prefix="ml-platform-") as tmp:
             path = Path(tmp, key.rsplit("/", 1)[-1] or "object")
             with self._errors(f"downloading {self.uri(key)}"):
-                self.client.download_file(self.bucket, self._key(key), str(path))
+                if if_match is None:
+                    self.client.download_file(self.bucket, self._key(key), str(path))
+                else:
+                    try:
+                        response = self.client.get_object(
+                            Bucket=self.bucket, Key=self._key(key), IfMatch=if_match
+                        )
+                    except ClientError as exc:
+                        if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+                            raise ObjectChangedError(
+                                f"{self.uri(key)} is no longer {if_match}"
+                            ) from exc
+                        raise
+                    with path.open("wb") as fh:
+                        shutil.copyfileobj(response["Body"], fh, 1 << 20)
             yield path
 
     def read_bytes(self, key: str) -> bytes:

@@ -13,7 +13,10 @@ from ml_platform.defs.partitions import label_files, reading_files
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
 from ml_platform.lib.ingest import IngestReport, RejectedFileError, ingest_file
-from ml_platform.lib.store import ObjectStore, content_etag, sha256_file
+from ml_platform.lib.store import ObjectChangedError, ObjectStore, content_etag, sha256_file
+
+#: Store outages and the like are retried; rejected files raise Failure(allow_retries=False).
+TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
 
@@ -52,7 +55,7 @@ def ingest_landed_object(
     """Validate one landed object against its contract and publish its bronze parts by day.
 
     Rejected files fail the run with the reason and are quarantined; bronze is only written after
-    the whole file was read and typed, one complete object per day.
+    the whole file was read and typed, all days or none.
     """
     started = time.perf_counter()
     store = lake.store()
@@ -60,10 +63,6 @@ def ingest_landed_object(
     relative_key, etag = paths.split_partition_key(context.partition_key)
     key = paths.landing_object(dataset, relative_key)
     file_id = paths.file_id(context.partition_key)
-    if not store.exists(key):
-        raise dg.Failure(
-            f"{store.uri(key)} no longer exists: nothing to ingest", allow_retries=False
-        )
 
     def overwritten(current: str) -> dg.Failure:
         return dg.Failure(
@@ -72,62 +71,82 @@ def ingest_landed_object(
             allow_retries=False,
         )
 
+    if not store.exists(key):
+        raise dg.Failure(
+            f"{store.uri(key)} no longer exists: nothing to ingest", allow_retries=False
+        )
     if not store.etag_is_content_hash and (current := store.etag(key)) != etag:
         raise overwritten(current)
-
-    with (
-        store.local_copy(key) as local,
-        tempfile.TemporaryDirectory(prefix="bronze-") as out,
-        ThreadPoolExecutor(1) as hasher,
-    ):
-        size, sha256_future = local.stat().st_size, hasher.submit(sha256_file, local)
-        try:
-            report = ingest_file(
-                local,
-                contract,
-                Path(out),
-                memory_limit=ingest.memory_limit,
-                threads=ingest.threads or None,
-            )
-        except RejectedFileError as rejected:
+    # S3: the download asks for exactly this ETag. Local: the content hash is compared below.
+    if_match = None if store.etag_is_content_hash else etag
+    try:
+        with (
+            store.local_copy(key, if_match) as local,
+            tempfile.TemporaryDirectory(prefix="bronze-") as out,
+            ThreadPoolExecutor(1) as hasher,
+        ):
+            size, sha256_future = local.stat().st_size, hasher.submit(sha256_file, local)
+            try:
+                report = ingest_file(
+                    local,
+                    contract,
+                    Path(out),
+                    memory_limit=ingest.memory_limit,
+                    threads=ingest.threads or None,
+                )
+            except RejectedFileError as rejected:
+                sha256 = sha256_future.result()
+                if store.etag_is_content_hash and content_etag(sha256) != etag:
+                    raise overwritten(content_etag(sha256)) from rejected
+                record = {
+                    "object": store.uri(key),
+                    "partition_key": context.partition_key,
+                    "etag": etag,
+                    "sha256": sha256,
+                    "bytes": size,
+                    "reason": rejected.reason,
+                    "message": rejected.message,
+                    "details": rejected.details,
+                    "contract": contract.source,
+                    "run_id": context.run.run_id,
+                    "rejected_at": datetime.now(UTC).isoformat(),
+                }
+                copy_uri = _quarantine(context, store, dataset, relative_key, record)
+                context.log.error(f"rejected {store.uri(key)}: {rejected.message}")
+                raise dg.Failure(
+                    description=f"{store.uri(key)} rejected ({rejected.reason}): "
+                    f"{rejected.message}. Quarantined at {copy_uri}",
+                    metadata={"reason": rejected.reason, "quarantined": copy_uri, "sha256": sha256},
+                    allow_retries=False,
+                ) from rejected
             sha256 = sha256_future.result()
             if store.etag_is_content_hash and content_etag(sha256) != etag:
-                raise overwritten(content_etag(sha256)) from rejected
-            record = {
-                "object": store.uri(key),
-                "partition_key": context.partition_key,
-                "etag": etag,
-                "sha256": sha256,
-                "bytes": size,
-                "reason": rejected.reason,
-                "message": rejected.message,
-                "details": rejected.details,
-                "contract": contract.source,
-                "run_id": context.run.run_id,
-                "rejected_at": datetime.now(UTC).isoformat(),
-            }
-            copy_uri = _quarantine(context, store, dataset, relative_key, record)
-            context.log.error(f"rejected {store.uri(key)}: {rejected.message}")
-            raise dg.Failure(
-                description=f"{store.uri(key)} rejected ({rejected.reason}): {rejected.message}. "
-                f"Quarantined at {copy_uri}",
-                metadata={"reason": rejected.reason, "quarantined": copy_uri, "sha256": sha256},
-                allow_retries=False,
-            ) from rejected
-        sha256 = sha256_future.result()
-        if store.etag_is_content_hash and content_etag(sha256) != etag:
-            raise overwritten(content_etag(sha256))
-        written = []
-        for day, part in report.parts.items():
-            part_key = paths.bronze_part(dataset, day, file_id)
-            store.put_file(part, part_key, move=True)
-            written.append(store.uri(part_key))
+                raise overwritten(content_etag(sha256))
+            written = _publish(store, dataset, file_id, report)
+    except ObjectChangedError as exc:
+        raise overwritten("a newer version") from exc
 
     return dg.MaterializeResult(
         metadata=_metadata(
             report, store.uri(key), etag, sha256, size, written, time.perf_counter() - started
         )
     )
+
+
+def _publish(store: ObjectStore, dataset: str, file_id: str, report: IngestReport) -> list[str]:
+    """Move the day parts into bronze: all of them or none (a half-published file would leak
+    into the next rebuild of its days)."""
+    published: list[str] = []
+    try:
+        for day, part in report.parts.items():
+            part_key = paths.bronze_part(dataset, day, file_id)
+            store.put_file(part, part_key, move=True)
+            published.append(part_key)
+    except BaseException:
+        for part_key in published:
+            store.delete(part_key)
+        raise
+    return [store.uri(k) for k in published]
 
 
 def _metadata(
@@ -177,6 +196,7 @@ def _metadata(
     group_name="ingest",
     kinds={"s3", "duckdb", "parquet"},
     owners=["team:data-platform"],
+    retry_policy=TRANSIENT_RETRIES,
 )
 def raw_readings(
     context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource
@@ -190,6 +210,7 @@ def raw_readings(
     group_name="ingest",
     kinds={"s3", "duckdb", "parquet"},
     owners=["team:data-platform"],
+    retry_policy=TRANSIENT_RETRIES,
 )
 def raw_labels(
     context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource

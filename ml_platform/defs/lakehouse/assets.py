@@ -8,7 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs.ingest.assets import raw_readings
+from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES, raw_readings
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
@@ -35,6 +35,7 @@ def _markdown(rows: list[dict], columns: int = 8) -> str:
     group_name="lakehouse",
     kinds={"duckdb", "parquet", "s3"},
     owners=["team:data-platform"],
+    retry_policy=TRANSIENT_RETRIES,
     check_specs=[
         dg.AssetCheckSpec(
             "sensor_chunks_conserve_rows",
@@ -133,6 +134,7 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     group_name="lakehouse",
     kinds={"duckdb", "parquet", "s3"},
     owners=["team:data-platform"],
+    retry_policy=TRANSIENT_RETRIES,
     check_specs=[
         dg.AssetCheckSpec(
             "daily_aggregates_one_row_per_sensor_object",
