@@ -50,6 +50,7 @@ class ChunkReport:
     day: str
     rows_in: int = 0
     rows_out: int = 0
+    rows_written: int = 0  # read back from the written files' footers
     duplicates_removed: int = 0
     rows_per_sensor: dict[str, int] = field(default_factory=dict)
     gaps: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -121,6 +122,7 @@ def build_chunks(
     for folder in sorted(out_dir.glob("sensor_id=*")):
         [data] = sorted(folder.glob("*.parquet"))  # one file per partition: no size rotation
         report.files[folder.name] = data
+    report.rows_written = sum(pq.ParquetFile(f).metadata.num_rows for f in report.files.values())
     return report
 
 
