@@ -157,27 +157,20 @@ def end_of_day(day: str) -> datetime:
     return datetime.combine(date.fromisoformat(day), time.max, tzinfo=UTC)
 
 
-def aggregate_day(
+def day_statistics(
     chunks: list[Path],
     day: str,
     measurements: list[str],
     out_file: Path,
     *,
-    previous: list[Path] | None = None,
-    created: datetime,
     memory_limit: str = "1GB",
-) -> int:
-    """Write one row per sensor with the day's statistics and the trailing-week features.
-
-    ``previous`` are the aggregates of the (up to) seven days before ``day``; missing days are
-    simply absent, so the trailing features use whatever history exists.
-    Returns the number of rows written.
-    """
+) -> None:
+    """Write the day's own statistics, one row per sensor (no history: days can run in parallel)."""
     # One thread: floating-point sums then add up in one order, so re-runs write identical bytes.
     con = _connect(memory_limit, threads=1)
     midnight = (date.fromisoformat(day) - date(1970, 1, 1)).days * 86_400  # epoch seconds
     try:
-        stats = []
+        stats, unpacked = [], []
         for m in measurements:
             c = _ident(m)
             stats += [
@@ -194,10 +187,43 @@ def aggregate_day(
                 f"regr_slope({c}, (epoch(timestamp) - {midnight}) / 3600.0) "
                 f"AS {_ident(m + '_slope_per_h')}",
             ]
+            for stat in STATISTICS:
+                if stat in ("p05", "p50", "p95"):
+                    i = {"p05": 1, "p50": 2, "p95": 3}[stat]
+                    unpacked.append(f"{_ident(m + '_q')}[{i}] AS {_ident(f'{m}_{stat}')}")
+                else:
+                    unpacked.append(_ident(f"{m}_{stat}"))
         con.execute(
             f"CREATE TABLE today AS SELECT sensor_id, count(*) AS rows, {', '.join(stats)} "
-            f"FROM read_parquet({_files(chunks)}, union_by_name=true, hive_partitioning=false) GROUP BY sensor_id"
+            f"FROM read_parquet({_files(chunks)}, union_by_name=true, hive_partitioning=false) "
+            "GROUP BY sensor_id"
         )
+        con.execute(
+            f"COPY (SELECT sensor_id, rows, {', '.join(unpacked)} FROM today ORDER BY sensor_id) "
+            f"TO {_q(str(out_file))} (FORMAT parquet)"
+        )
+    finally:
+        con.close()
+
+
+def add_trailing(
+    statistics: Path,
+    day: str,
+    measurements: list[str],
+    out_file: Path,
+    *,
+    previous: list[Path] | None = None,
+    created: datetime,
+    memory_limit: str = "1GB",
+) -> int:
+    """Join the day's statistics with the trailing-week features and write the gold row set.
+
+    ``previous`` are the aggregates of the (up to) seven days before ``day``; missing days are
+    simply absent, so the trailing features use whatever history exists.
+    Returns the number of rows written.
+    """
+    con = _connect(memory_limit, threads=1)
+    try:
         trailing_cols = ["sensor_id"]
         for m in measurements:
             trailing_cols.append(f"avg({_ident(m + '_mean')}) AS {_ident(m + '_mean_7d')}")
@@ -218,20 +244,13 @@ def aggregate_day(
                 f"h.{_ident(m + '_mean_7d')}",
                 f"t.{_ident(m + '_mean')} - h.{_ident(m + '_mean_7d')} AS {_ident(m + '_change_vs_7d')}",
             ]
-        ordered = []
-        for m in measurements:
-            for stat in STATISTICS:
-                if stat in ("p05", "p50", "p95"):
-                    i = {"p05": 1, "p50": 2, "p95": 3}[stat]
-                    ordered.append(f"t.{_ident(m + '_q')}[{i}] AS {_ident(f'{m}_{stat}')}")
-                else:
-                    ordered.append(f"t.{_ident(f'{m}_{stat}')}")
         con.execute(
-            f"COPY (SELECT t.sensor_id, DATE {_q(day)} AS date, t.rows, {', '.join(ordered)}, "
+            f"COPY (SELECT t.sensor_id, DATE {_q(day)} AS date, t.* EXCLUDE (sensor_id), "
             f"{', '.join(features)}, coalesce(h.days_with_data_7d, 0) AS days_with_data_7d, "
             f"TIMESTAMPTZ {_q(end_of_day(day).isoformat())} AS event_timestamp, "
             f"TIMESTAMPTZ {_q(created.isoformat())} AS created_timestamp "
-            "FROM today t LEFT JOIN history h USING (sensor_id) ORDER BY t.sensor_id) "
+            f"FROM read_parquet({_q(str(statistics))}, hive_partitioning=false) t "
+            "LEFT JOIN history h USING (sensor_id) ORDER BY t.sensor_id) "
             f"TO {_q(str(out_file))} (FORMAT parquet, COMPRESSION zstd)"
         )
     finally:

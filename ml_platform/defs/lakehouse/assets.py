@@ -7,12 +7,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES, raw_readings
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
-from ml_platform.lib.lakehouse import ChunkReport, aggregate_day, build_chunks, previous_days
+from ml_platform.lib.lakehouse import (
+    ChunkReport,
+    add_trailing,
+    build_chunks,
+    day_statistics,
+    previous_days,
+)
 
 #: Runs of the lakehouse are serialised by this tag (dagster.yaml: tag_concurrency_limits), so two
 #: files touching the same day cannot race: the later run always sees both bronze parts.
@@ -159,35 +166,47 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
     per_day = {}
     preview: list[dict] = []
     started = time.perf_counter()
-    for day in context.partition_keys:  # ascending: each day sees the history just written
-        chunk_keys = [o.key for o in store.list(paths.chunks_day_prefix(day))]
-        target = paths.aggregates_object(day)
-        if not chunk_keys:
-            store.delete(target)
-            per_day[day] = {"rows": 0, "sensors": 0, "history_days": 0}
-            continue
-        history = [k for k in map(paths.aggregates_object, previous_days(day)) if store.exists(k)]
-        created = max(o.last_modified for o in store.list(paths.bronze_day_prefix("readings", day)))
-        with tempfile.TemporaryDirectory(prefix="aggregates-") as tmp:
-            chunks_dir, history_dir = Path(tmp, "chunks"), Path(tmp, "history")
-            chunks_dir.mkdir()
-            history_dir.mkdir()
-            out = Path(tmp, "aggregates.parquet")
-            rows = aggregate_day(
-                store.fetch(chunk_keys, chunks_dir),
+    with tempfile.TemporaryDirectory(prefix="aggregates-") as tmp:
+
+        def statistics(day: str) -> tuple[str, int, Path | None]:
+            chunk_keys = [o.key for o in store.list(paths.chunks_day_prefix(day))]
+            if not chunk_keys:
+                return day, 0, None
+            out = Path(tmp, f"{day}.stats.parquet")
+            chunks = store.fetch(chunk_keys, Path(tmp, f"{day}.chunks"))
+            day_statistics(chunks, day, measurements, out, memory_limit=ingest.memory_limit)
+            return day, len(chunk_keys), out
+
+        # The day's own statistics do not depend on other days: two at a time. The trailing-week
+        # join then runs in day order, so each day sees the history just written.
+        with ThreadPoolExecutor(2) as pool:
+            computed = list(pool.map(statistics, context.partition_keys))
+        for day, sensors, stats_file in computed:
+            target = paths.aggregates_object(day)
+            if stats_file is None:
+                store.delete(target)
+                per_day[day] = {"rows": 0, "sensors": 0, "history_days": 0}
+                continue
+            history = [
+                k for k in map(paths.aggregates_object, previous_days(day)) if store.exists(k)
+            ]
+            created = max(
+                o.last_modified for o in store.list(paths.bronze_day_prefix("readings", day))
+            )
+            out = Path(tmp, f"{day}.parquet")
+            rows = add_trailing(
+                stats_file,
                 day,
                 measurements,
                 out,
-                previous=store.fetch(history, history_dir),
+                previous=store.fetch(history, Path(tmp, f"{day}.history")),
                 created=created,
                 memory_limit=ingest.memory_limit,
             )
             if not preview:
-                import pyarrow.parquet as pq
-
                 preview = pq.read_table(out).slice(0, 5).to_pylist()
             store.put_file(out, target, move=True)
-        per_day[day] = {"rows": rows, "sensors": len(chunk_keys), "history_days": len(history)}
+            per_day[day] = {"rows": rows, "sensors": sensors, "history_days": len(history)}
     mismatched = [d for d, v in per_day.items() if v["rows"] != v.get("sensors", 0)]
     return dg.MaterializeResult(
         metadata={
