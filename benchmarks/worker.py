@@ -116,6 +116,7 @@ def duckdb_pipeline(path: Path, out: Path) -> int:
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.execute("SET memory_limit='1GB'")
+    con.execute(f"SET temp_directory='{out}/spill'")
     con.execute(
         f"CREATE TABLE r AS SELECT DISTINCT * FROM read_csv('{path}', types={{'sensor_id': 'VARCHAR'}})"
     )

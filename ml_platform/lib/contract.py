@@ -131,6 +131,14 @@ def parse_contract(data: dict[str, Any], source: str = "<inline>") -> Contract:
     _require(len(contract.delimiter) == 1, "csv.delimiter must be one character", source)
     _require(contract.extra_columns in EXTRA_POLICIES, f"extra_columns: {EXTRA_POLICIES}", source)
     _require(contract.out_of_range in RANGE_POLICIES, f"out_of_range: {RANGE_POLICIES}", source)
+    # Downstream layers (lakehouse, Feast) address these two columns by name; sources with other
+    # names are mapped onto them with `renames`.
+    _require(
+        (contract.timestamp_column, contract.key_column) == ("timestamp", "sensor_id"),
+        "timestamp.column must be 'timestamp' and key.column 'sensor_id' (map other source "
+        "names onto them with renames)",
+        source,
+    )
     names = contract.column_names
     _require(len(names) == len(set(names)), f"duplicate column names in {names}", source)
     return contract
