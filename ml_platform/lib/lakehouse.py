@@ -6,6 +6,7 @@ and fetches the inputs from the object store and publishes the outputs.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
@@ -39,6 +40,8 @@ def _files(paths: list[Path]) -> str:
 def _connect(memory_limit: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute(f"SET memory_limit={_q(memory_limit)}")
+    # Spill beyond the budget to the system temp folder, never to ./.tmp of the working directory.
+    con.execute(f"SET temp_directory={_q(str(Path(tempfile.gettempdir(), 'ml-platform-duckdb')))}")
     con.execute("SET TimeZone='UTC'")
     if threads:
         con.execute(f"SET threads={int(threads)}")
