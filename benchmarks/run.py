@@ -246,7 +246,8 @@ def write_markdown(records: list[dict]) -> None:
         "|---|---:|---|---|---:|---:|---:|",
     ]
     for r in records:
-        ratio = f"{r['value'] / r['reference_value']:.2f}x" if r["reference_value"] else ""
+        comparable = r["reference_value"] and r["unit"] != "ratio"  # a ratio is its own comparison
+        ratio = f"{r['value'] / r['reference_value']:.2f}x" if comparable else ""
         rows = f"{r['rows']:,}" if r["rows"] else ""
         ref_value = "" if r["reference_value"] is None else f"{r['reference_value']:,}"
         lines.append(
