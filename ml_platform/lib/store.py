@@ -54,7 +54,6 @@ class ObjectStore(Protocol):
     def fetch(self, keys: list[str], into: Path) -> list[Path]: ...
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None: ...
     def put_bytes(self, data: bytes, key: str) -> None: ...
-    def copy(self, src_key: str, dst_key: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
 
@@ -162,9 +161,6 @@ class LocalStore:
 
     def put_bytes(self, data: bytes, key: str) -> None:
         self._atomic_write(key, lambda fh: fh.write(data))
-
-    def copy(self, src_key: str, dst_key: str) -> None:
-        self.put_file(self._path(src_key), dst_key)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -280,12 +276,6 @@ class S3Store:
     def put_bytes(self, data: bytes, key: str) -> None:
         with self._errors(f"writing {self.uri(key)}"):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
-
-    def copy(self, src_key: str, dst_key: str) -> None:
-        with self._errors(f"copying {self.uri(src_key)} to {self.uri(dst_key)}"):
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": self._key(src_key)}, self.bucket, self._key(dst_key)
-            )
 
     def delete(self, key: str) -> None:
         with self._errors(f"deleting {self.uri(key)}"):

@@ -14,6 +14,7 @@ from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
 from ml_platform.lib.ingest import IngestReport, RejectedFileError, ingest_file
 from ml_platform.lib.store import ObjectChangedError, ObjectStore, content_etag, sha256_file
+from ml_platform.lib.tables import markdown_table
 
 #: Store outages and the like are retried; rejected files raise Failure(allow_retries=False).
 TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL)
@@ -21,26 +22,22 @@ TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.E
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
 
 
-def _markdown_preview(rows: list[dict]) -> str:
-    if not rows:
-        return "(no rows)"
-    header = list(rows[0])
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[c]) for c in header) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _quarantine(
     context: dg.AssetExecutionContext,
     store: ObjectStore,
     dataset: str,
     relative_key: str,
+    local: Path,
     record: dict,
 ) -> str:
-    """Copy the rejected object beside an ``.error.json`` record; the original stays untouched."""
+    """Keep the rejected bytes beside an ``.error.json`` record; the original stays untouched.
+
+    The copy is made from the file that was read, so it is exactly the rejected version even if
+    the landed key has been overwritten since.
+    """
     file_id = paths.file_id(context.partition_key)
     copy_key = paths.quarantine_object(dataset, file_id, relative_key)
-    store.copy(paths.landing_object(dataset, relative_key), copy_key)
+    store.put_file(local, copy_key)
     record = {**record, "quarantined_copy": store.uri(copy_key)}
     store.put_bytes(
         json.dumps(record, indent=2, default=str).encode(),
@@ -111,7 +108,7 @@ def ingest_landed_object(
                     "run_id": context.run.run_id,
                     "rejected_at": datetime.now(UTC).isoformat(),
                 }
-                copy_uri = _quarantine(context, store, dataset, relative_key, record)
+                copy_uri = _quarantine(context, store, dataset, relative_key, local, record)
                 context.log.error(f"rejected {store.uri(key)}: {rejected.message}")
                 raise dg.Failure(
                     description=f"{store.uri(key)} rejected ({rejected.reason}): "
@@ -186,7 +183,7 @@ def _metadata(
         "sensor_count": report.sensor_count,
         "sensors": dg.MetadataValue.json(report.sensors),
         "bronze_parts": dg.MetadataValue.json(parts),
-        "preview": dg.MetadataValue.md(_markdown_preview(report.preview)),
+        "preview": dg.MetadataValue.md(markdown_table(report.preview)),
         "seconds": round(seconds, 3),
     }
 

@@ -20,6 +20,7 @@ from ml_platform.lib.lakehouse import (
     day_statistics,
     previous_days,
 )
+from ml_platform.lib.tables import markdown_table
 
 #: Runs of the lakehouse are serialised by this tag (dagster.yaml: tag_concurrency_limits), so two
 #: files touching the same day cannot race: the later run always sees both bronze parts.
@@ -33,15 +34,6 @@ def _invariant(check: str, per_day: dict, failing: list[str]) -> dg.AssetCheckRe
         passed=not failing,
         metadata={"days_checked": len(per_day), "days_failing": dg.MetadataValue.json(failing)},
     )
-
-
-def _markdown(rows: list[dict], columns: int = 8) -> str:
-    if not rows:
-        return "(no rows)"
-    header = list(rows[0])[:columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(r[c]) for c in header) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 @dg.asset(
@@ -116,7 +108,7 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
             "days": dg.MetadataValue.json(per_day),
             "rows_per_sensor": dg.MetadataValue.json(rows_per_sensor),
             "gaps": dg.MetadataValue.json(gaps),
-            "preview": dg.MetadataValue.md(_markdown(preview)),
+            "preview": dg.MetadataValue.md(markdown_table(preview)),
             "location": store.uri(paths.SILVER_CHUNKS),
             "seconds": round(time.perf_counter() - started, 3),
         },
@@ -213,7 +205,7 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
             "dagster/row_count": sum(d["rows"] for d in per_day.values()),
             "days": dg.MetadataValue.json(per_day),
             "measurements": dg.MetadataValue.json(measurements),
-            "preview": dg.MetadataValue.md(_markdown(preview, columns=10)),
+            "preview": dg.MetadataValue.md(markdown_table(preview, columns=10)),
             "location": store.uri(paths.GOLD_AGGREGATES),
             "seconds": round(time.perf_counter() - started, 3),
         },
