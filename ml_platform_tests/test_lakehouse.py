@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pytest
 from dagster._core.instance.ref import InstanceRef
 
 from ml_platform.defs.lakehouse import checks
@@ -246,3 +247,45 @@ def test_an_in_process_range_is_one_run(store, instance, landed):
     before = len(instance.get_runs())
     assert run_range(instance, DAYS[0], DAYS[-1]).success
     assert len(instance.get_runs()) == before + 1
+
+
+def test_the_gold_zone_is_a_ready_feast_source(tmp_path, store, instance, landed):
+    """Feast's file offline store reads lake/gold/daily_aggregates/ as it is (point in time)."""
+    from feast import Entity, FeatureStore, FeatureView, Field, FileSource, ValueType
+    from feast.types import Float64, Int64
+
+    assert run_range(instance, DAYS[0], DAYS[-1]).success
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(
+        "project: lakehouse_test\nregistry: data/registry.db\nprovider: local\n"
+        "offline_store: {type: file}\nonline_store: {type: sqlite, path: data/online.db}\n"
+        "entity_key_serialization_version: 3\n"
+    )
+    sensor = Entity(name="sensor", join_keys=["sensor_id"], value_type=ValueType.STRING)
+    source = FileSource(
+        name="daily_aggregates",
+        path=str(store.root / paths.GOLD_AGGREGATES),
+        timestamp_field="event_timestamp",
+        created_timestamp_column="created_timestamp",
+    )
+    view = FeatureView(
+        name="daily_stats", entities=[sensor], ttl=pd.Timedelta(days=2), source=source,
+        schema=[Field(name="vibration_mean", dtype=Float64), Field(name="rows", dtype=Int64)],
+    )  # fmt: skip
+    feast = FeatureStore(repo_path=str(repo))
+    feast.apply([sensor, source, view])
+    asked = pd.DataFrame(
+        {
+            "sensor_id": ["sensor-001", "sensor-002"],
+            # Noon of day 3 only sees day 2's aggregates (day 3 ends at midnight).
+            "event_timestamp": pd.to_datetime([f"{DAYS[2]}T12:00:00Z"] * 2),
+        }
+    )
+    got = feast.get_historical_features(
+        entity_df=asked, features=["daily_stats:vibration_mean", "daily_stats:rows"]
+    ).to_df()
+    day2 = pd.read_parquet(store.root / paths.aggregates_object(DAYS[1])).set_index("sensor_id")
+    for row in got.itertuples():
+        assert row.vibration_mean == pytest.approx(day2.loc[row.sensor_id, "vibration_mean"])
+        assert row.rows == day2.loc[row.sensor_id, "rows"]

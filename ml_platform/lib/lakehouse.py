@@ -248,7 +248,7 @@ def add_trailing(
                 f"t.{_ident(m + '_mean')} - h.{_ident(m + '_mean_7d')} AS {_ident(m + '_change_vs_7d')}",
             ]
         con.execute(
-            f"COPY (SELECT t.sensor_id, DATE {_q(day)} AS date, t.* EXCLUDE (sensor_id), "
+            f"COPY (SELECT t.sensor_id, DATE {_q(day)} AS day, t.* EXCLUDE (sensor_id), "
             f"{', '.join(features)}, coalesce(h.days_with_data_7d, 0) AS days_with_data_7d, "
             f"TIMESTAMPTZ {_q(end_of_day(day).isoformat())} AS event_timestamp, "
             f"TIMESTAMPTZ {_q(created.isoformat())} AS created_timestamp "
