@@ -9,6 +9,7 @@ import contextlib
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -97,6 +98,18 @@ def moto_server() -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
         os.unlink(log_path)
+
+
+def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM the group, then SIGKILL whatever is left: a code server that a daemon or webserver
+    spawned can ignore SIGTERM (STACK_NOTES §7) and would outlive the test."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
 
 
 def postgres_bin_dir() -> Path | None:
@@ -217,7 +230,6 @@ def dagster_daemon(
     The instance is opened in this process, so the variables ``dagster.yaml`` reads must be set
     in ``os.environ`` too.
     """
-    import signal
 
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
@@ -235,11 +247,7 @@ def dagster_daemon(
     try:
         yield instance, process
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_process_group(process)
         instance.dispose()
         if log:
             out.close()

@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_platform_tests.servers import ROOT, dagster_daemon, free_port
+from ml_platform_tests.servers import ROOT, dagster_daemon, free_port, stop_process_group
 from ml_platform_tests.test_lakehouse import DAYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -105,5 +104,4 @@ def test_a_ui_backfill_over_three_days_is_one_run(tmp_path, store, landed, monke
                 DAYS
             )
     finally:
-        os.killpg(web.pid, signal.SIGTERM)
-        web.wait(30)
+        stop_process_group(web)
