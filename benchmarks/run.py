@@ -62,7 +62,7 @@ def readings_csv(days: int, sensors: int, interval_s: int) -> Path:
     return target
 
 
-def measure(mode: str, path: Path, *, memory_cap_mb: int | None = None) -> dict:
+def measure(mode: str, path: Path) -> dict:
     with tempfile.TemporaryDirectory(dir=DATA) as out:
         cmd = [sys.executable, "-m", "benchmarks.worker", mode, str(path), out]
         result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)

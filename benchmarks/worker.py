@@ -10,6 +10,7 @@ import resource
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def duckdb_copy(path: Path, out: Path) -> int:
@@ -25,8 +26,12 @@ def duckdb_copy(path: Path, out: Path) -> int:
     return int(rows)
 
 
-def _land(path: Path, out: Path) -> tuple[str, dict]:
-    """Land ``path`` in a local store at ``out`` (a hard link, no copy); its partition and resources."""
+def _ingest(path: Path, out: Path, instance) -> tuple[dict, Any]:
+    """Land ``path`` in a local store at ``out`` (a hard link, no copy) and run ``raw_readings``
+    on it. Returns the resources and the materialization."""
+    import dagster as dg
+
+    from ml_platform.defs.ingest.assets import raw_readings
     from ml_platform.defs.resources import build_resources
     from ml_platform.lib import paths
     from ml_platform.lib.store import LocalStore
@@ -36,22 +41,21 @@ def _land(path: Path, out: Path) -> tuple[str, dict]:
     (out / key).parent.mkdir(parents=True, exist_ok=True)
     os.link(path.resolve(), out / key)
     os.environ["ML_PLATFORM_STORE_URL"] = out.as_uri()
-    return paths.partition_key(path.name, store.etag(key)), build_resources()
+    partition, resources = paths.partition_key(path.name, store.etag(key)), build_resources()
+    instance.add_dynamic_partitions("reading_files", [partition])
+    result = dg.materialize(
+        [raw_readings], instance=instance, partition_key=partition, resources=resources
+    )
+    [materialization] = result.asset_materializations_for_node("raw_readings")
+    return resources, materialization
 
 
 def asset(path: Path, out: Path) -> tuple[int, float]:
     """The platform's ingest: the ``raw_readings`` asset itself, with a local object store."""
     import dagster as dg
 
-    from ml_platform.defs.ingest.assets import raw_readings
-
-    partition, resources = _land(path, out)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("reading_files", [partition])
-        result = dg.materialize(
-            [raw_readings], instance=instance, partition_key=partition, resources=resources
-        )
-        [mat] = result.asset_materializations_for_node("raw_readings")
+        _, mat = _ingest(path, out, instance)
     # The asset's own wall time (read, hash, cast, validate, count, write, publish), without the
     # Dagster process start-up that every run pays whatever it does.
     return int(mat.metadata["rows_in"].value), float(mat.metadata["seconds"].value)
@@ -76,16 +80,10 @@ def lakehouse(path: Path, out: Path) -> dict:
     """raw_readings -> sensor_chunks -> daily_aggregates through the asset code, 30 days in one run."""
     import dagster as dg
 
-    from ml_platform.defs.ingest.assets import raw_readings
     from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 
-    partition, resources = _land(path, out)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("reading_files", [partition])
-        raw = dg.materialize(
-            [raw_readings], instance=instance, partition_key=partition, resources=resources
-        )
-        [mat] = raw.asset_materializations_for_node("raw_readings")
+        resources, mat = _ingest(path, out, instance)
         days = mat.metadata["dates"].value
         started = time.perf_counter()
         result = dg.materialize(

@@ -98,6 +98,15 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
     for day in DAYS:  # one GX result per partition, even in a range run
         assert evaluations[("sensor_chunks_pass_quality_suite", day)]
         assert evaluations[("daily_aggregates_pass_quality_suite", day)]
+        assert ("sensor_chunks_values_within_contract_ranges", day) in evaluations
+    [chunk_meta] = result.asset_materializations_for_node("sensor_chunks")[:1]
+    shown = {k: v.value for k, v in chunk_meta.metadata.items()}
+    for day in DAYS:  # per-sensor row counts and gaps of every day, and a preview
+        counts = expected_chunks(store, day).groupby("sensor_id").size().to_dict()
+        assert shown["rows_per_sensor"][day] == counts
+        assert set(shown["gaps"][day]) <= set(counts)
+        assert shown["days"][day]["rows"] == sum(counts.values())
+    assert shown["preview"].startswith("| timestamp | sensor_id |")
 
     history = []
     for day in DAYS:
@@ -166,6 +175,14 @@ def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(
     # Re-running the day rewrites identical objects.
     assert run_range(instance, DAYS[1], DAYS[1]).success
     assert objects(store, "lake/silver/") | objects(store, "lake/gold/") == after
+
+    # Withdrawing the late bronze part and re-running the day removes the sensor it brought:
+    # the day is again exactly what it was before the late file.
+    [late_part] = [o.key for o in store.list(paths.bronze_day_prefix("readings", DAYS[1]))
+                   if paths.file_id(late_partition) in o.key]  # fmt: skip
+    store.delete(late_part)
+    assert run_range(instance, DAYS[1], DAYS[1]).success
+    assert objects(store, "lake/silver/") | objects(store, "lake/gold/") == before
 
 
 def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_quarantine(

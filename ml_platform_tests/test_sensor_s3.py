@@ -67,14 +67,13 @@ def test_2500_objects_are_each_requested_exactly_once_across_capped_ticks(
     assert sorted(partitions) == sorted(seen)
     # Compact: only the keys of the high-water second are remembered, not every key seen.
     state = LandingCursor.from_json(cursor)
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=PREFIX, MaxKeys=1000)
     at_hwm = {
         f"{o['Key']}@{o['ETag'].strip(chr(34))}"
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX)
         for o in page["Contents"]
         if o["LastModified"] == state.hwm
     }
-    assert listed["KeyCount"] == 1000 and state.keys_at_hwm == at_hwm and len(at_hwm) < 2500
+    assert state.keys_at_hwm == at_hwm and len(at_hwm) < 2500
 
 
 def test_objects_in_the_same_second_reuploads_and_deletes(s3_env, s3_server, instance):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
@@ -43,8 +43,9 @@ class Column:
 class Contract:
     name: str
     columns: tuple[Column, ...]
-    timestamp_column: str = "timestamp"
-    key_column: str = "sensor_id"
+    # Every layer downstream addresses these two by name; sources map onto them with `renames`.
+    timestamp_column: ClassVar[str] = "timestamp"
+    key_column: ClassVar[str] = "sensor_id"
     timestamp_format: str = "auto"
     timezone: str = "UTC"
     future_tolerance_minutes: float = 60.0
@@ -105,13 +106,13 @@ def parse_contract(data: dict[str, Any], source: str = "<inline>") -> Contract:
         columns.append(column)
     _require(bool(columns), "declares no columns", source)
     ts = data.get("timestamp") or {}
+    bad_ts = set(ts) - {"format", "timezone", "future_tolerance_minutes"}
+    _require(not bad_ts, f"timestamp: unknown keys {sorted(bad_ts)}", source)
     csv = data.get("csv") or {}
     renames = {str(k): str(v) for k, v in (data.get("renames") or {}).items()}
     contract = Contract(
         name=str(data.get("name", Path(source).stem)),
         columns=tuple(columns),
-        timestamp_column=str(ts.get("column", "timestamp")),
-        key_column=str((data.get("key") or {}).get("column", "sensor_id")),
         timestamp_format=str(ts.get("format", "auto")),
         timezone=str(ts.get("timezone", "UTC")),
         future_tolerance_minutes=float(ts.get("future_tolerance_minutes", 60)),
@@ -131,14 +132,6 @@ def parse_contract(data: dict[str, Any], source: str = "<inline>") -> Contract:
     _require(len(contract.delimiter) == 1, "csv.delimiter must be one character", source)
     _require(contract.extra_columns in EXTRA_POLICIES, f"extra_columns: {EXTRA_POLICIES}", source)
     _require(contract.out_of_range in RANGE_POLICIES, f"out_of_range: {RANGE_POLICIES}", source)
-    # Downstream layers (lakehouse, Feast) address these two columns by name; sources with other
-    # names are mapped onto them with `renames`.
-    _require(
-        (contract.timestamp_column, contract.key_column) == ("timestamp", "sensor_id"),
-        "timestamp.column must be 'timestamp' and key.column 'sensor_id' (map other source "
-        "names onto them with renames)",
-        source,
-    )
     names = contract.column_names
     _require(len(names) == len(set(names)), f"duplicate column names in {names}", source)
     return contract

@@ -8,40 +8,30 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
 
-KEY_COLUMNS = ("timestamp", "sensor_id")
+from ml_platform.lib.sql import file_list, ident, literal
+
 PREVIEW_ROWS = 5
 #: A gap is an interval between two readings of a sensor longer than this many median intervals.
 GAP_FACTOR = 5
 
 STATISTICS = ("count", "missing_ratio", "mean", "std", "min", "max", "p05", "p50", "p95", "last",
               "slope_per_h")  # fmt: skip
-TRAILING = ("mean_7d", "change_vs_7d")
-
-
-def _q(text: str) -> str:
-    return "'" + str(text).replace("'", "''") + "'"
-
-
-def _ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _files(paths: list[Path]) -> str:
-    return "[" + ", ".join(_q(str(p)) for p in paths) + "]"
 
 
 def _connect(memory_limit: str, threads: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    con.execute(f"SET memory_limit={_q(memory_limit)}")
+    con.execute(f"SET memory_limit={literal(memory_limit)}")
     # Spill beyond the budget to the system temp folder, never to ./.tmp of the working directory.
-    con.execute(f"SET temp_directory={_q(str(Path(tempfile.gettempdir(), 'ml-platform-duckdb')))}")
+    con.execute(
+        f"SET temp_directory={literal(str(Path(tempfile.gettempdir(), 'ml-platform-duckdb')))}"
+    )
     con.execute("SET TimeZone='UTC'")
     if threads:
         con.execute(f"SET threads={int(threads)}")
@@ -86,16 +76,16 @@ def build_chunks(
         columns = [
             r[0]
             for r in con.execute(
-                f"DESCRIBE SELECT * FROM read_parquet({_files(parts)}, union_by_name=true, hive_partitioning=false)"
+                f"DESCRIBE SELECT * FROM read_parquet({file_list(parts)}, union_by_name=true, hive_partitioning=false)"
             ).fetchall()
         ]
-        values = [c for c in columns if c not in KEY_COLUMNS]
+        values = [c for c in columns if c not in ("timestamp", "sensor_id")]
         # Ties inside one part (same key, different values) resolve by the values themselves,
         # so the result never depends on scan order and re-runs write identical objects.
-        tie_break = "".join(f", {_ident(c)} DESC NULLS LAST" for c in values)
+        tie_break = "".join(f", {ident(c)} DESC NULLS LAST" for c in values)
         con.execute(
             "CREATE TABLE merged AS SELECT * EXCLUDE (filename, _rank) FROM ("
-            f"SELECT b.*, r._rank FROM read_parquet({_files(parts)}, union_by_name=true, hive_partitioning=false, "
+            f"SELECT b.*, r._rank FROM read_parquet({file_list(parts)}, union_by_name=true, hive_partitioning=false, "
             "filename=true) b JOIN ranks r USING (filename)) "
             f"QUALIFY row_number() OVER (PARTITION BY sensor_id, timestamp "
             f"ORDER BY _rank DESC{tie_break}) = 1"
@@ -107,10 +97,10 @@ def build_chunks(
         report.rows_out = sum(report.rows_per_sensor.values())
         report.duplicates_removed = report.rows_in - report.rows_out
         report.gaps = _gaps(con)
-        ordered = ", ".join(_ident(c) for c in ["timestamp", "sensor_id", *values])
+        ordered = ", ".join(ident(c) for c in ["timestamp", "sensor_id", *values])
         con.execute(
             f"COPY (SELECT {ordered} FROM merged ORDER BY sensor_id, timestamp) "
-            f"TO {_q(str(out_dir))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sensor_id), "
+            f"TO {literal(str(out_dir))} (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (sensor_id), "
             "WRITE_PARTITION_COLUMNS true, OVERWRITE_OR_IGNORE)"
         )
         report.preview = (
@@ -155,8 +145,6 @@ def _gaps(con: duckdb.DuckDBPyConnection) -> dict[str, dict[str, float]]:
 
 def end_of_day(day: str) -> datetime:
     """The event time of a day's aggregates: the last microsecond of the UTC day."""
-    from datetime import UTC
-
     return datetime.combine(date.fromisoformat(day), time.max, tzinfo=UTC)
 
 
@@ -175,35 +163,35 @@ def day_statistics(
     try:
         stats, unpacked = [], []
         for m in measurements:
-            c = _ident(m)
+            c = ident(m)
             stats += [
-                f"count({c}) AS {_ident(m + '_count')}",
-                f"1 - count({c}) / count(*) AS {_ident(m + '_missing_ratio')}",
-                f"avg({c}) AS {_ident(m + '_mean')}",
-                f"stddev_samp({c}) AS {_ident(m + '_std')}",
-                f"min({c}) AS {_ident(m + '_min')}",
-                f"max({c}) AS {_ident(m + '_max')}",
+                f"count({c}) AS {ident(m + '_count')}",
+                f"1 - count({c}) / count(*) AS {ident(m + '_missing_ratio')}",
+                f"avg({c}) AS {ident(m + '_mean')}",
+                f"stddev_samp({c}) AS {ident(m + '_std')}",
+                f"min({c}) AS {ident(m + '_min')}",
+                f"max({c}) AS {ident(m + '_max')}",
                 # One sort per measurement for all three exact quantiles (unpacked below).
-                f"quantile_cont({c}, [0.05, 0.5, 0.95]) AS {_ident(m + '_q')}",
-                f"arg_max({c}, timestamp) FILTER (WHERE {c} IS NOT NULL) AS {_ident(m + '_last')}",
+                f"quantile_cont({c}, [0.05, 0.5, 0.95]) AS {ident(m + '_q')}",
+                f"arg_max({c}, timestamp) FILTER (WHERE {c} IS NOT NULL) AS {ident(m + '_last')}",
                 # Hours since midnight: small x values keep the regression numerically exact.
                 f"regr_slope({c}, (epoch(timestamp) - {midnight}) / 3600.0) "
-                f"AS {_ident(m + '_slope_per_h')}",
+                f"AS {ident(m + '_slope_per_h')}",
             ]
             for stat in STATISTICS:
                 if stat in ("p05", "p50", "p95"):
                     i = {"p05": 1, "p50": 2, "p95": 3}[stat]
-                    unpacked.append(f"{_ident(m + '_q')}[{i}] AS {_ident(f'{m}_{stat}')}")
+                    unpacked.append(f"{ident(m + '_q')}[{i}] AS {ident(f'{m}_{stat}')}")
                 else:
-                    unpacked.append(_ident(f"{m}_{stat}"))
+                    unpacked.append(ident(f"{m}_{stat}"))
         con.execute(
             f"CREATE TABLE today AS SELECT sensor_id, count(*) AS rows, {', '.join(stats)} "
-            f"FROM read_parquet({_files(chunks)}, union_by_name=true, hive_partitioning=false) "
+            f"FROM read_parquet({file_list(chunks)}, union_by_name=true, hive_partitioning=false) "
             "GROUP BY sensor_id"
         )
         con.execute(
             f"COPY (SELECT sensor_id, rows, {', '.join(unpacked)} FROM today ORDER BY sensor_id) "
-            f"TO {_q(str(out_file))} (FORMAT parquet)"
+            f"TO {literal(str(out_file))} (FORMAT parquet)"
         )
     finally:
         con.close()
@@ -229,14 +217,14 @@ def add_trailing(
     try:
         trailing_cols = ["sensor_id"]
         for m in measurements:
-            trailing_cols.append(f"avg({_ident(m + '_mean')}) AS {_ident(m + '_mean_7d')}")
+            trailing_cols.append(f"avg({ident(m + '_mean')}) AS {ident(m + '_mean_7d')}")
         trailing_cols.append("count(*) FILTER (WHERE rows > 0) AS days_with_data_7d")
         if previous:
             source = (
-                f"read_parquet({_files(previous)}, union_by_name=true, hive_partitioning=false)"
+                f"read_parquet({file_list(previous)}, union_by_name=true, hive_partitioning=false)"
             )
         else:  # an empty history with the right columns
-            nulls = ", ".join(f"NULL::DOUBLE AS {_ident(m + '_mean')}" for m in measurements)
+            nulls = ", ".join(f"NULL::DOUBLE AS {ident(m + '_mean')}" for m in measurements)
             source = f"(SELECT NULL::VARCHAR AS sensor_id, 0 AS rows, {nulls} WHERE false)"
         con.execute(
             f"CREATE TABLE history AS SELECT {', '.join(trailing_cols)} FROM {source} GROUP BY 1"
@@ -244,17 +232,17 @@ def add_trailing(
         features = []
         for m in measurements:
             features += [
-                f"h.{_ident(m + '_mean_7d')}",
-                f"t.{_ident(m + '_mean')} - h.{_ident(m + '_mean_7d')} AS {_ident(m + '_change_vs_7d')}",
+                f"h.{ident(m + '_mean_7d')}",
+                f"t.{ident(m + '_mean')} - h.{ident(m + '_mean_7d')} AS {ident(m + '_change_vs_7d')}",
             ]
         con.execute(
-            f"COPY (SELECT t.sensor_id, DATE {_q(day)} AS day, t.* EXCLUDE (sensor_id), "
+            f"COPY (SELECT t.sensor_id, DATE {literal(day)} AS day, t.* EXCLUDE (sensor_id), "
             f"{', '.join(features)}, coalesce(h.days_with_data_7d, 0) AS days_with_data_7d, "
-            f"TIMESTAMPTZ {_q(end_of_day(day).isoformat())} AS event_timestamp, "
-            f"TIMESTAMPTZ {_q(created.isoformat())} AS created_timestamp "
-            f"FROM read_parquet({_q(str(statistics))}, hive_partitioning=false) t "
+            f"TIMESTAMPTZ {literal(end_of_day(day).isoformat())} AS event_timestamp, "
+            f"TIMESTAMPTZ {literal(created.isoformat())} AS created_timestamp "
+            f"FROM read_parquet({literal(str(statistics))}, hive_partitioning=false) t "
             "LEFT JOIN history h USING (sensor_id) ORDER BY t.sensor_id) "
-            f"TO {_q(str(out_file))} (FORMAT parquet, COMPRESSION zstd)"
+            f"TO {literal(str(out_file))} (FORMAT parquet, COMPRESSION zstd)"
         )
     finally:
         con.close()
@@ -275,7 +263,7 @@ def read_frame(files: list[Path]) -> Any:
     with duckdb.connect() as con:
         con.execute("SET TimeZone='UTC'")
         return con.execute(
-            f"SELECT * FROM read_parquet({_files(files)}, union_by_name=true, hive_partitioning=false)"
+            f"SELECT * FROM read_parquet({file_list(files)}, union_by_name=true, hive_partitioning=false)"
         ).df()
 
 
@@ -286,5 +274,5 @@ def distinct_keys(files: list[Path]) -> int:
     with duckdb.connect() as con:
         return con.execute(
             "SELECT count(*) FROM (SELECT DISTINCT sensor_id, timestamp FROM "
-            f"read_parquet({_files(files)}, union_by_name=true, hive_partitioning=false))"
+            f"read_parquet({file_list(files)}, union_by_name=true, hive_partitioning=false))"
         ).fetchone()[0]

@@ -10,7 +10,6 @@ import hashlib
 import re
 from urllib.parse import unquote
 
-LANDING = "landing/"
 QUARANTINE = "landing/quarantine/"
 BRONZE = "lake/bronze/"
 

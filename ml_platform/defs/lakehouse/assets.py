@@ -27,6 +27,17 @@ from ml_platform.lib.tables import markdown_table
 LAKEHOUSE_TAGS = {"ml_platform/lakehouse": "serial"}
 
 
+#: What both lakehouse assets share: daily partitions whose ranges run as one run.
+_DAILY_LAKEHOUSE_ASSET = {
+    "partitions_def": daily,
+    "backfill_policy": dg.BackfillPolicy.single_run(),
+    "group_name": "lakehouse",
+    "kinds": {"duckdb", "parquet", "s3"},
+    "owners": ["team:data-platform"],
+    "retry_policy": TRANSIENT_RETRIES,
+}
+
+
 def _invariant(check: str, per_day: dict, failing: list[str]) -> dg.AssetCheckResult:
     """A cheap invariant checked over every day of the run, reported with the materialization."""
     return dg.AssetCheckResult(
@@ -37,13 +48,8 @@ def _invariant(check: str, per_day: dict, failing: list[str]) -> dg.AssetCheckRe
 
 
 @dg.asset(
-    partitions_def=daily,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[dg.AssetDep(raw_readings, partition_mapping=dg.AllPartitionMapping())],
-    group_name="lakehouse",
-    kinds={"duckdb", "parquet", "s3"},
-    owners=["team:data-platform"],
-    retry_policy=TRANSIENT_RETRIES,
+    **_DAILY_LAKEHOUSE_ASSET,
     check_specs=[
         dg.AssetCheckSpec(
             "sensor_chunks_conserve_rows",
@@ -117,8 +123,6 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
 
 
 @dg.asset(
-    partitions_def=daily,
-    backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[
         # A day's aggregates depend on its own chunks and, through the trailing-week features, on
         # the seven days before it; missing earlier days are tolerated. (Mapped on sensor_chunks
@@ -131,10 +135,7 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
             ),
         ),
     ],
-    group_name="lakehouse",
-    kinds={"duckdb", "parquet", "s3"},
-    owners=["team:data-platform"],
-    retry_policy=TRANSIENT_RETRIES,
+    **_DAILY_LAKEHOUSE_ASSET,
     check_specs=[
         dg.AssetCheckSpec(
             "daily_aggregates_one_row_per_sensor_object",
