@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from ml_platform.defs.features.assets import feature_views, online_features
 from ml_platform.defs.ingest.assets import (
     ingest_labels_job,
     ingest_readings_job,
@@ -16,13 +17,22 @@ from ml_platform.defs.lakehouse.checks import (
     sensor_chunks_values_within_contract_ranges,
 )
 from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
+from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.partitions import label_files, reading_files
 from ml_platform.defs.resources import build_resources, settings
 
 _settings = settings()
 
 defs = dg.Definitions(
-    assets=[raw_readings, raw_labels, sensor_chunks, daily_aggregates],
+    assets=[
+        raw_readings,
+        raw_labels,
+        sensor_chunks,
+        daily_aggregates,
+        feature_views,
+        online_features,
+        training_set,
+    ],
     asset_checks=[
         sensor_chunks_pass_quality_suite,
         sensor_chunks_values_within_contract_ranges,

@@ -11,12 +11,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from pydantic import PrivateAttr
 
+from ml_platform.lib import feature_store as fs
 from ml_platform.lib.contract import Contract, load_contract
 from ml_platform.lib.store import ObjectStore, open_store
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
 
 
 def project_root() -> Path:
@@ -61,6 +66,31 @@ class IngestResource(dg.ConfigurableResource):
         return self._contracts[dataset]
 
 
+class FeastResource(dg.ConfigurableResource):
+    """The Feast feature store: the repo folder and the feature_store.yaml of the active profile.
+
+    Feast is imported on first use only; one ``FeatureStore`` per run.
+    """
+
+    repo_path: str
+    yaml_path: str = ""  # empty: <repo_path>/feature_store.yaml (the embedded profile)
+
+    _store: Any = PrivateAttr(default=None)
+
+    def profile(self) -> fs.Profile:
+        env = {**os.environ, fs.YAML_ENV: self.yaml_path} if self.yaml_path else {}
+        return fs.active_profile(Path(self.repo_path), env)
+
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            from feast import FeatureStore
+
+            self._store = FeatureStore(
+                repo_path=self.repo_path, fs_yaml_file=self.profile().yaml_path
+            )
+        return self._store
+
+
 @dataclass(frozen=True)
 class Settings:
     """Values that shape definitions (not resources): read once when the code location loads."""
@@ -68,6 +98,7 @@ class Settings:
     sensor_interval_s: int = 15
     max_requests_per_tick: int = 100
     start_date: str = "2024-01-01"  # first daily partition
+    feast_repo: str = ""  # the Feast repo whose definitions version the feature_views asset
 
 
 def settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -76,6 +107,7 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
         sensor_interval_s=int(env.get("ML_PLATFORM_SENSOR_INTERVAL_S", 15)),
         max_requests_per_tick=int(env.get("ML_PLATFORM_MAX_REQUESTS_PER_TICK", 100)),
         start_date=env.get("ML_PLATFORM_START_DATE", "2024-01-01"),
+        feast_repo=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
     )
 
 
@@ -100,4 +132,8 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.Config
         labels_contract=env.get("ML_PLATFORM_LABELS_CONTRACT", ""),
         memory_limit=env.get("ML_PLATFORM_INGEST_MEMORY", "1GB"),
     )
-    return {"lake": lake, "ingest": ingest}
+    feast = FeastResource(
+        repo_path=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
+        yaml_path=env.get(fs.YAML_ENV, ""),
+    )
+    return {"lake": lake, "ingest": ingest, "feast": feast}

@@ -107,3 +107,16 @@ def chunk_object(day: str, sensor_file: str) -> str:
 def aggregates_object(day: str) -> str:
     """``lake/gold/daily_aggregates/date=D/aggregates.parquet``: one row per sensor of one day."""
     return f"{GOLD_AGGREGATES}date={day}/aggregates.parquet"
+
+
+ML = "lake/ml/"
+
+
+def training_set_object(week: str) -> str:
+    """``lake/ml/training_sets/week=W/training_set.parquet``: the rows and feature values used."""
+    return f"{ML}training_sets/week={week}/training_set.parquet"
+
+
+def training_manifest_object(week: str) -> str:
+    """The manifest beside a training set: inputs, their data versions, registry hash, code."""
+    return f"{ML}training_sets/week={week}/manifest.json"

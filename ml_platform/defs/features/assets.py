@@ -1,0 +1,244 @@
+"""``feature_views`` (Feast apply) and ``online_features[day]`` (one day into the online store)."""
+
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES
+from ml_platform.defs.lakehouse.assets import daily_aggregates
+from ml_platform.defs.partitions import daily
+from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource, settings
+from ml_platform.lib import feature_store as fs
+from ml_platform.lib import paths
+from ml_platform.lib.tables import markdown_table
+from ml_platform.lib.training import completeness
+
+_settings = settings()
+#: Below this share of non-missing values a feature view's day is reported (warning): the
+#: trailing-week view is sparse for a sensor's first days, which is expected but worth seeing.
+COMPLETENESS_WARN_BELOW = 0.95
+
+
+@dg.asset(
+    group_name="features",
+    kinds={"feast"},
+    owners=["team:data-platform"],
+    # Follows the definitions: editing feature_repo/ (or the readings contract the features are
+    # generated from) changes this version and marks the asset stale.
+    code_version=fs.definitions_version(Path(_settings.feast_repo), fs.contract_path() or None),
+    automation_condition=dg.AutomationCondition.on_missing()
+    | dg.AutomationCondition.code_version_changed(),
+)
+def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg.MaterializeResult:
+    """The Feast registry holds the repo's entity, feature views and feature service.
+
+    Applies only when ``feast plan`` would change something, so re-materializing unchanged
+    definitions leaves the registry (and the online tables) untouched.
+    """
+    from feast.diff.property_diff import TransitionType
+    from feast.repo_operations import extract_objects_for_apply_delete
+
+    store = feast.store()
+    project = store.config.project
+    repo = fs.load_repo_contents(Path(feast.repo_path), project)
+    registry_diff, infra_diff, _ = store.plan(repo)
+    changes = [
+        f"{d.transition_type.name.lower()} {d.feast_object_type.value} {d.name}"
+        for d in registry_diff.feast_object_diffs
+        if d.transition_type != TransitionType.UNCHANGED
+    ]
+    infra = [
+        f"{d.transition_type.name.lower()} {d.infra_object_type} {d.name}"
+        for d in infra_diff.infra_object_diffs
+        if d.transition_type != TransitionType.UNCHANGED
+    ]
+    if changes or infra:
+        to_apply, to_delete, _, _ = extract_objects_for_apply_delete(project, store.registry, repo)
+        store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+        context.log.info(f"applied: {changes + infra}")
+    else:
+        context.log.info("registry already matches the definitions: nothing applied")
+    views = [
+        {
+            "feature_view": v.name,
+            "features": len(v.features),
+            "ttl_days": v.ttl.total_seconds() / 86400 if v.ttl else None,
+            "online": v.online,
+            "source": getattr(v.batch_source, "path", None) or v.batch_source.name,
+        }
+        for v in sorted(store.list_feature_views(), key=lambda v: v.name)
+    ]
+    profile = feast.profile()
+    return dg.MaterializeResult(
+        metadata={
+            "applied": bool(changes or infra),
+            "changes": dg.MetadataValue.json(changes + infra),
+            "registry_hash": fs.registry_hash(store),
+            "feature_views": dg.MetadataValue.md(markdown_table(views)),
+            "feature_service": fs.FEATURE_SERVICE,
+            "profile": str(profile.yaml_path),
+            "offline_store": profile.offline_type,
+        }
+    )
+
+
+def _day_rows(store, day: str, tmp: Path):
+    """Every gold file of the day (normally one) as a DataFrame, or None when there is none."""
+    import pandas as pd
+
+    keys = [o.key for o in store.list(f"{paths.GOLD_AGGREGATES}date={day}/")]
+    if not keys:
+        return None
+    files = store.fetch(keys, tmp / day)
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) -> list:
+    """Event time (epoch seconds) of each sensor's value in the online store, None if absent."""
+    got = feature_store.get_online_features(
+        features=[f"{view}:{feature}"], entity_rows=[{"sensor_id": s} for s in sensors]
+    ).to_dict(include_event_timestamps=True)
+    return [
+        ts if value is not None else None
+        for ts, value in zip(got[f"{feature}__ts"], got[feature], strict=True)
+    ]
+
+
+@dg.asset(
+    partitions_def=daily,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[daily_aggregates, feature_views],
+    group_name="features",
+    kinds={"feast", "sqlite", "postgres"},
+    owners=["team:data-platform"],
+    retry_policy=TRANSIENT_RETRIES,
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            "online_store_answers_for_every_sensor",
+            asset="online_features",
+            description="After the write, the online store returns the day's values for every "
+            "sensor of the day (newer values kept where a later day is already online).",
+        ),
+        *[
+            dg.AssetCheckSpec(
+                f"{view}_is_complete",
+                asset="online_features",
+                description=f"At least {COMPLETENESS_WARN_BELOW:.0%} of the {view} values of "
+                "the day are present (warning).",
+            )
+            for view in fs.VIEWS
+        ],
+    ],
+)
+def online_features(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    feast: FeastResource,
+    ingest: IngestResource,
+) -> dg.MaterializeResult:
+    """Exactly one day's gold rows written to the Feast online store, for every sensor of the day.
+
+    The day's window is written through Feast's online write path (what ``feast materialize``
+    calls per row batch), reading the day's gold file directly instead of scanning the whole
+    offline store per day. Idempotent: the same day writes the same values. Backfilling an old
+    day never replaces a newer value already online. With the PostgreSQL offline store, the day's
+    rows are first published to its table (replacing that day), so training sees them too.
+    """
+    import pandas as pd
+
+    started = time.perf_counter()
+    store, feature_store, profile = lake.store(), feast.store(), feast.profile()
+    names = fs.feature_names(ingest.contract("readings").columns)
+    per_day: dict[str, dict] = {}
+    failing: list[str] = []
+    sparse: dict[str, list[str]] = {view: [] for view in fs.VIEWS}
+    preview: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="online-") as tmp:
+        for day in sorted(context.partition_keys):
+            rows = _day_rows(store, day, Path(tmp))
+            if rows is None:
+                per_day[day] = {"sensors": 0}
+                context.log.warning(f"{day}: no gold rows; nothing written")
+                continue
+            rows["sensor_id"] = rows["sensor_id"].astype(str)
+            if profile.offline_type == "postgres":
+                fs.publish_offline_day(profile, day, rows)
+            sensors = rows["sensor_id"].tolist()
+            row_seconds = rows["event_timestamp"].map(lambda t: int(t.timestamp()))
+            written, kept_newer = {}, {}
+            for view in fs.VIEWS:
+                online = pd.Series(_online_seconds(feature_store, view, names[view][0], sensors))
+                fresh = (online.isna() | (online <= row_seconds)).to_numpy()
+                batch = rows.loc[
+                    fresh, ["sensor_id", "event_timestamp", "created_timestamp", *names[view]]
+                ]
+                if len(batch):
+                    feature_store.write_to_online_store(view, batch)
+                written[view] = batch["sensor_id"].tolist()
+                kept_newer[view] = int((~fresh).sum())
+                share = completeness(rows, names[view])
+                if share < COMPLETENESS_WARN_BELOW:
+                    sparse[view].append(f"{day}: {share:.1%}")
+            # Read back what the online store now answers, sensor by sensor.
+            features = [f"{v}:{n}" for v in fs.VIEWS for n in names[v]]
+            answer = (
+                feature_store.get_online_features(
+                    features=features, entity_rows=[{"sensor_id": s} for s in sensors]
+                )
+                .to_df()
+                .set_index("sensor_id")
+            )
+            stats = names[fs.DAILY_STATS_VIEW]
+            unanswered = answer[stats].isna().all(axis=1)
+            just_written = written[fs.DAILY_STATS_VIEW]
+            got = answer.loc[just_written, stats].astype("float64")
+            want = rows.set_index("sensor_id").loc[just_written, stats].astype("float64")
+            differ = ~((got == want) | (got.isna() & want.isna())).all(axis=1)
+            if unanswered.any() or differ.any():
+                failing.append(day)
+            per_day[day] = {
+                "sensors": len(sensors),
+                "written": {view: len(w) for view, w in written.items()},
+                "kept_newer_online": kept_newer,
+                "sensors_without_answer": int(unanswered.sum()),
+                "values_not_as_written": int(differ.sum()),
+            }
+            if not preview:
+                preview = answer.head(5)[stats[:6]].reset_index().to_dict("records")
+            context.log.info(f"{day}: {per_day[day]}")
+    return dg.MaterializeResult(
+        metadata={
+            "days": dg.MetadataValue.json(per_day),
+            "sensors": sum(d["sensors"] for d in per_day.values()),
+            "online_store": str(feature_store.config.online_store.type),
+            "preview": dg.MetadataValue.md(markdown_table(preview)),
+            "written_at": datetime.now(UTC).isoformat(),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="online_store_answers_for_every_sensor",
+                passed=not failing,
+                metadata={
+                    "days_checked": len(per_day),
+                    "days_failing": dg.MetadataValue.json(failing),
+                },
+            ),
+            *[
+                dg.AssetCheckResult(
+                    check_name=f"{view}_is_complete",
+                    passed=not sparse[view],
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={
+                        "threshold": COMPLETENESS_WARN_BELOW,
+                        "days_below": dg.MetadataValue.json(sparse[view]),
+                    },
+                )
+                for view in fs.VIEWS
+            ],
+        ],
+    )

@@ -1,0 +1,1 @@
+"""ML layer: point-in-time training sets (group ``ml``)."""

@@ -1,0 +1,317 @@
+"""What the Feast repository and the feature assets share: feature names and their documentation,
+the active Feast profile, and where the gold zone is for Feast's offline store.
+
+No Dagster here and no Feast at import time: ``feature_repo/features.py`` and the assets both
+import this module, and the code location must load without Feast.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
+
+import yaml
+
+from ml_platform.lib import paths
+from ml_platform.lib.contract import Column
+
+#: Feast's own variable: which feature_store.yaml the CLI and the platform use.
+YAML_ENV = "FEAST_FS_YAML_FILE_PATH"
+DAILY_STATS_VIEW = "sensor_daily_stats"
+WEEKLY_TRENDS_VIEW = "sensor_weekly_trends"
+FEATURE_SERVICE = "failure_model_v1"
+VIEWS = (DAILY_STATS_VIEW, WEEKLY_TRENDS_VIEW)
+TTL_DAYS = {DAILY_STATS_VIEW: 2, WEEKLY_TRENDS_VIEW: 7}
+#: The PostgreSQL offline store's table of gold rows (in the profile's ``db_schema``).
+OFFLINE_TABLE = "daily_aggregates"
+
+_STATISTICS = {
+    "count": ("number of non-null {m} readings in the UTC day", "readings", True),
+    "missing_ratio": ("share of the day's rows where {m} is missing", "ratio", False),
+    "mean": ("mean of {m} over the day", "{u}", False),
+    "std": ("sample standard deviation of {m} over the day", "{u}", False),
+    "min": ("lowest {m} of the day", "{u}", False),
+    "max": ("highest {m} of the day", "{u}", False),
+    "p05": ("5th percentile of {m} over the day (exact)", "{u}", False),
+    "p50": ("median of {m} over the day (exact)", "{u}", False),
+    "p95": ("95th percentile of {m} over the day (exact)", "{u}", False),
+    "last": ("last non-null {m} reading of the day", "{u}", False),
+    "slope_per_h": ("least-squares trend of {m} over the day, per hour", "{u}/h", False),
+}
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature: its gold column name, type and the documentation Feast stores with it."""
+
+    name: str
+    description: str
+    integer: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def daily_stat_features(columns: Sequence[Column]) -> list[FeatureSpec]:
+    """``rows`` plus eleven statistics per measurement of the readings contract."""
+    specs = [
+        FeatureSpec(
+            "rows",
+            "readings the sensor sent in the UTC day (after de-duplication)",
+            integer=True,
+            tags={"unit": "readings", "statistic": "count"},
+        )
+    ]
+    for column in columns:
+        unit = column.unit or "unitless"
+        label = column.description.lower() or column.name
+        for stat, (text, stat_unit, integer) in _STATISTICS.items():
+            specs.append(
+                FeatureSpec(
+                    f"{column.name}_{stat}",
+                    text.format(m=label),
+                    integer=integer,
+                    tags={
+                        "measurement": column.name,
+                        "statistic": stat,
+                        "unit": stat_unit.format(u=unit),
+                    },
+                )
+            )
+    return specs
+
+
+def weekly_trend_features(columns: Sequence[Column]) -> list[FeatureSpec]:
+    """Per measurement: the trailing 7-day mean and today's change against it."""
+    specs = []
+    for column in columns:
+        unit = column.unit or "unitless"
+        label = column.description.lower() or column.name
+        specs += [
+            FeatureSpec(
+                f"{column.name}_mean_7d",
+                f"mean of the daily {label} means over the seven days before this one",
+                tags={"measurement": column.name, "window": "7d", "unit": unit},
+            ),
+            FeatureSpec(
+                f"{column.name}_change_vs_7d",
+                f"this day's mean {label} minus the trailing 7-day mean",
+                tags={"measurement": column.name, "window": "7d", "unit": unit},
+            ),
+        ]
+    specs.append(
+        FeatureSpec(
+            "days_with_data_7d",
+            "how many of the seven days before this one had readings (0-7)",
+            integer=True,
+            tags={"window": "7d", "unit": "days"},
+        )
+    )
+    return specs
+
+
+def feature_names(columns: Sequence[Column]) -> dict[str, list[str]]:
+    """Feature names of each view, in schema order."""
+    return {
+        DAILY_STATS_VIEW: [f.name for f in daily_stat_features(columns)],
+        WEEKLY_TRENDS_VIEW: [f.name for f in weekly_trend_features(columns)],
+    }
+
+
+def default_repo_path() -> Path:
+    """``feature_repo/`` of the source checkout, else of the working directory."""
+    here = Path(__file__).resolve().parents[2] / "feature_repo"
+    return here if here.is_dir() else Path.cwd() / "feature_repo"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The active feature_store.yaml, with variables expanded as Feast expands them."""
+
+    yaml_path: Path
+    config: dict
+
+    @property
+    def offline_type(self) -> str:
+        return str(self.config.get("offline_store", {}).get("type", "dask"))
+
+    @property
+    def offline_schema(self) -> str:
+        return str(self.config.get("offline_store", {}).get("db_schema") or "public")
+
+    @property
+    def offline_table(self) -> str:
+        """Schema-qualified, quoted name of the PostgreSQL offline table."""
+        return f'"{self.offline_schema}"."{OFFLINE_TABLE}"'
+
+
+def profile_yaml(repo_path: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    repo = Path(repo_path) if repo_path else default_repo_path()
+    chosen = env.get(YAML_ENV)
+    return Path(chosen).resolve() if chosen else repo / "feature_store.yaml"
+
+
+def active_profile(repo_path: Path | None = None, env: Mapping[str, str] | None = None) -> Profile:
+    path = profile_yaml(repo_path, env)
+    text = os.path.expandvars(path.read_text())  # exactly what Feast does
+    unset = sorted({part.split("}")[0] for part in text.split("${")[1:]})
+    if unset:
+        raise ValueError(
+            f"{path} needs these environment variables, which are not set: {', '.join(unset)}"
+        )
+    return Profile(path, yaml.safe_load(text))
+
+
+def contract_path(env: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if env is None else env
+    return env.get("ML_PLATFORM_CONTRACT") or None
+
+
+def default_store_url() -> str:
+    """The embedded object store: ``.lake/`` of the source checkout (else the working directory)."""
+    root = Path(__file__).resolve().parents[2]
+    root = root if (root / "pyproject.toml").is_file() else Path.cwd()
+    return (root / ".lake").as_uri()
+
+
+@dataclass(frozen=True)
+class GoldLocation:
+    path: str  # local folder or s3:// URL of lake/gold/daily_aggregates/
+    s3_endpoint: str | None = None
+
+
+def gold_location(env: Mapping[str, str] | None = None) -> GoldLocation:
+    """Where Feast's file offline store reads the gold zone: same store as the platform's."""
+    env = os.environ if env is None else env
+    url = env.get("ML_PLATFORM_STORE_URL") or default_store_url()
+    parsed = urlparse(url)
+    if parsed.scheme == "s3":
+        prefix = parsed.path.strip("/")
+        base = f"s3://{parsed.netloc}/{prefix + '/' if prefix else ''}"
+        return GoldLocation(base + paths.GOLD_AGGREGATES, env.get("AWS_ENDPOINT_URL_S3") or None)
+    root = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else Path(url)
+    return GoldLocation(str(root.resolve() / paths.GOLD_AGGREGATES))
+
+
+def definitions_version(repo_path: Path, contract: str | None = None) -> str:
+    """A hash of what the feature definitions are made of: the repo's Python files and profiles,
+    and the readings contract the features are generated from. Cheap: a few small files."""
+    import hashlib
+    from importlib import resources
+
+    digest = hashlib.sha256()
+    repo = Path(repo_path)
+    files = sorted(
+        p
+        for p in [*repo.glob("*.py"), *repo.glob("*.yaml"), *repo.glob("profiles/*.yaml")]
+        if p.is_file()
+    )
+    bundled = resources.files("ml_platform") / "contracts" / "readings.yaml"
+    for file in [*files, Path(contract) if contract else bundled]:
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def load_repo_contents(repo_path: Path, project: str):
+    """The Feast objects the repo's Python files define, as ``feast apply`` collects them.
+
+    Feast's own ``parse_repo`` imports modules relative to the working directory; this loads each
+    file from its path under a fresh module name, so it is safe inside a long-lived process and
+    always sees the current definitions.
+    """
+    import importlib.util
+    import uuid
+
+    from feast import Entity, FeatureService, FeatureView
+    from feast.data_source import DataSource
+    from feast.project import Project
+    from feast.repo_contents import RepoContents
+
+    contents = RepoContents(
+        projects=[Project(name=project)],
+        data_sources=[],
+        feature_views=[],
+        on_demand_feature_views=[],
+        stream_feature_views=[],
+        label_views=[],
+        entities=[],
+        feature_services=[],
+        permissions=[],
+    )
+    buckets = [
+        (FeatureView, contents.feature_views),
+        (Entity, contents.entities),
+        (FeatureService, contents.feature_services),
+        (DataSource, contents.data_sources),
+    ]
+    for file in sorted(Path(repo_path).glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"_feature_repo_{uuid.uuid4().hex}", file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for value in vars(module).values():
+            for kind, bucket in buckets:
+                matches = type(value) is kind or (kind is DataSource and isinstance(value, kind))
+                if matches and not any(value is seen for seen in bucket):
+                    bucket.append(value)
+    return contents
+
+
+def registry_hash(store, service: str = FEATURE_SERVICE) -> str:
+    """A hash of what the registry says the feature service serves: the service, its views and
+    entities (specs only; registry timestamps left out, so re-applying the same definitions keeps
+    the hash)."""
+    import hashlib
+
+    project = store.config.project
+    feature_service = store.registry.get_feature_service(service, project)
+    specs = [feature_service.to_proto().spec.SerializeToString(deterministic=True)]
+    for projection in feature_service.feature_view_projections:
+        view = store.registry.get_feature_view(projection.name, project)
+        specs.append(view.to_proto().spec.SerializeToString(deterministic=True))
+        for entity in view.entities:
+            specs.append(
+                store.registry.get_entity(entity, project)
+                .to_proto()
+                .spec.SerializeToString(deterministic=True)
+            )
+    return hashlib.sha256(b"".join(sorted(specs))).hexdigest()[:16]
+
+
+def postgres_url(offline_store: dict) -> str:
+    """SQLAlchemy URL (psycopg 3, as Feast uses) of the profile's PostgreSQL offline store."""
+    from urllib.parse import quote
+
+    cfg = offline_store
+    user, password = (
+        quote(str(cfg["user"]), safe=""),
+        quote(str(cfg.get("password") or ""), safe=""),
+    )
+    sslmode = cfg.get("sslmode") or "require"
+    return (
+        f"postgresql+psycopg://{user}:{password}@{cfg['host']}:{cfg.get('port', 5432)}"
+        f"/{cfg['database']}?sslmode={sslmode}"
+    )
+
+
+def publish_offline_day(profile: Profile, day: str, rows) -> int:
+    """Replace one day's gold rows in the PostgreSQL offline table, in one transaction."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(postgres_url(profile.config["offline_store"]))
+    schema = profile.offline_schema
+    try:
+        with engine.begin() as con:
+            con.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            if sa.inspect(con).has_table(OFFLINE_TABLE, schema=schema):
+                con.execute(
+                    sa.text(f"DELETE FROM {profile.offline_table} WHERE day = :day"),
+                    {"day": day},
+                )
+            rows.to_sql(OFFLINE_TABLE, con, schema=schema, if_exists="append", index=False)
+    finally:
+        engine.dispose()
+    return len(rows)
