@@ -156,13 +156,24 @@ def profile_yaml(repo_path: Path | None = None, env: Mapping[str, str] | None = 
 
 def active_profile(repo_path: Path | None = None, env: Mapping[str, str] | None = None) -> Profile:
     path = profile_yaml(repo_path, env)
-    text = os.path.expandvars(path.read_text())  # exactly what Feast does
-    unset = sorted({part.split("}")[0] for part in text.split("${")[1:]})
+    config = yaml.safe_load(os.path.expandvars(path.read_text()))  # exactly what Feast does
+    unset = sorted(_unexpanded(config))
     if unset:
         raise ValueError(
             f"{path} needs these environment variables, which are not set: {', '.join(unset)}"
         )
-    return Profile(path, yaml.safe_load(text))
+    return Profile(path, config)
+
+
+def _unexpanded(value) -> set[str]:
+    """Names of ``${VAR}`` left in the parsed config: Feast keeps unset variables as text."""
+    if isinstance(value, dict):
+        return set().union(*map(_unexpanded, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_unexpanded, value)) if value else set()
+    if isinstance(value, str) and "${" in value:
+        return {part.split("}")[0] for part in value.split("${")[1:]}
+    return set()
 
 
 def contract_path(env: Mapping[str, str] | None = None) -> str | None:

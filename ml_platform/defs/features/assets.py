@@ -39,7 +39,8 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
     definitions leaves the registry (and the online tables) untouched.
     """
     from feast.diff.property_diff import TransitionType
-    from feast.repo_operations import extract_objects_for_apply_delete
+    from feast.feature_view import DUMMY_ENTITY_NAME
+    from feast.repo_operations import apply_total_with_repo_instance
 
     store = feast.store()
     project = store.config.project
@@ -48,7 +49,8 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
     changes = [
         f"{d.transition_type.name.lower()} {d.feast_object_type.value} {d.name}"
         for d in registry_diff.feast_object_diffs
-        if d.transition_type != TransitionType.UNCHANGED
+        # Feast keeps a placeholder entity the repo never defines; `feast plan` hides it too.
+        if d.transition_type != TransitionType.UNCHANGED and d.name != DUMMY_ENTITY_NAME
     ]
     infra = [
         f"{d.transition_type.name.lower()} {d.infra_object_type} {d.name}"
@@ -56,8 +58,12 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
         if d.transition_type != TransitionType.UNCHANGED
     ]
     if changes or infra:
-        to_apply, to_delete, _, _ = extract_objects_for_apply_delete(project, store.registry, repo)
-        store.apply(to_apply, objects_to_delete=to_delete, partial=False)
+        # What `feast apply` runs after parsing the repo: plan, then apply the diffs (this also
+        # records the online tables in the registry, so the next plan sees no infra change).
+        # Sources are not probed: the gold zone may still be empty on a fresh install.
+        apply_total_with_repo_instance(
+            store, project, store.registry, repo, skip_source_validation=True
+        )
         context.log.info(f"applied: {changes + infra}")
     else:
         context.log.info("registry already matches the definitions: nothing applied")
