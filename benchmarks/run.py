@@ -225,12 +225,64 @@ def bench_e2e() -> list[dict]:
     ]
 
 
+def bench_features() -> list[dict]:
+    """Feast online retrieval and the year-long point-in-time training set (benchmarks/features.py)."""
+    with tempfile.TemporaryDirectory(dir=DATA if DATA.exists() else None) as out:
+        cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.features", out]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"features benchmark failed:\n{done.stderr[-3000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+    return [
+        record(
+            "online_p50_ms_1",
+            r["online_p50_ms_1"],
+            "ms",
+            "sqlite_p50_ms_1",
+            r["sqlite_p50_ms_1"],
+            1,
+        ),
+        record(
+            "online_p99_ms_1",
+            r["online_p99_ms_1"],
+            "ms",
+            "sqlite_p99_ms_1",
+            r["sqlite_p99_ms_1"],
+            1,
+        ),
+        record(
+            "online_p99_ms_50",
+            r["online_p99_ms_50"],
+            "ms",
+            "sqlite_p99_ms_50",
+            r["sqlite_p99_ms_50"],
+            50,
+        ),
+        record(
+            "training_set_365x50_s",
+            r["training_set_365x50_s"],
+            "s",
+            "pandas_pit_join_s",
+            r["pandas_pit_join_s"],
+            r["training_set_rows"],
+        ),
+        record("training_set_asset_s", r["training_set_asset_s"], "s", rows=r["training_set_rows"]),
+        record(
+            "feast_point_in_time_join_s",
+            r["point_in_time_join_s"],
+            "s",
+            rows=r["training_set_rows"],
+        ),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "ingest": bench_ingest,
     "ingest_5x": bench_ingest_5x,
     "lakehouse": bench_lakehouse,
     "load": bench_load,
     "e2e": bench_e2e,
+    "features": bench_features,
 }
 
 

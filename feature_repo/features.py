@@ -7,14 +7,15 @@ turns stale in the Dagster UI. Features are generated from the readings contract
 statistics per measurement), so a contract with other measurements gets matching features.
 
 Where the offline data lives follows the active profile (``feature_store.yaml`` or the file named
-by ``FEAST_FS_YAML_FILE_PATH``): the gold Parquet files (a local folder or ``s3://``) for the file
-offline store, the ``daily_aggregates`` table for the PostgreSQL offline store.
+by ``FEAST_FS_YAML_FILE_PATH``): the gold Parquet files (a local folder or ``s3://``) for the
+DuckDB and file (Dask) offline stores, the ``daily_aggregates`` table for the PostgreSQL one.
 """
 
 from datetime import timedelta
 from pathlib import Path
 
 from feast import Entity, FeatureService, FeatureView, Field, FileSource, ValueType
+from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64
 
 from ml_platform.lib import feature_store as fs
@@ -49,7 +50,10 @@ else:
     _location = fs.gold_location()
     daily_aggregates_source = FileSource(
         name="daily_aggregates",
-        path=_location.path,
+        # DuckDB reads the day files through a glob; Dask (offline_store type `file`) reads the
+        # folder with its date=D partitions.
+        path=_location.glob if _profile.offline_type == "duckdb" else _location.path,
+        file_format=ParquetFormat(),
         s3_endpoint_override=_location.s3_endpoint,
         timestamp_field="event_timestamp",
         created_timestamp_column="created_timestamp",

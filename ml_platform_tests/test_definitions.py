@@ -63,3 +63,32 @@ def test_the_local_profile_needs_no_environment(monkeypatch):
     resources = build_resources({})
     assert resources["lake"].url.startswith("file://") and resources["lake"].url.endswith("/.lake")
     assert resources["lake"].access_key_id is None
+
+
+def test_the_feature_store_and_training_set_are_wired():
+    graph = defs.resolve_asset_graph()
+    views = graph.get(dg.AssetKey("feature_views"))
+    online = graph.get(dg.AssetKey("online_features"))
+    training = graph.get(dg.AssetKey("training_set"))
+    assert (views.group_name, online.group_name, training.group_name) == ("features",) * 2 + ("ml",)
+    assert views.code_version and views.partitions_def is None
+    assert isinstance(online.partitions_def, dg.DailyPartitionsDefinition)
+    assert online.backfill_policy == dg.BackfillPolicy.single_run()
+    assert isinstance(training.partitions_def, dg.WeeklyPartitionsDefinition)
+    assert {dg.AssetKey("daily_aggregates"), dg.AssetKey("feature_views")} <= online.parent_keys
+    assert {
+        dg.AssetKey("raw_labels"),
+        dg.AssetKey("daily_aggregates"),
+        dg.AssetKey("feature_views"),
+    } <= training.parent_keys
+    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert {
+        "training_set_is_point_in_time_correct",
+        "training_set_has_both_classes_and_enough_rows",
+    } <= blocking
+    checks = {k.name for k in graph.asset_check_keys}
+    assert {
+        "online_store_answers_for_every_sensor",
+        "sensor_daily_stats_is_complete",
+        "sensor_weekly_trends_is_complete",
+    } <= checks

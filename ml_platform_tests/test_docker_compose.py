@@ -175,6 +175,17 @@ def test_secret_values_come_only_from_the_environment(rendered: dict) -> None:
     assert seen == set(PLACEHOLDERS.values())
 
 
+#: Every ${VAR} of the Feast profiles in feature_repo/profiles/.
+FEAST_PROFILE_VARIABLES = sorted(
+    {
+        name
+        for profile in (ROOT / "feature_repo" / "profiles").glob("*.yaml")
+        for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", profile.read_text())
+        if name != "VAR"
+    }
+)
+
+
 def test_env_example_documents_every_variable() -> None:
     text = ENV_EXAMPLE.read_text()
     active = dict(
@@ -191,7 +202,8 @@ def test_env_example_documents_every_variable() -> None:
         "ML_PLATFORM_SENSOR_INTERVAL_S", "ML_PLATFORM_MAX_REQUESTS_PER_TICK",
         "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
         "DAGSTER_HOME", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER",
-        "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB",
+        "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB", "ML_PLATFORM_FEAST_REPO", "FEAST_FS_YAML_FILE_PATH",
+        *FEAST_PROFILE_VARIABLES,
     }  # fmt: skip
     assert not (referenced | project) - documented, (referenced | project) - documented
 

@@ -259,8 +259,15 @@ def test_online_values_after_a_day_equal_that_days_aggregates(env):
     pd.testing.assert_frame_equal(online(want.index.tolist()).astype(float), want.astype(float))
 
 
-def test_file_store_a_planted_future_value_never_reaches_the_training_set(env, monkeypatch):
+@pytest.mark.parametrize("offline_store", ["duckdb", "file"])
+def test_parquet_stores_a_planted_future_value_never_reaches_the_training_set(
+    env, monkeypatch, offline_store
+):
+    """The embedded profile's DuckDB store and Feast's Dask `file` store, over the gold Parquet."""
+    config = env.repo / "feature_store.yaml"
+    config.write_text(config.read_text().replace("type: duckdb", f"type: {offline_store}"))
     run_feature_pipeline(env.instance, env.days)
+    assert feature_store().config.offline_store.type == offline_store
 
     def write(row, day):
         row.to_parquet(env.store.root / f"{paths.GOLD_AGGREGATES}date={day}/planted.parquet")

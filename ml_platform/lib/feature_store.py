@@ -193,6 +193,11 @@ class GoldLocation:
     path: str  # local folder or s3:// URL of lake/gold/daily_aggregates/
     s3_endpoint: str | None = None
 
+    @property
+    def glob(self) -> str:
+        """Every day file: ``<path>/*/*.parquet`` (one ``date=D`` folder per day)."""
+        return self.path.rstrip("/") + "/*/*.parquet"
+
 
 def gold_location(env: Mapping[str, str] | None = None) -> GoldLocation:
     """Where Feast's file offline store reads the gold zone: same store as the platform's."""

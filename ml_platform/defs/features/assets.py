@@ -14,7 +14,6 @@ from ml_platform.defs.resources import FeastResource, IngestResource, LakeResour
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.tables import markdown_table
-from ml_platform.lib.training import completeness
 
 _settings = settings()
 #: Below this share of non-missing values a feature view's day is reported (warning): the
@@ -155,6 +154,8 @@ def online_features(
     rows are first published to its table (replacing that day), so training sees them too.
     """
     import pandas as pd
+
+    from ml_platform.lib.training import completeness
 
     started = time.perf_counter()
     store, feature_store, profile = lake.store(), feast.store(), feast.profile()

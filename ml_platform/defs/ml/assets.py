@@ -14,7 +14,7 @@ from ml_platform.defs.lakehouse.assets import daily_aggregates
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
-from ml_platform.lib import paths, training
+from ml_platform.lib import paths
 from ml_platform.lib.tables import markdown_table
 
 LEAKAGE_CHECK = "training_set_is_point_in_time_correct"
@@ -63,6 +63,8 @@ def _failures(store, until: datetime, tmp: Path):
     """Failure events (``failure == 1``) of the labels zone that happened before ``until``."""
     import pandas as pd
 
+    from ml_platform.lib import training
+
     keys = [
         o.key
         for o in store.list(f"{paths.BRONZE}labels/")
@@ -80,6 +82,8 @@ def _offline_rows(feature_store, names: dict[str, list[str]], start: datetime, e
     """Every gold row the offline store holds with an event time in ``[start, end)``: the
     candidates the leakage guard traces feature values back to."""
     from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+
+    from ml_platform.lib import training
 
     source = feature_store.get_feature_view(fs.DAILY_STATS_VIEW).batch_source
     job = get_offline_store_from_config(
@@ -143,6 +147,9 @@ def training_set(
     """One week's training set: a row per sensor-day, its target, and the feature values Feast's
     point-in-time join returned for the day's cut-off; a manifest of its inputs beside it."""
     import pandas as pd
+
+    # pandas-heavy: imported here so that loading the code location stays light.
+    from ml_platform.lib import training
 
     started = time.perf_counter()
     week = context.partition_key

@@ -1,0 +1,190 @@
+"""Feature-store benchmark, run in a fresh process: ``python -m benchmarks.features OUT``.
+
+Builds (once, cached in benchmarks/data/) a lakehouse of 365 days x 50 sensors through the real
+ingest and lakehouse assets, applies the Feast repo, writes the last day to the SQLite online store
+and then measures, printing one JSON line:
+
+- online retrieval through the Feast Python SDK (``get_online_features`` of the failure model's
+  feature service), 1 sensor and 50 sensors per call; reference: the same rows read straight from
+  Feast's SQLite table with ``sqlite3`` (the floor under any SDK);
+- the ``training_set`` asset over the full year (18,250 sensor-days); reference: the same
+  point-in-time join written by hand with ``pandas.merge_asof`` on the same gold files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "benchmarks" / "data"
+DAYS, SENSORS = 365, 50
+WEEK = "2024-12-23"  # labels the days up to 2024-12-28; a year back covers the whole lake
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def build_lake(target: Path) -> None:
+    import dagster as dg
+
+    from ml_platform.lib.generator import GeneratorConfig
+    from ml_platform_tests.feature_helpers import build_lake as build
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    os.environ["ML_PLATFORM_STORE_URL"] = (partial / "lake").as_uri()
+    with dg.instance_for_test() as instance:
+        build(instance, partial, GeneratorConfig(days=DAYS, sensors=SENSORS, interval_s=3600))
+    shutil.rmtree(partial / "generated")
+    partial.replace(target)
+
+
+def timed(fn, repeat: int) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def main(out: Path) -> dict:
+    import dagster as dg
+    import pandas as pd
+
+    lake = DATA / f"features_lake_{DAYS}x{SENSORS}"
+    if not lake.exists():
+        build_lake(lake)
+    os.environ["ML_PLATFORM_STORE_URL"] = (lake / "lake").as_uri()
+    from ml_platform_tests.feature_helpers import copy_feature_repo, materialize_features
+
+    repo = copy_feature_repo(out / "feature_repo")
+    os.environ["ML_PLATFORM_FEAST_REPO"] = str(repo)
+    os.environ.pop("FEAST_FS_YAML_FILE_PATH", None)
+
+    from ml_platform.defs.features.assets import feature_views, online_features
+    from ml_platform.defs.ml.assets import training_set
+    from ml_platform.defs.resources import build_resources
+    from ml_platform.lib import feature_store as fs
+    from ml_platform.lib import paths
+    from ml_platform.lib.contract import load_contract
+    from ml_platform.lib.lakehouse import end_of_day
+
+    result = {}
+    with dg.instance_for_test() as instance:
+        assert materialize_features(instance, selection=[feature_views]).success
+        last_day = "2024-12-30"
+        assert materialize_features(
+            instance, selection=[online_features], partition_key=last_day
+        ).success
+
+        store = build_resources()["feast"].store()
+        service = store.get_feature_service(fs.FEATURE_SERVICE)
+        sensors = sorted(
+            pd.read_parquet(lake / "lake" / paths.aggregates_object(last_day))["sensor_id"]
+        )
+        one = [{"sensor_id": sensors[7]}]
+        fifty = [{"sensor_id": s} for s in sensors[:50]]
+        for _ in range(50):  # warm-up: registry cache, connection, code paths
+            store.get_online_features(features=service, entity_rows=one).to_dict()
+        sdk_1 = timed(
+            lambda: store.get_online_features(features=service, entity_rows=one).to_dict(), 2000
+        )
+        sdk_50 = timed(
+            lambda: store.get_online_features(features=service, entity_rows=fifty).to_dict(), 500
+        )
+
+        # Reference: the same rows straight out of Feast's SQLite tables.
+        from feast.infra.key_encoding_utils import serialize_entity_key
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+
+        def key(sensor: str) -> bytes:
+            return serialize_entity_key(
+                EntityKey(join_keys=["sensor_id"], entity_values=[Value(string_val=sensor)]),
+                entity_key_serialization_version=3,
+            )
+
+        con = sqlite3.connect(repo / "data" / "online_store.db")
+        tables = [f"ml_platform_{view}" for view in fs.VIEWS]
+
+        def raw(keys: list[bytes]) -> None:
+            marks = ",".join("?" * len(keys))
+            for table in tables:
+                con.execute(
+                    f"SELECT entity_key, feature_name, value, event_ts FROM {table} "
+                    f"WHERE entity_key IN ({marks})",
+                    keys,
+                ).fetchall()
+
+        one_key, fifty_keys = [key(sensors[7])], [key(s) for s in sensors[:50]]
+        raw_1 = timed(lambda: raw(one_key), 2000)
+        raw_50 = timed(lambda: raw(fifty_keys), 500)
+        con.close()
+        result.update(
+            online_p50_ms_1=statistics.median(sdk_1),
+            online_p99_ms_1=_percentile(sdk_1, 99),
+            online_p99_ms_50=_percentile(sdk_50, 99),
+            sqlite_p50_ms_1=statistics.median(raw_1),
+            sqlite_p99_ms_1=_percentile(raw_1, 99),
+            sqlite_p99_ms_50=_percentile(raw_50, 99),
+            features=len(service.feature_view_projections[0].features)
+            + len(service.feature_view_projections[1].features),
+        )
+
+        started = time.perf_counter()
+        run = materialize_features(
+            instance,
+            selection=[training_set],
+            partition_key=WEEK,
+            config={"ops": {"training_set": {"config": {"min_rows": 1000}}}},
+        )
+        wall = time.perf_counter() - started
+        assert run.success
+        [event] = run.get_asset_materialization_events()
+        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        result.update(
+            training_set_365x50_s=wall,
+            training_set_asset_s=meta["seconds"],
+            training_set_rows=meta["dagster/row_count"],
+            point_in_time_join_s=meta["point_in_time_join_s"],
+        )
+
+    # Reference: the same point-in-time join by hand (merge_asof within the views' TTLs).
+    started = time.perf_counter()
+    files = sorted((lake / "lake" / paths.GOLD_AGGREGATES).glob("date=*/*.parquet"))
+    gold = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    gold["event_timestamp"] = pd.to_datetime(gold["event_timestamp"], utc=True)
+    names = fs.feature_names(load_contract(None).columns)
+    days = sorted(gold["day"].unique())[-358:]  # the sensor-days the asset labels
+    entities = gold.loc[gold["day"].isin(days), ["sensor_id", "day"]].copy()
+    entities["cutoff"] = pd.to_datetime([end_of_day(str(d)) for d in entities["day"]], utc=True)
+    entities = entities.sort_values("cutoff")
+    joined = entities
+    for view in fs.VIEWS:
+        right = gold[["sensor_id", "event_timestamp", *names[view]]].sort_values("event_timestamp")
+        joined = pd.merge_asof(
+            joined,
+            right,
+            left_on="cutoff",
+            right_on="event_timestamp",
+            by="sensor_id",
+            tolerance=pd.Timedelta(days=fs.TTL_DAYS[view]),
+        ).drop(columns="event_timestamp")
+    result["pandas_pit_join_s"] = time.perf_counter() - started
+    result["pandas_pit_rows"] = len(joined)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))
