@@ -164,11 +164,15 @@ def main(out: Path) -> dict:
     started = time.perf_counter()
     files = sorted((lake / "lake" / paths.GOLD_AGGREGATES).glob("date=*/*.parquet"))
     gold = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-    gold["event_timestamp"] = pd.to_datetime(gold["event_timestamp"], utc=True)
+    gold["event_timestamp"] = pd.to_datetime(gold["event_timestamp"], utc=True).astype(
+        "datetime64[us, UTC]"
+    )
     names = fs.feature_names(load_contract(None).columns)
     days = sorted(gold["day"].unique())[-358:]  # the sensor-days the asset labels
     entities = gold.loc[gold["day"].isin(days), ["sensor_id", "day"]].copy()
-    entities["cutoff"] = pd.to_datetime([end_of_day(str(d)) for d in entities["day"]], utc=True)
+    entities["cutoff"] = pd.to_datetime(
+        [end_of_day(str(d)) for d in entities["day"]], utc=True
+    ).as_unit("us")
     entities = entities.sort_values("cutoff")
     joined = entities
     for view in fs.VIEWS:

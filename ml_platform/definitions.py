@@ -58,6 +58,15 @@ defs = dg.Definitions(
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
         ),
+        # Declarative Automation (feature_views when missing or its definitions change,
+        # online_features after new aggregates) is evaluated by this sensor, running from the
+        # start; Dagster's implicit default sensor would be created stopped.
+        dg.AutomationConditionSensorDefinition(
+            "automation_condition_sensor",
+            target=dg.AssetSelection.all(),
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            minimum_interval_seconds=_settings.sensor_interval_s,
+        ),
     ],
     resources=build_resources(),
     # One process per run, no subprocess per step: saves ~3 s of re-import per step (STACK_NOTES §7).

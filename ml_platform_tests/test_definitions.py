@@ -92,3 +92,12 @@ def test_the_feature_store_and_training_set_are_wired():
         "sensor_daily_stats_is_complete",
         "sensor_weekly_trends_is_complete",
     } <= checks
+
+
+def test_declarative_automation_runs_without_a_toggle():
+    sensors = {s.name: s for s in defs.sensors}
+    automation = sensors["automation_condition_sensor"]
+    assert automation.default_status == dg.DefaultSensorStatus.RUNNING
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("online_features")).automation_condition is not None
+    assert graph.get(dg.AssetKey("feature_views")).automation_condition is not None

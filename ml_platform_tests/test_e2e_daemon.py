@@ -14,6 +14,7 @@ import dagster as dg
 import pytest
 
 from ml_platform.lib import paths
+from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.servers import dagster_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -27,7 +28,13 @@ def deployed(tmp_path, postgres, s3_env, monkeypatch):
     """A DAGSTER_HOME with the repo's dagster.yaml on a fresh PostgreSQL database, and a daemon."""
     db = f"dagster_{uuid.uuid4().hex[:8]}"
     postgres.create_database(db)
-    env = {**s3_env, **postgres.dagster_env(db), "ML_PLATFORM_SENSOR_INTERVAL_S": "1"}
+    env = {
+        **s3_env,
+        **postgres.dagster_env(db),
+        "ML_PLATFORM_SENSOR_INTERVAL_S": "1",
+        # Automation reaches the feature store: keep its state out of the checkout.
+        "ML_PLATFORM_FEAST_REPO": str(copy_feature_repo(tmp_path / "feature_repo")),
+    }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     log = tmp_path / "daemon.log"
@@ -82,6 +89,22 @@ def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed,
     ]
     for day in ("2024-05-01", "2024-05-02"):
         client.head_object(Bucket=bucket, Key=paths.aggregates_object(day))
+
+    # Declarative Automation (no toggle): the registry is applied and both days reach the online
+    # store without anyone asking.
+    online = dg.AssetKey("online_features")
+    deadline = time.monotonic() + 150
+    while time.monotonic() < deadline and set(instance.get_materialized_partitions(online)) != {
+        "2024-05-01",
+        "2024-05-02",
+    }:
+        assert daemon.poll() is None, "the daemon exited"
+        time.sleep(0.5)
+    assert instance.get_materialized_partitions(online) == {"2024-05-01", "2024-05-02"}
+    print(f"upload_to_online_features_s={time.monotonic() - uploaded:.2f}")
+    assert instance.get_materialized_partitions(dg.AssetKey("feature_views")) or (
+        instance.get_latest_materialization_event(dg.AssetKey("feature_views"))
+    )
 
     # A rejected file: its run fails, the file is quarantined with its reason.
     bad_etag = client.put_object(

@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.servers import ROOT, dagster_daemon, free_port, stop_process_group
 from ml_platform_tests.test_lakehouse import DAYS
 
@@ -41,6 +42,8 @@ def test_a_ui_backfill_over_three_days_is_one_run(tmp_path, store, landed, monke
     home.mkdir()
     (home / "dagster.yaml").write_text((ROOT / "dagster.local.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
+    # Automation reaches the feature store: keep its state out of the checkout.
+    monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(copy_feature_repo(tmp_path / "feature_repo")))
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     port = free_port()
     web = subprocess.Popen(

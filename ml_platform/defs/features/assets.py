@@ -28,7 +28,14 @@ COMPLETENESS_WARN_BELOW = 0.95
     # Follows the definitions: editing feature_repo/ (or the readings contract the features are
     # generated from) changes this version and marks the asset stale.
     code_version=fs.definitions_version(Path(_settings.feast_repo), fs.contract_path() or None),
-    automation_condition=dg.AutomationCondition.on_missing()
+    # Applied on a fresh install (on_missing() would skip an asset already missing when the
+    # sensor first looks) and again whenever the definitions change; a failed apply waits for a
+    # change instead of being retried every tick.
+    automation_condition=(
+        dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+        & ~dg.AutomationCondition.execution_failed()
+    )
     | dg.AutomationCondition.code_version_changed(),
 )
 def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg.MaterializeResult:
@@ -120,7 +127,11 @@ def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) 
     kinds={"feast", "sqlite", "postgres"},
     owners=["team:data-platform"],
     retry_policy=TRANSIENT_RETRIES,
-    automation_condition=dg.AutomationCondition.eager(),
+    # Every day whose aggregates change, not only the latest one (eager's default): a late file or
+    # a backfill re-publishes its days; the write keeps newer online values, so this is safe.
+    automation_condition=dg.AutomationCondition.eager().without(
+        dg.AutomationCondition.in_latest_time_window()
+    ),
     check_specs=[
         dg.AssetCheckSpec(
             "online_store_answers_for_every_sensor",
