@@ -48,5 +48,5 @@ format: install  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-clean:  ## remove local state (.lake, .dagster_home, feature_repo/data) but keep .venv
-	rm -rf .lake .dagster_home feature_repo/data
+clean:  ## remove local state (.lake, .dagster_home, .mlflow, feature_repo/data) but keep .venv
+	rm -rf .lake .dagster_home .mlflow feature_repo/data

@@ -18,7 +18,10 @@ from ml_platform.defs.lakehouse.checks import (
 )
 from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
 from ml_platform.defs.ml.assets import training_set
-from ml_platform.defs.partitions import label_files, reading_files
+from ml_platform.defs.ml.models import champion_model, failure_model, sensor_clusters
+from ml_platform.defs.ml.schedules import weekly_training_job, weekly_training_schedule
+from ml_platform.defs.partitions import label_files, reading_files, scoring_files
+from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources, settings
 
 _settings = settings()
@@ -32,13 +35,19 @@ defs = dg.Definitions(
         feature_views,
         online_features,
         training_set,
+        failure_model,
+        champion_model,
+        sensor_clusters,
+        daily_predictions,
+        scored_files,
     ],
     asset_checks=[
         sensor_chunks_pass_quality_suite,
         sensor_chunks_values_within_contract_ranges,
         daily_aggregates_pass_quality_suite,
     ],
-    jobs=[ingest_readings_job, ingest_labels_job, lakehouse_job],
+    jobs=[ingest_readings_job, ingest_labels_job, lakehouse_job, weekly_training_job, scoring_job],
+    schedules=[weekly_training_schedule],
     sensors=[
         build_landing_sensor(
             "readings",
@@ -51,6 +60,13 @@ defs = dg.Definitions(
             "labels",
             ingest_labels_job,
             label_files,
+            interval_s=_settings.sensor_interval_s,
+            max_requests_per_tick=_settings.max_requests_per_tick,
+        ),
+        build_landing_sensor(
+            "scoring",
+            scoring_job,
+            scoring_files,
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
         ),

@@ -8,6 +8,8 @@ from ml_platform.defs.resources import settings
 reading_files = dg.DynamicPartitionsDefinition(name="reading_files")
 #: Same for ``landing/labels/``.
 label_files = dg.DynamicPartitionsDefinition(name="label_files")
+#: Same for scoring requests dropped into ``landing/scoring/``.
+scoring_files = dg.DynamicPartitionsDefinition(name="scoring_files")
 
 #: One partition per UTC day, from ML_PLATFORM_START_DATE; today's partition exists (end_offset=1)
 #: because readings of the current day arrive during the day.

@@ -91,6 +91,56 @@ class FeastResource(dg.ConfigurableResource):
         return self._store
 
 
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and model registry (one URI for both).
+
+    Local default: a SQLite store and an artifact folder under ``.mlflow/``. Deployed: an MLflow
+    server (``MLFLOW_TRACKING_URI=http://mlflow:5000``, PostgreSQL behind it) or a database URI,
+    with artifacts on MinIO/S3 (``ML_PLATFORM_MLFLOW_ARTIFACTS=s3://...``; the S3 endpoint comes
+    from ``MLFLOW_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``). MLflow is imported on first use:
+    dagster-mlflow's resource imports it when the code location loads (STACK_NOTES §6).
+    """
+
+    tracking_uri: str
+    artifact_root: str = ""  # where new experiments keep artifacts; empty: the server decides
+
+    def mlflow(self):
+        import mlflow
+
+        # No telemetry, no progress bars in run logs; S3 artifacts honour the platform endpoint.
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        if os.environ.get("AWS_ENDPOINT_URL_S3"):
+            os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL_S3"])
+        if self.tracking_uri.startswith("sqlite:///"):
+            Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
+                parents=True, exist_ok=True
+            )
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return mlflow
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        self.mlflow()
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment(self, name: str) -> str:
+        """The id of experiment ``name``, created (with its artifact location) if missing."""
+        mlflow = self.mlflow()
+        found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
+        return mlflow.create_experiment(name, artifact_location=location)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        if self.tracking_uri.startswith("http"):
+            return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"runs:/{run_id} (mlflow ui --backend-store-uri {self.tracking_uri})"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Values that shape definitions (not resources): read once when the code location loads."""
@@ -136,4 +186,10 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.Config
         repo_path=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
         yaml_path=env.get(fs.YAML_ENV, ""),
     )
-    return {"lake": lake, "ingest": ingest, "feast": feast}
+    local = project_root() / ".mlflow"
+    mlflow = MLflowResource(
+        tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local / 'mlflow.db'}",
+        artifact_root=env.get("ML_PLATFORM_MLFLOW_ARTIFACTS")
+        or ("" if env.get("MLFLOW_TRACKING_URI") else (local / "artifacts").as_uri()),
+    )
+    return {"lake": lake, "ingest": ingest, "feast": feast, "mlflow": mlflow}

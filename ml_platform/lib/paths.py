@@ -14,7 +14,11 @@ QUARANTINE = "landing/quarantine/"
 BRONZE = "lake/bronze/"
 
 #: Landing prefix of each dataset a user can drop files into.
-LANDING_PREFIXES = {"readings": "landing/readings/", "labels": "landing/labels/"}
+LANDING_PREFIXES = {
+    "readings": "landing/readings/",
+    "labels": "landing/labels/",
+    "scoring": "landing/scoring/",
+}
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -120,3 +124,32 @@ def training_set_object(week: str) -> str:
 def training_manifest_object(week: str) -> str:
     """The manifest beside a training set: inputs, their data versions, registry hash, code."""
     return f"{ML}training_sets/week={week}/manifest.json"
+
+
+def model_holdout_object(model: str, week: str) -> str:
+    """``lake/ml/<model>/week=W/holdout.parquet``: the frozen holdout a version is judged on."""
+    return f"{ML}{model}/week={week}/holdout.parquet"
+
+
+def promotion_ledger_object(model: str) -> str:
+    """``lake/ml/<model>/promotions.json``: every champion decision, oldest first."""
+    return f"{ML}{model}/promotions.json"
+
+
+RESULTS = "results/"
+
+
+def predictions_object(day: str, suffix: str = "parquet") -> str:
+    """``results/predictions/date=D/predictions.<parquet|csv>``: one row per sensor of day D."""
+    return f"{RESULTS}predictions/date={day}/predictions.{suffix}"
+
+
+def scored_object(relative_key: str) -> str:
+    """``results/scored/<name>.csv`` for a request uploaded as ``landing/scoring/<name>[.csv]``.
+
+    Sub-folders are kept; ``..`` and other unsafe characters are replaced, so the key stays
+    inside the zone.
+    """
+    parts = [_UNSAFE.sub("-", p).strip("-.") or "file" for p in relative_key.split("/") if p]
+    name = "/".join(parts).removesuffix(".csv").removesuffix("-csv")
+    return f"{RESULTS}scored/{name}.csv"

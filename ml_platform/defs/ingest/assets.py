@@ -22,7 +22,7 @@ TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.E
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
 
 
-def _quarantine(
+def quarantine(
     context: dg.AssetExecutionContext,
     store: ObjectStore,
     dataset: str,
@@ -108,7 +108,7 @@ def ingest_landed_object(
                     "run_id": context.run.run_id,
                     "rejected_at": datetime.now(UTC).isoformat(),
                 }
-                copy_uri = _quarantine(context, store, dataset, relative_key, local, record)
+                copy_uri = quarantine(context, store, dataset, relative_key, local, record)
                 context.log.error(f"rejected {store.uri(key)}: {rejected.message}")
                 raise dg.Failure(
                     description=f"{store.uri(key)} rejected ({rejected.reason}): "

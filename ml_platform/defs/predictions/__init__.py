@@ -1,0 +1,1 @@
+"""Predictions layer: daily prediction files and on-demand scoring (group ``predictions``)."""

@@ -1,0 +1,292 @@
+"""``daily_predictions[day]`` and ``scored_files[file]``: the champion's answers, as files."""
+
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from ml_platform.defs.features.assets import online_features
+from ml_platform.defs.ingest.assets import quarantine
+from ml_platform.defs.ml.models import (
+    CHAMPION,
+    CLUSTER_ALIAS,
+    CLUSTER_MODEL,
+    MODEL_NAME,
+    _version_or_none_of,
+    champion_model,
+    sensor_clusters,
+)
+from ml_platform.defs.partitions import daily, scoring_files
+from ml_platform.defs.resources import FeastResource, LakeResource, MLflowResource
+from ml_platform.lib import feature_store as fs
+from ml_platform.lib import paths
+from ml_platform.lib.tables import markdown_table
+
+COVERS_EVERY_SENSOR = "daily_predictions_cover_every_sensor"
+VALID = "daily_predictions_probabilities_are_valid"
+
+
+class PredictionConfig(dg.Config):
+    """Pin the model version (re-running an old day with the model it used); default: the
+    version holding the ``champion`` alias when the run starts."""
+
+    model_version: int | None = None
+
+
+@dataclass
+class Scorer:
+    """The models of one run, resolved once: every row it writes names the same versions."""
+
+    model: Any
+    version: str
+    run_id: str
+    threshold: float
+    clusters: Any | None
+    cluster_version: str | None
+
+    @classmethod
+    def resolve(cls, mlflow: MLflowResource, pinned: int | None) -> "Scorer":
+        client, ml = mlflow.client(), mlflow.mlflow()
+        if pinned is not None:
+            version = client.get_model_version(MODEL_NAME, str(pinned))
+        else:
+            version = _version_or_none_of(client, MODEL_NAME, CHAMPION)
+            if version is None:
+                raise dg.Failure(
+                    f"{MODEL_NAME} has no '{CHAMPION}' version: materialize failure_model and "
+                    "champion_model first, or pin model_version in run config",
+                    allow_retries=False,
+                )
+        model = ml.sklearn.load_model(f"models:/{MODEL_NAME}/{version.version}")
+        clusters = _version_or_none_of(client, CLUSTER_MODEL, CLUSTER_ALIAS)
+        return cls(
+            model=model,
+            version=str(version.version),
+            run_id=version.run_id or "",
+            threshold=float(version.tags.get("threshold", 0.5)),
+            clusters=ml.sklearn.load_model(f"models:/{CLUSTER_MODEL}/{clusters.version}")
+            if clusters
+            else None,
+            cluster_version=str(clusters.version) if clusters else None,
+        )
+
+    def score(self, feature_store, requests, dagster_run_id: str):
+        """``requests`` (sensor_id, date) -> one prediction row each, in request order. Features
+        are Feast's, point in time at the end of each date, as in training."""
+        import pandas as pd
+
+        from ml_platform.lib.lakehouse import end_of_day
+
+        asked = requests[["sensor_id", "date"]].reset_index(drop=True)
+        asked["row_id"] = range(len(asked))
+        asked["event_timestamp"] = pd.to_datetime(
+            [end_of_day(d) for d in asked["date"]], utc=True
+        ).as_unit("us")
+        joined = feature_store.get_historical_features(
+            entity_df=asked[["row_id", "sensor_id", "event_timestamp"]],
+            features=feature_store.get_feature_service(fs.FEATURE_SERVICE),
+        ).to_df()
+        features = list(self.model.feature_names_in_)
+        frame = asked.merge(joined[["row_id", *features]], on="row_id", how="left")
+        frame = frame.sort_values("row_id", ignore_index=True)
+        known = frame[features].notna().any(axis=1)
+        proba = self.model.predict_proba(frame[features])[:, 1]
+        out = pd.DataFrame(
+            {
+                "sensor_id": frame["sensor_id"],
+                "date": frame["date"],
+                "failure_probability": proba,
+                "predicted_failure": (proba >= self.threshold).astype("int64"),
+                "features_found": known,
+                "cluster": pd.array(
+                    self.clusters.predict(frame[list(self.clusters.feature_names_in_)])
+                    if self.clusters is not None
+                    else [None] * len(frame),
+                    dtype="Int64",
+                ),
+                "model_name": MODEL_NAME,
+                "model_version": self.version,
+                "model_run_id": self.run_id,
+                "cluster_model_version": self.cluster_version,
+                "dagster_run_id": dagster_run_id,
+            }
+        )
+        return out
+
+
+def _write(store, frame, key_parquet: str, key_csv: str, tmp: Path) -> None:
+    parquet, csv = Path(tmp, "p.parquet"), Path(tmp, "p.csv")
+    frame.to_parquet(parquet, index=False)
+    frame.to_csv(csv, index=False, float_format="%.6f")
+    store.put_file(parquet, key_parquet, move=True)
+    store.put_file(csv, key_csv, move=True)
+
+
+@dg.asset(
+    partitions_def=daily,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=[
+        online_features,
+        champion_model,
+        dg.AssetDep(sensor_clusters, partition_mapping=dg.LastPartitionMapping()),
+    ],
+    group_name="predictions",
+    kinds={"mlflow", "parquet", "csv"},
+    owners=["team:ml"],
+    # The newest day follows new online features and every change of champion.
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            COVERS_EVERY_SENSOR,
+            asset="daily_predictions",
+            description="Every sensor with aggregates that day has a prediction.",
+        ),
+        dg.AssetCheckSpec(
+            VALID, asset="daily_predictions", description="Probabilities are numbers in [0, 1]."
+        ),
+    ],
+)
+def daily_predictions(
+    context: dg.AssetExecutionContext,
+    config: PredictionConfig,
+    lake: LakeResource,
+    feast: FeastResource,
+    mlflow: MLflowResource,
+) -> dg.MaterializeResult:
+    """One row per sensor of the day: failure probability, predicted label, behaviour cluster,
+    and the model name, version and run that produced it, in
+    ``results/predictions/date=D/predictions.parquet`` and ``.csv``."""
+    import pandas as pd
+
+    from ml_platform.lib.modeling import probabilities_are_valid
+
+    started = time.perf_counter()
+    store, feature_store = lake.store(), feast.store()
+    scorer = Scorer.resolve(mlflow, config.model_version)
+    context.log.info(f"scoring with {MODEL_NAME} version {scorer.version}")
+    per_day, uncovered, invalid, preview = {}, [], [], []
+    with tempfile.TemporaryDirectory(prefix="predictions-") as tmp:
+        for day in context.partition_keys:
+            gold_keys = [o.key for o in store.list(f"{paths.GOLD_AGGREGATES}date={day}/")]
+            if not gold_keys:
+                per_day[day] = {"sensors": 0}
+                uncovered.append(day)
+                continue
+            gold = pd.concat(
+                [pd.read_parquet(f) for f in store.fetch(gold_keys, Path(tmp, day))],
+                ignore_index=True,
+            )
+            sensors = sorted(gold["sensor_id"].astype(str).unique())
+            out = scorer.score(
+                feature_store, pd.DataFrame({"sensor_id": sensors, "date": day}), context.run.run_id
+            )
+            _write(
+                store,
+                out,
+                paths.predictions_object(day),
+                paths.predictions_object(day, "csv"),
+                Path(tmp),
+            )
+            if set(out["sensor_id"]) != set(sensors) or not out["features_found"].all():
+                uncovered.append(day)
+            if not probabilities_are_valid(out["failure_probability"]):
+                invalid.append(day)
+            per_day[day] = {
+                "sensors": len(out),
+                "predicted_failures": int(out["predicted_failure"].sum()),
+                "max_probability": round(float(out["failure_probability"].max()), 4),
+            }
+            preview = preview or out.head(5).to_dict("records")
+    return dg.MaterializeResult(
+        metadata={
+            "model_name": MODEL_NAME,
+            "model_version": scorer.version,
+            "model_run_id": scorer.run_id,
+            "cluster_model_version": scorer.cluster_version or "none",
+            "days": dg.MetadataValue.json(per_day),
+            "dagster/row_count": sum(d["sensors"] for d in per_day.values()),
+            "location": store.uri(f"{paths.RESULTS}predictions/"),
+            "preview": dg.MetadataValue.md(markdown_table(preview, columns=7)),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=COVERS_EVERY_SENSOR,
+                passed=not uncovered,
+                metadata={"days_failing": dg.MetadataValue.json(uncovered)},
+            ),
+            dg.AssetCheckResult(
+                check_name=VALID,
+                passed=not invalid,
+                metadata={"days_failing": dg.MetadataValue.json(invalid)},
+            ),
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=scoring_files,
+    deps=[champion_model],
+    group_name="predictions",
+    kinds={"mlflow", "csv"},
+    owners=["team:ml"],
+)
+def scored_files(
+    context: dg.AssetExecutionContext,
+    lake: LakeResource,
+    feast: FeastResource,
+    mlflow: MLflowResource,
+) -> dg.MaterializeResult:
+    """One uploaded scoring request (CSV of sensor_id, date) answered by the champion as
+    ``results/scored/<name>.csv``; a malformed request is quarantined with its reason."""
+    from ml_platform.lib.scoring import MalformedRequestError, read_request
+
+    store = lake.store()
+    relative_key, etag = paths.split_partition_key(context.partition_key)
+    key = paths.landing_object("scoring", relative_key)
+    if not store.exists(key):
+        raise dg.Failure(f"{store.uri(key)} no longer exists", allow_retries=False)
+    if_match = None if store.etag_is_content_hash else etag
+    with store.local_copy(key, if_match) as local:
+        try:
+            requests = read_request(local)
+        except MalformedRequestError as bad:
+            record = {
+                "object": store.uri(key),
+                "partition_key": context.partition_key,
+                "etag": etag,
+                "reason": bad.reason,
+                "message": bad.message,
+                "run_id": context.run.run_id,
+                "rejected_at": datetime.now(UTC).isoformat(),
+            }
+            copy = quarantine(context, store, "scoring", relative_key, local, record)
+            raise dg.Failure(
+                f"{store.uri(key)} rejected ({bad.reason}): {bad.message}. Quarantined at {copy}",
+                metadata={"reason": bad.reason, "quarantined": copy},
+                allow_retries=False,
+            ) from bad
+    scorer = Scorer.resolve(mlflow, None)
+    out = scorer.score(feast.store(), requests, context.run.run_id)
+    target = paths.scored_object(relative_key)
+    with tempfile.TemporaryDirectory(prefix="scored-") as tmp:
+        csv = Path(tmp, "scored.csv")
+        out.to_csv(csv, index=False, float_format="%.6f")
+        store.put_file(csv, target, move=True)
+    return dg.MaterializeResult(
+        metadata={
+            "request": store.uri(key),
+            "scored": store.uri(target),
+            "rows": len(out),
+            "rows_without_features": int((~out["features_found"]).sum()),
+            "model_version": scorer.version,
+            "preview": dg.MetadataValue.md(markdown_table(out.head(5).to_dict("records"), 6)),
+        }
+    )
+
+
+scoring_job = dg.define_asset_job("scoring_job", selection=[scored_files])

@@ -1,0 +1,326 @@
+"""Models and predictions on real MLflow stores: training, promotion, prediction files, scoring
+requests and warm-started clusters (SQLite tracking + local artifacts; PostgreSQL backend with
+artifacts on the S3 API server)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml_platform.defs.features.assets import feature_views, online_features
+from ml_platform.defs.ingest.sensors import build_landing_sensor
+from ml_platform.defs.ml.assets import training_set
+from ml_platform.defs.ml.models import (
+    BEATS_BASELINE,
+    CLUSTER_MODEL,
+    MODEL_NAME,
+    champion_model,
+    failure_model,
+    sensor_clusters,
+)
+from ml_platform.defs.partitions import scoring_files
+from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
+from ml_platform.defs.resources import build_resources
+from ml_platform.lib import feature_store as fs
+from ml_platform.lib import paths
+from ml_platform.lib.generator import GeneratorConfig
+from ml_platform.lib.store import LocalStore
+from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo
+
+pytestmark = pytest.mark.integration
+
+#: Ten weeks of 20 sensors with frequent failures: enough positives for a 14-day holdout.
+GENERATED = GeneratorConfig(
+    days=70, sensors=20, interval_s=3600, seed=11, failures_per_sensor_month=3.0
+)
+WEEK, EARLIER_WEEK = "2024-03-04", "2024-02-26"  # label the days up to 03-09 / 03-02
+DAY = "2024-03-09"
+ALL = [
+    feature_views,
+    online_features,
+    training_set,
+    failure_model,
+    champion_model,
+    sensor_clusters,
+    daily_predictions,
+    scored_files,
+]
+FAST = {"n_iter": 2, "cv_splits": 2, "holdout_days": 14}
+
+
+def model_config(**overrides) -> dict:
+    return {"ops": {"failure_model": {"config": {**FAST, **overrides}}}}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A lakehouse with labels, the Feast registry and two weeks of training sets, built once."""
+    work = tmp_path_factory.mktemp("model-lake")
+    repo = copy_feature_repo(work / "feature_repo")
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        mp.setenv("ML_PLATFORM_STORE_URL", (work / "lake").as_uri())
+        mp.setenv("ML_PLATFORM_FEAST_REPO", str(repo))
+        for name in (fs.YAML_ENV, "AWS_ENDPOINT_URL_S3", "MLFLOW_TRACKING_URI"):
+            mp.delenv(name, raising=False)
+        build_lake(instance, work, GENERATED)
+        run(instance, [feature_views])
+        for week in (EARLIER_WEEK, WEEK):
+            run(instance, [training_set], partition_key=week)
+        yield SimpleNamespace(work=work, instance=instance)
+
+
+@pytest.fixture
+def env(built, tmp_path, monkeypatch):
+    """Private copies of the lake and the Feast repo, and an empty MLflow store."""
+    shutil.copytree(built.work / "lake", tmp_path / "lake")
+    shutil.copytree(built.work / "feature_repo", tmp_path / "feature_repo")
+    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
+    monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(tmp_path / "feature_repo"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("ML_PLATFORM_MLFLOW_ARTIFACTS", (tmp_path / "artifacts").as_uri())
+    return SimpleNamespace(
+        store=LocalStore(tmp_path / "lake"), instance=built.instance, tmp=tmp_path
+    )
+
+
+def run(instance, selection, *, partition_key=None, config=None, ok=True):
+    result = dg.materialize(
+        ALL,
+        selection=selection,
+        instance=instance,
+        resources=build_resources(),
+        partition_key=partition_key,
+        run_config=config,
+        raise_on_error=False,
+    )
+    if ok:
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def meta(result, key: str) -> dict:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]]
+    return {k: v.value for k, v in events[-1].materialization.metadata.items()}
+
+
+def client():
+    return build_resources()["mlflow"].client()
+
+
+def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
+    result = run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
+    m = meta(result, "failure_model")
+    assert m["holdout_f1"] >= 0.6, m
+    assert m["holdout_f1"] >= m["baseline_f1"] + 0.3, m
+    assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {
+        BEATS_BASELINE: True,
+        "failure_model_probabilities_are_valid": True,
+        "failure_model_meets_f1_floor": True,
+    }
+
+    mlflow = client()
+    run_data = mlflow.get_run(m["mlflow_run_id"])
+    assert run_data.data.tags["dagster.run_id"] == result.run_id
+    assert run_data.data.tags["dagster.partition"] == WEEK
+    assert "dagster.code_version" in run_data.data.tags
+    for metric in ("holdout_f1", "baseline_f1", "cv_f1", "holdout_roc_auc", "baseline_roc_auc"):
+        assert metric in run_data.data.metrics
+    assert {"learning_rate", "max_leaf_nodes", "search", "cv_splits"} <= set(run_data.data.params)
+    plots = {a.path for a in mlflow.list_artifacts(m["mlflow_run_id"], "plots")}
+    assert plots == {
+        "plots/confusion_matrix.png",
+        "plots/roc_curve.png",
+        "plots/precision_recall_curve.png",
+        "plots/feature_importance.png",
+    }
+    version = mlflow.get_model_version(MODEL_NAME, m["model_version"])
+    assert version.run_id == m["mlflow_run_id"]
+    assert version.tags["quality_gate"] == "passed" and version.tags["week"] == WEEK
+    info = (
+        build_resources()["mlflow"]
+        .mlflow()
+        .models.get_model_info(f"models:/{MODEL_NAME}/{m['model_version']}")
+    )
+    assert info.signature is not None and info.saved_input_example_info is not None
+    # The holdout is frozen in the ml zone: the last 14 days of the window.
+    holdout = pd.read_parquet(env.store.root / paths.model_holdout_object(MODEL_NAME, WEEK))
+    assert holdout["day"].nunique() == 14 and str(holdout["day"].max()) == "2024-03-09"
+
+
+def test_time_folds_never_validate_on_the_past():
+    from ml_platform.lib.modeling import date_folds
+
+    days = pd.Series(pd.date_range("2024-01-01", periods=30, freq="D").repeat(3))
+    for train, test in date_folds(days, 4):
+        assert days.iloc[train].max() < days.iloc[test].min()
+
+
+def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
+    # Same search, decision thresholds that throw recall away: measurably weaker versions.
+    weak = model_config(threshold=0.995, baseline_margin=-1.0, f1_floor=0.0)
+    worse = model_config(threshold=0.99999, baseline_margin=-1.0, f1_floor=0.0)
+    run(env.instance, [failure_model], partition_key=WEEK, config=weak)
+    first = meta(run(env.instance, [champion_model]), "champion_model")
+    assert (first["decision"], first["champion_version"]) == ("promoted", 1)
+
+    run(env.instance, [failure_model], partition_key=WEEK, config=worse)
+    kept = meta(run(env.instance, [champion_model]), "champion_model")
+    assert (kept["decision"], kept["champion_version"]) == ("kept", 1)
+    assert kept["challenger_f1"] < kept["champion_f1"] + 0.01
+
+    run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
+    better = meta(run(env.instance, [champion_model]), "champion_model")
+    assert (better["decision"], better["champion_version"]) == ("promoted", 3)
+    mlflow = client()
+    assert str(mlflow.get_model_version_by_alias(MODEL_NAME, "champion").version) == "3"
+    assert str(mlflow.get_model_version_by_alias(MODEL_NAME, "previous_champion").version) == "1"
+
+    # A rollback by run config: pinned version 1 becomes champion again.
+    pinned = {"ops": {"champion_model": {"config": {"pin_version": 1}}}}
+    rolled = meta(run(env.instance, [champion_model], config=pinned), "champion_model")
+    assert (rolled["decision"], rolled["champion_version"]) == ("promoted", 1)
+
+    ledger = json.loads(env.store.read_bytes(paths.promotion_ledger_object(MODEL_NAME)))
+    assert [(e["decision"], e["challenger"], e["champion_before"]) for e in ledger] == [
+        ("promoted", 1, None),
+        ("kept", 2, 1),
+        ("promoted", 3, 1),
+        ("promoted", 1, 3),
+    ]
+    assert all(e["who"] and e["at"] and e["reason"] for e in ledger)
+    assert ledger[1]["challenger_value"] < ledger[1]["champion_value"]
+    assert "kept" in better["ledger"]  # the ledger table shown in the UI
+
+
+def test_a_challenger_that_fails_its_checks_is_never_promoted(env):
+    failing = model_config(f1_floor=1.01)  # unreachable: the blocking check fails
+    result = run(env.instance, [failure_model], partition_key=WEEK, config=failing, ok=False)
+    assert not result.success
+    decision = meta(run(env.instance, [champion_model]), "champion_model")
+    assert decision["decision"] == "kept" and "quality checks" in decision["reason"]
+    assert decision["champion_version"] == -1
+
+
+def test_clusters_warm_start_from_the_previous_version(env):
+    first = meta(
+        run(env.instance, [sensor_clusters], partition_key=EARLIER_WEEK), "sensor_clusters"
+    )
+    second = meta(run(env.instance, [sensor_clusters], partition_key=WEEK), "sensor_clusters")
+    assert first["warm_start_from"] == "cold start" and second["warm_start_from"] == "1"
+    assert min(second["cluster_sizes"]) > 0 and second["silhouette"] > 0.05
+    # The second model started from exactly the first one's centres (mapped into its scale).
+    mlflow, ml = client(), build_resources()["mlflow"].mlflow()
+    v1 = ml.sklearn.load_model(f"models:/{CLUSTER_MODEL}/1")
+    v2 = ml.sklearn.load_model(f"models:/{CLUSTER_MODEL}/2")
+    logged = ml.artifacts.load_dict(
+        f"runs:/{mlflow.get_model_version(CLUSTER_MODEL, '2').run_id}/centres.json"
+    )
+    expected = v2.named_steps["scale"].transform(
+        v1.named_steps["scale"].inverse_transform(v1.named_steps["kmeans"].cluster_centers_)
+    )
+    np.testing.assert_allclose(np.array(logged["initial_centres"]), expected, rtol=1e-9)
+    assert str(mlflow.get_model_version_by_alias(CLUSTER_MODEL, "current").version) == "2"
+
+
+def test_daily_predictions_for_every_sensor_with_the_champions_version(env):
+    run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
+    run(env.instance, [sensor_clusters], partition_key=WEEK)
+    run(env.instance, [champion_model])
+    result = run(env.instance, [daily_predictions], partition_key=DAY)
+    frame = pd.read_parquet(env.store.root / paths.predictions_object(DAY))
+    gold = pd.read_parquet(env.store.root / paths.aggregates_object(DAY))
+    assert sorted(frame["sensor_id"]) == sorted(gold["sensor_id"])
+    assert (frame["model_version"] == "1").all() and (frame["model_name"] == MODEL_NAME).all()
+    assert frame["failure_probability"].between(0, 1).all() and frame["features_found"].all()
+    assert frame["cluster"].notna().all() and (frame["date"] == DAY).all()
+    assert frame["model_run_id"].iloc[0] == client().get_model_version(MODEL_NAME, "1").run_id
+    csv = pd.read_csv(env.store.root / paths.predictions_object(DAY, "csv"))
+    assert len(csv) == len(frame)
+    assert all(c.passed for c in result.get_asset_check_evaluations())
+
+    # Re-running an old day with the model it used: pinned, whatever the champion is now.
+    run(env.instance, [failure_model], partition_key=WEEK, config=model_config(seed=1))
+    pin = {"ops": {"daily_predictions": {"config": {"model_version": 2}}}}
+    run(env.instance, [daily_predictions], partition_key=DAY, config=pin)
+    frame = pd.read_parquet(env.store.root / paths.predictions_object(DAY))
+    assert (frame["model_version"] == "2").all()
+
+
+def test_a_scoring_request_becomes_one_scored_file_and_a_bad_one_is_quarantined(env):
+    run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
+    run(env.instance, [champion_model])
+    store = env.store
+    store.put_bytes(
+        b"sensor_id,date\nsensor-001,2024-03-05\nsensor-002,2024-03-06\n",
+        "landing/scoring/requests/today.csv",
+    )
+    store.put_bytes(b"device,when\nsensor-001,yesterday\n", "landing/scoring/broken.csv")
+    sensor = build_landing_sensor(
+        "scoring", scoring_job, scoring_files, interval_s=1, max_requests_per_tick=10
+    )
+    resources = build_resources()
+    context = dg.build_sensor_context(instance=env.instance, resources=resources)
+    tick = sensor(context)
+    env.instance.add_dynamic_partitions(
+        "scoring_files", tick.dynamic_partitions_requests[0].partition_keys
+    )
+    by_name = {r.partition_key.split("@")[0]: r.partition_key for r in tick.run_requests}
+    assert set(by_name) == {"requests/today.csv", "broken.csv"}
+    again = sensor(dg.build_sensor_context(instance=env.instance, resources=resources,
+                                           cursor=tick.cursor))  # fmt: skip
+    assert isinstance(again, dg.SkipReason)  # exactly once per uploaded version
+
+    ok = run(env.instance, [scored_files], partition_key=by_name["requests/today.csv"])
+    scored = pd.read_csv(store.root / paths.scored_object("requests/today.csv"))
+    assert list(scored["sensor_id"]) == ["sensor-001", "sensor-002"]
+    assert scored["failure_probability"].between(0, 1).all()
+    assert meta(ok, "scored_files")["rows"] == 2
+    assert [o.key for o in store.list("results/scored/")] == [
+        paths.scored_object("requests/today.csv")
+    ]
+
+    bad = run(env.instance, [scored_files], partition_key=by_name["broken.csv"], ok=False)
+    assert not bad.success
+    file_id = paths.file_id(by_name["broken.csv"])
+    record = json.loads(store.read_bytes(paths.quarantine_record("scoring", file_id, "broken.csv")))
+    assert record["reason"] == "missing_column"
+    assert store.exists(paths.quarantine_object("scoring", file_id, "broken.csv"))
+    assert store.exists("landing/scoring/broken.csv")  # the upload itself is never touched
+
+
+def test_mlflow_on_postgresql_with_artifacts_on_the_s3_api(
+    built, tmp_path, monkeypatch, postgres, s3_server
+):
+    """The deployed MLflow profile: a PostgreSQL backend store, artifacts in an S3 bucket."""
+    shutil.copytree(built.work / "lake", tmp_path / "lake")
+    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
+    monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(built.work / "feature_repo"))
+    db = f"mlflow_{uuid.uuid4().hex[:8]}"
+    postgres.create_database(db)
+    bucket = f"mlflow-{uuid.uuid4().hex[:8]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", postgres.url(db))
+    monkeypatch.setenv("ML_PLATFORM_MLFLOW_ARTIFACTS", f"s3://{bucket}/artifacts")
+    for key, value in s3_server.env(bucket).items():
+        if key != "ML_PLATFORM_STORE_URL":
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
+    with dg.instance_for_test() as instance:
+        result = run(instance, [failure_model], partition_key=WEEK, config=model_config())
+        run(instance, [champion_model])
+    keys = [
+        o["Key"]
+        for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
+    ]  # fmt: skip
+    assert any(k.endswith("/MLmodel") for k in keys)
+    assert any(k.endswith("plots/roc_curve.png") for k in keys)
+    assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert Path(meta(result, "failure_model")["holdout"].removeprefix("file://")).parent.name
