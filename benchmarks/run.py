@@ -276,6 +276,32 @@ def bench_features() -> list[dict]:
     ]
 
 
+def bench_models() -> list[dict]:
+    """Training, registry load and scoring of the failure model (benchmarks/models.py)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA) as out:
+        cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.models", out]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"models benchmark failed:\n{done.stderr[-3000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = r["train_rows"]
+    return [
+        record("train_365x50_s", r["train_365x50_s"], "s", "single_fit_s", r["single_fit_s"], rows),
+        record("model_load_s", r["model_load_s"], "s", "pickle_load_s", r["pickle_load_s"]),
+        record(
+            "score_50_sensors_s",
+            r["score_50_sensors_s"],
+            "s",
+            "predict_50_in_memory_s",
+            r["predict_50_in_memory_s"],
+            50,
+        ),
+        record("holdout_f1", r["holdout_f1"], "f1", "baseline_f1", r["baseline_f1"]),
+        record("baseline_f1", r["baseline_f1"], "f1"),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "ingest": bench_ingest,
     "ingest_5x": bench_ingest_5x,
@@ -283,6 +309,7 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "load": bench_load,
     "e2e": bench_e2e,
     "features": bench_features,
+    "models": bench_models,
 }
 
 

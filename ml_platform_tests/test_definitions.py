@@ -101,3 +101,54 @@ def test_declarative_automation_runs_without_a_toggle():
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("online_features")).automation_condition is not None
     assert graph.get(dg.AssetKey("feature_views")).automation_condition is not None
+
+
+def test_models_and_predictions_are_wired_scheduled_and_pooled():
+    graph = defs.resolve_asset_graph()
+    for key, group in (
+        ("failure_model", "ml"),
+        ("champion_model", "ml"),
+        ("sensor_clusters", "ml"),
+        ("daily_predictions", "predictions"),
+        ("scored_files", "predictions"),
+    ):
+        assert graph.get(dg.AssetKey(key)).group_name == group
+    assert graph.get(dg.AssetKey("failure_model")).pools == {"model_training"}
+    assert graph.get(dg.AssetKey("sensor_clusters")).pools == {"model_training"}
+    assert dg.AssetKey("failure_model") in graph.get(dg.AssetKey("champion_model")).parent_keys
+    predictions = graph.get(dg.AssetKey("daily_predictions"))
+    assert {
+        dg.AssetKey("online_features"),
+        dg.AssetKey("champion_model"),
+    } <= predictions.parent_keys
+    assert predictions.automation_condition is not None
+    assert graph.get(dg.AssetKey("champion_model")).automation_condition is not None
+    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert {
+        "failure_model_beats_baseline",
+        "failure_model_probabilities_are_valid",
+        "sensor_clusters_have_no_empty_cluster",
+    } <= blocking
+    [schedule] = defs.schedules
+    assert schedule.job_name == "weekly_training_job"
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    sensors = {s.name: s for s in defs.sensors}
+    assert sensors["scoring_landing_sensor"].job_name == "scoring_job"
+
+
+def test_both_instance_profiles_limit_training_to_one_step_at_a_time(tmp_path):
+    import shutil
+
+    import yaml
+
+    from ml_platform_tests.servers import ROOT
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "dagster.local.yaml", home / "dagster.yaml")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        config = instance.get_concurrency_config()
+        assert config.pool_config.default_pool_limit == 1
+        assert config.run_queue_config.max_concurrent_runs == 2
+    deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert deployed["concurrency"]["pools"]["default_limit"] == 1

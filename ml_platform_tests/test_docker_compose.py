@@ -46,7 +46,7 @@ CREDENTIALS = (
 # Placeholder values only; long enough for MinIO's minimum lengths.
 PLACEHOLDERS = {name: f"test-{name.lower().replace('_', '-')}" for name in CREDENTIALS}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|ROOT_USER")
-PLATFORM_SERVICES = {"code-location", "webserver", "daemon"}
+PLATFORM_SERVICES = {"code-location", "webserver", "daemon", "mlflow"}
 ROOT_USERS = {"root", "0", "root:root", "0:0", "root:0", "0:root"}
 
 DOCKER_COMPOSE = shutil.which("docker-compose")

@@ -5,6 +5,7 @@ artifacts on the S3 API server)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -324,3 +325,77 @@ def test_mlflow_on_postgresql_with_artifacts_on_the_s3_api(
     assert any(k.endswith("plots/roc_curve.png") for k in keys)
     assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     assert Path(meta(result, "failure_model")["holdout"].removeprefix("file://")).parent.name
+
+
+def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifacts(
+    built, tmp_path, monkeypatch, postgres, s3_server
+):
+    """docker/compose.yaml's `mlflow server` command, run here as the container runs it (no
+    Docker engine): PostgreSQL backend, artifacts proxied to S3; the platform only knows its URL."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    import yaml
+
+    from ml_platform_tests.servers import ROOT, _wait, free_port, stop_process_group
+
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    command = list(compose["services"]["mlflow"]["command"])
+    db, bucket, port = f"mlflow_{uuid.uuid4().hex[:8]}", f"art-{uuid.uuid4().hex[:8]}", free_port()
+    postgres.create_database(db)
+    s3_server.client().create_bucket(Bucket=bucket)
+    replace = {
+        "--backend-store-uri": postgres.url(db),
+        "--artifacts-destination": f"s3://{bucket}",
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--allowed-hosts": f"127.0.0.1:{port}",
+    }
+    for i, arg in enumerate(command[:-1]):
+        if arg in replace:
+            command[i + 1] = replace[arg]
+    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    server_env = {
+        **{k: v for k, v in s3_server.env(bucket).items() if k.startswith("AWS_")},
+        **{k: v for k, v in compose["services"]["mlflow"]["environment"].items()
+           if k.startswith("MLFLOW_") and k != "MLFLOW_TRACKING_URI"},
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+    }  # fmt: skip
+    exe = str(Path(sys.executable).with_name("mlflow"))
+    server = subprocess.Popen(
+        [exe, *command[1:]],
+        env={**os.environ, **server_env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+    def healthy() -> bool:
+        assert server.poll() is None, "mlflow server exited"
+        try:
+            return (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            )
+        except OSError:
+            return False
+
+    try:
+        _wait(healthy, 120, "mlflow server")
+        shutil.copytree(built.work / "lake", tmp_path / "lake")
+        monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
+        monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(built.work / "feature_repo"))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("ML_PLATFORM_MLFLOW_ARTIFACTS", raising=False)
+        for name in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            monkeypatch.delenv(name, raising=False)  # the client needs no S3 keys: proxied
+        with dg.instance_for_test() as instance:
+            result = run(instance, [failure_model], partition_key=WEEK, config=model_config())
+            run(instance, [champion_model])
+        m = meta(result, "failure_model")
+        assert m["mlflow_run"].startswith(f"http://127.0.0.1:{port}/#/experiments/")
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+        assert any(k.endswith("/MLmodel") for k in keys)
+        assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    finally:
+        stop_process_group(server)
