@@ -331,6 +331,10 @@ def test_training_set_labels_manifest_and_size_check(env):
     assert set(manifest["inputs"]["daily_aggregates"]) == set(env.days[:20])
     assert all(manifest["inputs"]["daily_aggregates"].values())
     assert len(manifest["inputs"]["raw_labels"]) == 1
+    assert (
+        manifest["code_versions"]["training_set"]
+        == training_set.code_versions_by_key[training_set.key]
+    )
     assert manifest["code_versions"]["feature_views"] == fs.definitions_version(
         fs.default_repo_path()
     )

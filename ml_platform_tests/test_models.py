@@ -131,7 +131,10 @@ def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
     run_data = mlflow.get_run(m["mlflow_run_id"])
     assert run_data.data.tags["dagster.run_id"] == result.run_id
     assert run_data.data.tags["dagster.partition"] == WEEK
-    assert "dagster.code_version" in run_data.data.tags
+    assert (
+        run_data.data.tags["dagster.code_version"]
+        == failure_model.code_versions_by_key[failure_model.key]
+    )
     for metric in ("holdout_f1", "baseline_f1", "cv_f1", "holdout_roc_auc", "baseline_roc_auc"):
         assert metric in run_data.data.metrics
     assert {"learning_rate", "max_leaf_nodes", "search", "cv_splits"} <= set(run_data.data.params)

@@ -16,6 +16,7 @@ from ml_platform.defs.resources import FeastResource, IngestResource, LakeResour
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.tables import markdown_table
+from ml_platform.lib.versions import files_version
 
 LEAKAGE_CHECK = "training_set_is_point_in_time_correct"
 SIZE_CHECK = "training_set_has_both_classes_and_enough_rows"
@@ -120,6 +121,7 @@ def _offline_rows(feature_store, names: dict[str, list[str]], start: datetime, e
     group_name="ml",
     kinds={"feast", "pandas", "parquet"},
     owners=["team:ml"],
+    code_version=files_version(__file__, Path(fs.__file__).with_name("training.py")),
     retry_policy=TRANSIENT_RETRIES,
     check_specs=[
         dg.AssetCheckSpec(

@@ -13,10 +13,15 @@ from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
 from ml_platform.lib import paths
 from ml_platform.lib.tables import markdown_table
+from ml_platform.lib.versions import files_version
 
 MODEL_NAME = "failure_model"
 EXPERIMENT = "failure_model"
 CHAMPION, PREVIOUS = "champion", "previous_champion"
+#: Changes with the training code (recorded on every MLflow run and model version).
+TRAINING_CODE_VERSION = files_version(
+    __file__, *(Path(paths.__file__).with_name(m) for m in ("modeling.py", "training.py"))
+)
 #: Training runs share this pool; dagster.yaml limits every pool to one step at a time.
 TRAINING_POOL = "model_training"
 BEATS_BASELINE = "failure_model_beats_baseline"
@@ -68,6 +73,7 @@ def _pip_requirements() -> list[str]:
     kinds={"scikitlearn", "mlflow"},
     owners=["team:ml"],
     pool=TRAINING_POOL,
+    code_version=TRAINING_CODE_VERSION,
     check_specs=[
         dg.AssetCheckSpec(
             BEATS_BASELINE,
@@ -402,6 +408,7 @@ class ClusterConfig(dg.Config):
     kinds={"scikitlearn", "mlflow"},
     owners=["team:ml"],
     pool=TRAINING_POOL,
+    code_version=TRAINING_CODE_VERSION,
     check_specs=[
         dg.AssetCheckSpec(
             NO_EMPTY_CLUSTER,
@@ -458,6 +465,7 @@ def sensor_clusters(
             "dagster.run_id": context.run.run_id,
             "dagster.partition": week,
             "dagster.asset": "sensor_clusters",
+            "dagster.code_version": TRAINING_CODE_VERSION,
             "warm_start_from": warm_from,
         },
     ) as run:
