@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install dev demo test bench lint format clean
+.PHONY: help install dev demo serve test bench lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon on http://127.
 
 demo: install  ## generate 7 days x 20 sensors into the embedded landing zone (then `make dev`)
 	$(BIN)/python -m ml_platform generate --days 7 --sensors 20 --out .lake/landing
+
+serve: install  ## prediction API on http://127.0.0.1:8000 (docs at /docs): champion + Feast online store
+	$(BIN)/uvicorn --factory ml_platform.serving.app:create_app --host 127.0.0.1 --port 8000 --workers 1
 
 test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemon end to end
 	$(BIN)/python -m pytest

@@ -1,0 +1,199 @@
+"""The prediction API against real stores: contract tests for every endpoint and error, a
+schema-driven fuzz run (schemathesis) with no 5xx, and a hot reload under a stream of requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import dagster as dg
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+
+from ml_platform.defs.features.assets import feature_views, online_features
+from ml_platform.defs.ml.assets import training_set
+from ml_platform.defs.ml.models import MODEL_NAME, champion_model, failure_model
+from ml_platform.lib import feature_store as fs
+from ml_platform.lib.generator import GeneratorConfig
+from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo
+from ml_platform_tests.test_models import client, model_config, run
+
+pytestmark = pytest.mark.integration
+
+GENERATED = GeneratorConfig(
+    days=35, sensors=10, interval_s=3600, seed=5, failures_per_sensor_month=3
+)
+WEEK, DAY = "2024-01-29", "2024-02-04"  # labels up to 02-03; the online store holds 02-04
+SMALL = {"n_iter": 1, "cv_splits": 2, "holdout_days": 7, "baseline_margin": -1.0, "f1_floor": 0.0}
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    """A lake, Feast registry and online store, and failure_model version 1 as champion."""
+    work = tmp_path_factory.mktemp("serving")
+    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        mp.setenv("ML_PLATFORM_STORE_URL", (work / "lake").as_uri())
+        mp.setenv("ML_PLATFORM_FEAST_REPO", str(copy_feature_repo(work / "feature_repo")))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+        mp.setenv("ML_PLATFORM_MLFLOW_ARTIFACTS", (work / "artifacts").as_uri())
+        for name in (fs.YAML_ENV, "AWS_ENDPOINT_URL_S3", "ML_PLATFORM_API_KEY"):
+            mp.delenv(name, raising=False)
+        build_lake(instance, work, GENERATED)
+        run(instance, [feature_views])
+        run(instance, [online_features], partition_key=DAY)
+        run(instance, [training_set], partition_key=WEEK)
+        run(instance, [failure_model], partition_key=WEEK, config=model_config(**SMALL))
+        run(instance, [champion_model])
+        from ml_platform.serving.app import create_app
+
+        sensors = [f"sensor-{i:03d}" for i in range(1, 11)]
+        yield SimpleNamespace(work=work, instance=instance, sensors=sensors, mp=mp,
+                              create_app=create_app)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api(platform):
+    from fastapi.testclient import TestClient
+
+    with TestClient(platform.create_app(reload_interval_s=3600)) as test_client:
+        yield test_client
+
+
+def test_health_ready_and_model_describe_the_served_version(api):
+    assert api.get("/health").json() == {"status": "ok", "model_version": "1", "detail": None}
+    ready = api.get("/ready")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
+    info = api.get("/model").json()
+    assert (info["name"], info["version"], info["alias"]) == (MODEL_NAME, "1", "champion")
+    assert info["trained_at"].startswith("20") and info["features"] == 54
+    assert api.get("/docs").status_code == 200
+    assert "/predict" in api.get("/openapi.json").json()["paths"]
+
+
+def test_predict_one_and_many_sensors_from_the_online_store(api, platform):
+    one = api.post("/predict", json={"sensor_ids": ["sensor-003"]})
+    assert one.status_code == 200, one.text
+    body = one.json()
+    assert body["model_version"] == "1" and one.headers["x-model-version"] == "1"
+    assert one.headers["x-request-id"] == body["request_id"]
+    [p] = body["predictions"]
+    assert p["sensor_id"] == "sensor-003" and 0 <= p["failure_probability"] <= 1
+    many = api.post("/predict", json={"sensor_ids": platform.sensors})
+    assert [p["sensor_id"] for p in many.json()["predictions"]] == platform.sensors
+    # The same sensor in the batch gets the same answer as alone.
+    again = {p["sensor_id"]: p for p in many.json()["predictions"]}["sensor-003"]
+    assert again["failure_probability"] == pytest.approx(p["failure_probability"])
+
+
+def test_predict_as_of_uses_the_features_known_then(api):
+    latest = api.post("/predict", json={"sensor_ids": ["sensor-002"]}).json()
+    then = api.post(
+        "/predict", json={"sensor_ids": ["sensor-002"], "as_of": "2024-02-04T23:59:59.999999Z"}
+    ).json()
+    assert then["predictions"][0]["failure_probability"] == pytest.approx(
+        latest["predictions"][0]["failure_probability"]
+    )
+    early = api.post(
+        "/predict", json={"sensor_ids": ["sensor-002"], "as_of": "2024-01-10T12:00:00"}
+    )
+    assert early.status_code == 200 and early.json()["as_of"].startswith("2024-01-10")
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"sensor_ids": []}, 422),  # empty batch
+        ({"sensor_ids": ["s"] * 501}, 422),  # oversized batch
+        ({"sensor_ids": [""]}, 422),
+        ({"sensors": ["sensor-001"]}, 422),  # wrong field
+        ({"sensor_ids": ["sensor-001"], "extra": 1}, 422),
+        ({"sensor_ids": "sensor-001"}, 422),
+        ({"sensor_ids": ["sensor-001"], "as_of": "yesterday"}, 422),
+        ({"sensor_ids": ["no-such-sensor", "sensor-001"]}, 404),
+    ],
+)
+def test_bad_requests_get_clear_4xx_errors(api, body, status):
+    response = api.post("/predict", json=body)
+    assert response.status_code == status, response.text
+    assert "detail" in response.json()
+    if status == 404:
+        assert response.json()["detail"]["unknown"] == ["no-such-sensor"]
+
+
+def test_malformed_and_oversized_bodies(api):
+    broken = api.post(
+        "/predict", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 422
+    huge = api.post("/predict", content=b"x" * 70_000, headers={"content-type": "application/json"})
+    assert huge.status_code == 413 and "Traceback" not in huge.text
+
+
+def test_an_api_key_protects_predict_when_configured(platform):
+    from fastapi.testclient import TestClient
+
+    platform.mp.setenv("ML_PLATFORM_API_KEY", "s3cret-for-tests")
+    try:
+        with TestClient(platform.create_app(reload_interval_s=3600)) as keyed:
+            body = {"sensor_ids": ["sensor-001"]}
+            assert keyed.post("/predict", json=body).status_code == 401
+            wrong = keyed.post("/predict", json=body, headers={"x-api-key": "nope"})
+            assert wrong.status_code == 401
+            ok = keyed.post("/predict", json=body, headers={"x-api-key": "s3cret-for-tests"})
+            assert ok.status_code == 200
+            assert keyed.get("/health").status_code == 200  # probes stay open
+    finally:
+        platform.mp.delenv("ML_PLATFORM_API_KEY")
+
+
+def test_schema_driven_fuzzing_finds_no_server_error(api):
+    """Hypothesis draws requests from the OpenAPI spec of every operation: no answer is a 5xx."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {(o.method.upper(), o.path) for o in operations} >= {("POST", "/predict")}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=40, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        def fuzz(case) -> None:
+            response = case.call()
+            assert response.status_code < 500, (case.path, case.body, response.text[:300])
+
+        fuzz()
+
+
+def test_moving_the_alias_swaps_the_model_without_a_failed_request(platform):
+    """A stream of requests while the champion alias moves: every request succeeds and the
+    version in the answers changes exactly once."""
+    from fastapi.testclient import TestClient
+
+    run(platform.instance, [failure_model], partition_key=WEEK,
+        config=model_config(**{**SMALL, "seed": 1}))  # fmt: skip
+    with TestClient(platform.create_app(reload_interval_s=0.2)) as streaming:
+        versions, failures, done = [], [], threading.Event()
+
+        def stream() -> None:
+            while not done.is_set():
+                response = streaming.post("/predict", json={"sensor_ids": platform.sensors[:5]})
+                if response.status_code != 200:
+                    failures.append(response.text)
+                else:
+                    versions.append(response.json()["model_version"])
+
+        worker = threading.Thread(target=stream)
+        worker.start()
+        time.sleep(1.0)
+        client().set_registered_model_alias(MODEL_NAME, "champion", "2")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        done.set()
+        worker.join(30)
+    client().set_registered_model_alias(MODEL_NAME, "champion", "1")
+    assert not failures
+    changes = [b for a, b in zip(versions, versions[1:], strict=False) if a != b]
+    assert versions[0] == "1" and versions[-1] == "2" and changes == ["2"], versions
