@@ -151,29 +151,37 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
     assert planted not in frame["temperature_mean"].tolist()
     assert frame["temperature_mean"].notna().mean() > 0.95
 
-    # Joined at the label's later event time instead of its cut-off: the guard catches it.
+    # Joined at the label's later event time instead of its cut-off: the guard blanks what came
+    # from the future, the set stays clean and is accepted, and the check warns about the join.
     late = pd.Timedelta(hours=2)
     monkeypatch.setattr(training, "join_times", lambda entities: entities["cutoff"] + late)
     result = materialize_features(
         instance, selection=[training_set], partition_key=WEEK, config=SMALL
     )
-    assert result.success and checks(result)[LEAKAGE_CHECK]
+    assert result.success
     evaluation = next(
         c for c in result.get_asset_check_evaluations() if c.check_name == LEAKAGE_CHECK
     )
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["values_blanked_by_guard"].value["sensor_daily_stats"] >= 1
-    frame = pd.read_parquet(metadata(result, "training_set")["training_set"])
-    assert planted not in frame["temperature_mean"].tolist()
+    accepted = metadata(result, "training_set")["training_set"]
+    assert planted not in pd.read_parquet(accepted)["temperature_mean"].tolist()
 
-    # Guard bypassed as well: the leak is there and the blocking check fails the run.
+    # Guard bypassed as well: the leak is there, the blocking check fails the run, and the set
+    # is kept aside for inspection; the week's accepted set is untouched.
     monkeypatch.setattr(training, "guard", lambda frame, *a, **k: (frame, {}))
     result = materialize_features(
         instance, selection=[training_set], partition_key=WEEK, config=SMALL
     )
     assert not result.success
-    assert checks(result)[LEAKAGE_CHECK] is False
-    frame = pd.read_parquet(metadata(result, "training_set")["training_set"])
-    assert planted in frame["temperature_mean"].tolist()
+    evaluation = next(
+        c for c in result.get_asset_check_evaluations() if c.check_name == LEAKAGE_CHECK
+    )
+    assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
+    rejected = metadata(result, "training_set")["training_set"]
+    assert "/rejected/" in rejected and rejected != accepted
+    assert planted in pd.read_parquet(rejected)["temperature_mean"].tolist()
+    assert planted not in pd.read_parquet(accepted)["temperature_mean"].tolist()
 
 
 def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
@@ -219,8 +227,13 @@ def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
 
 
 def test_the_code_version_follows_the_repository_definitions():
+    repo = fs.default_repo_path()
     assert feature_views.code_versions_by_key[feature_views.key] == fs.definitions_version(
-        fs.default_repo_path()
+        repo, None, repo / "feature_store.yaml"
+    )
+    # Another profile is another registry: the asset must be applied there too.
+    assert fs.definitions_version(repo, None, repo / "profiles" / "postgres.yaml") != (
+        fs.definitions_version(repo, None, repo / "feature_store.yaml")
     )
 
 
@@ -318,6 +331,7 @@ def test_training_set_labels_manifest_and_size_check(env):
     failures = pd.concat(
         pd.read_parquet(env.store.root / o.key) for o in env.store.list(f"{paths.BRONZE}labels/")
     )
+    failures = failures[failures["failure"] == 1]
     for row in frame.itertuples():
         times = failures.loc[failures["sensor_id"] == row.sensor_id, "timestamp"]
         expected = ((times > row.cutoff) & (times <= row.cutoff + pd.Timedelta(days=1))).any()
@@ -335,8 +349,9 @@ def test_training_set_labels_manifest_and_size_check(env):
         manifest["code_versions"]["training_set"]
         == training_set.code_versions_by_key[training_set.key]
     )
-    assert manifest["code_versions"]["feature_views"] == fs.definitions_version(
-        fs.default_repo_path()
+    assert (
+        manifest["code_versions"]["feature_views"]
+        == (feature_views.code_versions_by_key[feature_views.key])
     )
     assert manifest["features"][fs.DAILY_STATS_VIEW][0] == "rows"
 
@@ -345,6 +360,9 @@ def test_training_set_labels_manifest_and_size_check(env):
         env.instance, selection=[training_set], partition_key=WEEK, config=too_small
     )
     assert not failed.success and checks(failed)[SIZE_CHECK] is False
+    # The week's accepted set and manifest stay the ones that passed.
+    assert "/rejected/" in metadata(failed, "training_set")["training_set"]
+    assert json.loads(env.store.read_bytes(paths.training_manifest_object(WEEK))) == manifest
 
 
 def test_s3_profile_reads_gold_parquet_through_the_endpoint_override(

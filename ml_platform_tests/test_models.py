@@ -155,16 +155,24 @@ def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
     )
     assert info.signature is not None and info.saved_input_example_info is not None
     # The holdout is frozen in the ml zone: the last 14 days of the window.
-    holdout = pd.read_parquet(env.store.root / paths.model_holdout_object(MODEL_NAME, WEEK))
+    holdout_key = paths.model_holdout_object(MODEL_NAME, WEEK, result.run_id)
+    assert version.tags["holdout_key"] == holdout_key
+    holdout = pd.read_parquet(env.store.root / holdout_key)
     assert holdout["day"].nunique() == 14 and str(holdout["day"].max()) == "2024-03-09"
+    # The day before the holdout is left out of training (a one-day horizon looks into it).
+    assert run_data.data.params["gap_days"] == "1"
 
 
-def test_time_folds_never_validate_on_the_past():
-    from ml_platform.lib.modeling import date_folds
+@pytest.mark.parametrize("gap_days", [0, 1, 2])
+def test_time_folds_never_validate_on_the_past(gap_days):
+    from ml_platform.lib.modeling import date_folds, split_holdout
 
-    days = pd.Series(pd.date_range("2024-01-01", periods=30, freq="D").repeat(3))
-    for train, test in date_folds(days, 4):
-        assert days.iloc[train].max() < days.iloc[test].min()
+    days = pd.Series(pd.date_range("2024-01-01", periods=30, freq="D").date.repeat(3))
+    for train, test in date_folds(days, 4, gap_days):
+        gap = (days.iloc[test].min() - days.iloc[train].max()).days
+        assert gap == gap_days + 1
+    train, holdout = split_holdout(pd.DataFrame({"day": days}), 7, gap_days)
+    assert (holdout["day"].min() - train["day"].max()).days == gap_days + 1
 
 
 def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
@@ -327,7 +335,7 @@ def test_mlflow_on_postgresql_with_artifacts_on_the_s3_api(
     assert any(k.endswith("/MLmodel") for k in keys)
     assert any(k.endswith("plots/roc_curve.png") for k in keys)
     assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
-    assert Path(meta(result, "failure_model")["holdout"].removeprefix("file://")).parent.name
+    assert meta(result, "failure_model")["model_version"] == "1"
 
 
 def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifacts(

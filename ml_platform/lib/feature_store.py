@@ -8,6 +8,7 @@ import this module, and the code location must load without Feast.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ VIEWS = (DAILY_STATS_VIEW, WEEKLY_TRENDS_VIEW)
 TTL_DAYS = {DAILY_STATS_VIEW: 2, WEEKLY_TRENDS_VIEW: 7}
 #: The PostgreSQL offline store's table of gold rows (in the profile's ``db_schema``).
 OFFLINE_TABLE = "daily_aggregates"
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 _STATISTICS = {
     "count": ("number of non-null {m} readings in the UTC day", "readings", True),
@@ -139,7 +141,10 @@ class Profile:
 
     @property
     def offline_schema(self) -> str:
-        return str(self.config.get("offline_store", {}).get("db_schema") or "public")
+        schema = str(self.config.get("offline_store", {}).get("db_schema") or "public")
+        if not _IDENTIFIER.fullmatch(schema):  # it is spliced into SQL: letters, digits, _ only
+            raise ValueError(f"{self.yaml_path}: db_schema {schema!r} is not a plain identifier")
+        return schema
 
     @property
     def offline_table(self) -> str:
@@ -212,9 +217,12 @@ def gold_location(env: Mapping[str, str] | None = None) -> GoldLocation:
     return GoldLocation(str(root.resolve() / paths.GOLD_AGGREGATES))
 
 
-def definitions_version(repo_path: Path, contract: str | None = None) -> str:
+def definitions_version(
+    repo_path: Path, contract: str | None = None, profile: Path | None = None
+) -> str:
     """A hash of what the feature definitions are made of: the repo's Python files and profiles,
-    and the readings contract the features are generated from. Cheap: a few small files."""
+    the readings contract the features are generated from, and which profile is active (a new
+    profile is a new registry to apply to). Cheap: a few small files."""
     import hashlib
     from importlib import resources
 
@@ -225,6 +233,7 @@ def definitions_version(repo_path: Path, contract: str | None = None) -> str:
         for p in [*repo.glob("*.py"), *repo.glob("*.yaml"), *repo.glob("profiles/*.yaml")]
         if p.is_file()
     )
+    digest.update(str(profile or "").encode())
     bundled = resources.files("ml_platform") / "contracts" / "readings.yaml"
     for file in [*files, Path(contract) if contract else bundled]:
         digest.update(file.name.encode())

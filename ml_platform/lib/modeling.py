@@ -27,21 +27,32 @@ def feature_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in NOT_FEATURES]
 
 
-def split_holdout(frame: pd.DataFrame, holdout_days: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(train, holdout)``: the holdout is the last ``holdout_days`` days of the window."""
+def split_holdout(
+    frame: pd.DataFrame, holdout_days: int, gap_days: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(train, holdout)``: the holdout is the last ``holdout_days`` days of the window.
+
+    The ``gap_days`` before the holdout are left out of both: their targets look ``horizon``
+    days ahead, into the holdout's failures (an embargo against label leakage).
+    """
     days = np.sort(frame["day"].unique())
-    if len(days) <= holdout_days:
+    if len(days) <= holdout_days + gap_days:
         raise ValueError(
-            f"the training window has {len(days)} days; a {holdout_days}-day holdout needs more"
+            f"the training window has {len(days)} days; a {holdout_days}-day holdout after a "
+            f"{gap_days}-day gap needs more"
         )
     first_holdout_day = days[-holdout_days]
     recent = frame["day"] >= first_holdout_day
-    return frame[~recent].reset_index(drop=True), frame[recent].reset_index(drop=True)
+    train = frame["day"] < days[-holdout_days - gap_days]
+    return frame[train].reset_index(drop=True), frame[recent].reset_index(drop=True)
 
 
-def date_folds(days: pd.Series, n_splits: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def date_folds(
+    days: pd.Series, n_splits: int, gap_days: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Expanding-window folds over whole days: fold k trains on day blocks 0..k and validates
-    on block k+1, so no fold ever validates on a day before one it trained on."""
+    on block k+1, so no fold ever validates on a day before one it trained on; the last
+    ``gap_days`` days before each validation block are left out of its training days."""
     unique = np.sort(days.unique())
     if len(unique) < n_splits + 1:
         raise ValueError(f"{len(unique)} days cannot make {n_splits} time-ordered folds")
@@ -50,6 +61,8 @@ def date_folds(days: pd.Series, n_splits: int) -> list[tuple[np.ndarray, np.ndar
     folds = []
     for k in range(n_splits):
         train_days = np.concatenate(blocks[: k + 1])
+        if gap_days:
+            train_days = train_days[train_days < blocks[k + 1][0] - np.timedelta64(gap_days, "D")]
         folds.append(
             (
                 np.flatnonzero(np.isin(values, train_days)),
@@ -108,12 +121,13 @@ def search(
     method: str = "randomized",
     n_iter: int = 6,
     cv_splits: int = 3,
+    gap_days: int = 0,
     seed: int = 0,
 ) -> SearchResult:
-    """Hyper-parameter search over date folds, refit on F1."""
+    """Hyper-parameter search over date folds (with an embargo of ``gap_days``), refit on F1."""
     from sklearn.model_selection import GridSearchCV, RandomizedSearchCV
 
-    folds = date_folds(train["day"], cv_splits)
+    folds = date_folds(train["day"], cv_splits, gap_days)
     params = typed_params(space)
     common = {"scoring": SCORING, "refit": "f1", "cv": folds, "n_jobs": 1, "error_score": "raise"}
     if method == "grid":

@@ -116,19 +116,26 @@ def aggregates_object(day: str) -> str:
 ML = "lake/ml/"
 
 
-def training_set_object(week: str) -> str:
-    """``lake/ml/training_sets/week=W/training_set.parquet``: the rows and feature values used."""
-    return f"{ML}training_sets/week={week}/training_set.parquet"
+def _training_folder(week: str, rejected_run: str | None) -> str:
+    folder = f"{ML}training_sets/week={week}/"
+    return folder + f"rejected/run={rejected_run}/" if rejected_run else folder
 
 
-def training_manifest_object(week: str) -> str:
+def training_set_object(week: str, rejected_run: str | None = None) -> str:
+    """``lake/ml/training_sets/week=W/training_set.parquet``: the rows and feature values used.
+    A set that failed a blocking check goes to ``week=W/rejected/run=<id>/`` instead."""
+    return _training_folder(week, rejected_run) + "training_set.parquet"
+
+
+def training_manifest_object(week: str, rejected_run: str | None = None) -> str:
     """The manifest beside a training set: inputs, their data versions, registry hash, code."""
-    return f"{ML}training_sets/week={week}/manifest.json"
+    return _training_folder(week, rejected_run) + "manifest.json"
 
 
-def model_holdout_object(model: str, week: str) -> str:
-    """``lake/ml/<model>/week=W/holdout.parquet``: the frozen holdout a version is judged on."""
-    return f"{ML}{model}/week={week}/holdout.parquet"
+def model_holdout_object(model: str, week: str, run_id: str) -> str:
+    """``lake/ml/<model>/week=W/run=<id>/holdout.parquet``: the frozen holdout a version is judged
+    on (per run, so re-training a week never changes an earlier version's holdout)."""
+    return f"{ML}{model}/week={week}/run={run_id}/holdout.parquet"
 
 
 def promotion_ledger_object(model: str) -> str:
@@ -151,5 +158,8 @@ def scored_object(relative_key: str) -> str:
     inside the zone.
     """
     parts = [_UNSAFE.sub("-", p).strip("-.") or "file" for p in relative_key.split("/") if p]
-    name = "/".join(parts).removesuffix(".csv").removesuffix("-csv")
+    name = "/".join(parts).removesuffix(".csv")
+    if name + ".csv" != relative_key.strip("/") and name != relative_key.strip("/"):
+        # The name was changed to be safe: a short hash keeps different uploads apart.
+        name += "-" + hashlib.sha256(relative_key.encode()).hexdigest()[:8]
     return f"{RESULTS}scored/{name}.csv"

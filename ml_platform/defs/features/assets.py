@@ -27,7 +27,11 @@ COMPLETENESS_WARN_BELOW = 0.95
     owners=["team:data-platform"],
     # Follows the definitions: editing feature_repo/ (or the readings contract the features are
     # generated from) changes this version and marks the asset stale.
-    code_version=fs.definitions_version(Path(_settings.feast_repo), fs.contract_path() or None),
+    code_version=fs.definitions_version(
+        Path(_settings.feast_repo),
+        fs.contract_path() or None,
+        fs.profile_yaml(Path(_settings.feast_repo)),
+    ),
     # Applied on a fresh install (on_missing() would skip an asset already missing when the
     # sensor first looks) and again whenever the definitions change; a failed apply waits for a
     # change instead of being retried every tick.
@@ -109,14 +113,15 @@ def _day_rows(store, day: str, tmp: Path):
 
 
 def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) -> list:
-    """Event time (epoch seconds) of each sensor's value in the online store, None if absent."""
+    """Event time (epoch seconds) of each sensor's row in the online store, None if it has none.
+
+    Judged by the timestamp, not the value: a stored row may hold a missing value (a trailing
+    feature after a week of silence) and is still newer data.
+    """
     got = feature_store.get_online_features(
         features=[f"{view}:{feature}"], entity_rows=[{"sensor_id": s} for s in sensors]
     ).to_dict(include_event_timestamps=True)
-    return [
-        ts if value is not None else None
-        for ts, value in zip(got[f"{feature}__ts"], got[feature], strict=True)
-    ]
+    return [ts if ts else None for ts in got[f"{feature}__ts"]]
 
 
 @dg.asset(

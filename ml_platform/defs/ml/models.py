@@ -1,6 +1,7 @@
 """``failure_model[week]`` (MLflow-tracked training) and ``champion_model`` (measured promotion)."""
 
 import json
+import math
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -111,8 +112,12 @@ def failure_model(
     week, store = context.partition_key, lake.store()
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         frame = _read_parquet(store, paths.training_set_object(week), Path(tmp, "set"))
+        manifest = json.loads(store.read_bytes(paths.training_manifest_object(week)))
+        # A day's target looks `horizon` days ahead: that many days before the holdout (and before
+        # each validation fold) are left out of training, so no failure labels both sides.
+        gap_days = math.ceil(manifest["horizon_days"])
         features = modeling.feature_columns(frame)
-        train, holdout = modeling.split_holdout(frame, config.holdout_days)
+        train, holdout = modeling.split_holdout(frame, config.holdout_days, gap_days)
         result = modeling.search(
             train,
             features,
@@ -120,6 +125,7 @@ def failure_model(
             method=config.search,
             n_iter=config.n_iter,
             cv_splits=config.cv_splits,
+            gap_days=gap_days,
             seed=config.seed,
         )
         trained_s = time.perf_counter() - started
@@ -137,7 +143,8 @@ def failure_model(
         # The holdout is frozen beside the model: every later comparison uses exactly these rows.
         holdout_file = Path(tmp, "holdout.parquet")
         holdout.to_parquet(holdout_file, index=False)
-        holdout_key = paths.model_holdout_object(MODEL_NAME, week)
+        # Keyed by run: a re-run of the week never changes what earlier versions were judged on.
+        holdout_key = paths.model_holdout_object(MODEL_NAME, week, context.run.run_id)
         store.put_file(holdout_file, holdout_key)
         plots = modeling.plots(result.model, holdout, features, Path(tmp, "plots"), config.seed)
 
@@ -160,6 +167,7 @@ def failure_model(
                     "candidates": result.candidates,
                     "cv_splits": config.cv_splits,
                     "holdout_days": config.holdout_days,
+                    "gap_days": gap_days,
                     "threshold": config.threshold,
                     "train_rows": len(train),
                     "holdout_rows": len(holdout),
@@ -299,16 +307,24 @@ def champion_model(
     versions = client.search_model_versions(f"name='{MODEL_NAME}'")
     if not versions:
         raise dg.Failure(f"no version of {MODEL_NAME} is registered yet: train one first")
+    if config.metric not in ("f1", "precision", "recall", "accuracy", "roc_auc", "pr_auc"):
+        raise dg.Failure(f"unknown metric {config.metric!r}", allow_retries=False)
     champion = _version_or_none_of(client, MODEL_NAME, CHAMPION)
     if config.pin_version is not None:
         challenger = client.get_model_version(MODEL_NAME, str(config.pin_version))
     else:
-        challenger = max(versions, key=lambda v: int(v.version))
+        # The newest training week wins, then the newest version; a version whose tags were
+        # never written (its run died after registering) cannot be judged and is skipped.
+        judged = [v for v in versions if "holdout_key" in v.tags and "week" in v.tags]
+        if not judged:
+            raise dg.Failure(f"no version of {MODEL_NAME} has a frozen holdout yet")
+        challenger = max(judged, key=lambda v: (v.tags["week"], int(v.version)))
 
     def score(version) -> float:
         model = ml.sklearn.load_model(f"models:/{MODEL_NAME}/{version.version}")
         threshold = float(version.tags.get("threshold", 0.5))
-        return modeling.evaluate(model, holdout, features, threshold)[config.metric]
+        value = modeling.evaluate(model, holdout, features, threshold)[config.metric]
+        return value if math.isfinite(value) else float("-inf")  # undefined never wins
 
     with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
         holdout = _read_parquet(store, challenger.tags["holdout_key"], Path(tmp))
@@ -327,6 +343,8 @@ def champion_model(
         promote, reason = True, "forced by run config"
     elif champion is None:
         promote, reason = True, "no champion yet"
+    elif challenger.tags.get("week", "") < champion.tags.get("week", ""):
+        promote, reason = False, "the challenger was trained on an older week than the champion"
     elif challenger_value >= champion_value + config.margin:
         promote, reason = True, f"{config.metric} better by at least {config.margin}"
     else:
