@@ -302,6 +302,41 @@ def bench_models() -> list[dict]:
     ]
 
 
+def bench_api() -> list[dict]:
+    """The prediction API under an open-loop load on loopback (benchmarks/api.py)."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA) as out:
+        cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.api", out]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"api benchmark failed:\n{done.stderr[-3000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+    n = r["api_requests_1"]
+    return [
+        record(
+            "api_p50_ms_1",
+            r["api_p50_ms_1"],
+            "ms",
+            "naive_api_p50_ms_1",
+            r["naive_api_p50_ms_1"],
+            n,
+        ),
+        record("api_p95_ms_1", r["api_p95_ms_1"], "ms", rows=n),
+        record(
+            "api_p99_ms_1",
+            r["api_p99_ms_1"],
+            "ms",
+            "naive_api_p99_ms_1",
+            r["naive_api_p99_ms_1"],
+            n,
+        ),
+        record("api_p99_ms_50", r["api_p99_ms_50"], "ms", rows=50),
+        record("api_rps", r["api_rps"], "requests/s"),
+        record("api_errors", r["api_errors_1"] + r["api_errors_50"], "requests"),
+        record("naive_api_p99_ms_1", r["naive_api_p99_ms_1"], "ms"),
+    ]
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "ingest": bench_ingest,
     "ingest_5x": bench_ingest_5x,
@@ -310,6 +345,7 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "e2e": bench_e2e,
     "features": bench_features,
     "models": bench_models,
+    "api": bench_api,
 }
 
 

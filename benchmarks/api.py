@@ -1,0 +1,192 @@
+"""Prediction API benchmark, run in a fresh process: ``python -m benchmarks.api OUT``.
+
+Builds a small platform (35 days x 50 sensors, a champion model, the last day online), starts
+``uvicorn --factory ml_platform.serving.app:create_app`` with one worker on loopback, and drives it
+with an open-loop load generator: requests are sent on a fixed schedule (100/s) by a pool of
+keep-alive connections, and each latency is measured from the request's *scheduled* time, so a
+slow server cannot hide queueing (no coordinated omission). Then a closed loop with 8 connections
+measures the throughput. The naive reference server (``benchmarks.naive_api``) loads the model
+from the registry and opens the feature store on every request; it gets the same 1-sensor load.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def build_platform(work: Path) -> dict[str, str]:
+    import dagster as dg
+
+    env = {
+        "ML_PLATFORM_STORE_URL": (work / "lake").as_uri(),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "ML_PLATFORM_MLFLOW_ARTIFACTS": (work / "artifacts").as_uri(),
+    }
+    os.environ.update(env)
+    os.environ.pop("FEAST_FS_YAML_FILE_PATH", None)
+    from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo
+
+    env["ML_PLATFORM_FEAST_REPO"] = str(copy_feature_repo(work / "feature_repo"))
+    os.environ.update(env)
+    from ml_platform.lib.generator import GeneratorConfig
+    from ml_platform_tests.test_models import ALL, model_config
+
+    small = {"n_iter": 1, "cv_splits": 2, "holdout_days": 7, "baseline_margin": -1, "f1_floor": 0}
+    with dg.instance_for_test() as instance:
+        build_lake(instance, work, GeneratorConfig(days=35, sensors=50, interval_s=3600, seed=9))
+        from ml_platform.defs.resources import build_resources
+
+        for selection, partition, config in (
+            (["feature_views"], None, None),
+            (["online_features"], "2024-02-04", None),
+            (["training_set"], "2024-01-29", None),
+            (["failure_model"], "2024-01-29", model_config(**small)),
+            (["champion_model"], None, None),
+        ):
+            result = dg.materialize(
+                ALL,
+                selection=selection,
+                instance=instance,
+                resources=build_resources(),
+                partition_key=partition,
+                run_config=config,
+            )
+            assert result.success, selection
+    return env
+
+
+def start(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("uvicorn")), "--factory", app, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env={**os.environ, **env, "ML_PLATFORM_API_RELOAD_S": "3600"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2)
+            return server
+        except OSError:
+            assert server.poll() is None, f"{app} exited"
+            time.sleep(0.2)
+    raise TimeoutError(f"{app} not ready")
+
+
+def open_loop(port: int, body: bytes, rate: float, seconds: float, connections: int = 8):
+    """Latencies (ms, from the scheduled send time) of ``rate * seconds`` requests."""
+    total = int(rate * seconds)
+    local = threading.local()
+    started = time.perf_counter() + 0.2
+    latencies: list[float] = []
+    errors = [0]
+
+    def send(i: int) -> None:
+        scheduled = started + i / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        try:
+            local.conn.request("POST", "/predict", body, {"content-type": "application/json"})
+            response = local.conn.getresponse()
+            response.read()
+            ok = response.status == 200
+        except (OSError, http.client.HTTPException):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ok = False
+        latencies.append((time.perf_counter() - scheduled) * 1000)
+        errors[0] += not ok
+
+    with ThreadPoolExecutor(connections) as pool:
+        list(pool.map(send, range(total)))
+    return latencies, errors[0]
+
+
+def closed_loop(port: int, body: bytes, seconds: float, connections: int = 8) -> float:
+    """Requests per second with ``connections`` clients sending back to back."""
+    done = [0]
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while time.perf_counter() < stop:
+            conn.request("POST", "/predict", body, {"content-type": "application/json"})
+            conn.getresponse().read()
+            with lock:
+                done[0] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done[0] / (time.perf_counter() - started)
+
+
+def main(out: Path) -> dict:
+    from ml_platform_tests.servers import free_port, stop_process_group
+
+    env = build_platform(out)
+    sensors = [f"sensor-{i:03d}" for i in range(1, 51)]
+    one = json.dumps({"sensor_ids": [sensors[7]]}).encode()
+    fifty = json.dumps({"sensor_ids": sensors}).encode()
+    result: dict = {}
+    port = free_port()
+    server = start("ml_platform.serving.app:create_app", port, env)
+    try:
+        open_loop(port, one, 50, 2)  # warm-up
+        lat, errors = open_loop(port, one, 100, 20)
+        result.update(
+            api_p50_ms_1=statistics.median(lat),
+            api_p95_ms_1=percentile(lat, 95),
+            api_p99_ms_1=percentile(lat, 99),
+            api_requests_1=len(lat),
+            api_errors_1=errors,
+        )
+        lat, errors = open_loop(port, fifty, 20, 15)
+        result.update(
+            api_p50_ms_50=statistics.median(lat),
+            api_p95_ms_50=percentile(lat, 95),
+            api_p99_ms_50=percentile(lat, 99),
+            api_errors_50=errors,
+        )
+        result["api_rps"] = closed_loop(port, one, 10)
+    finally:
+        stop_process_group(server)
+    naive_port = free_port()
+    naive = start("benchmarks.naive_api:create_app", naive_port, env)
+    try:
+        lat, errors = open_loop(naive_port, one, 100, 3)
+        result.update(
+            naive_api_p50_ms_1=statistics.median(lat),
+            naive_api_p99_ms_1=percentile(lat, 99),
+            naive_api_errors_1=errors,
+        )
+    finally:
+        stop_process_group(naive)
+    return result
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))))
