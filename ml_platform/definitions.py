@@ -20,6 +20,7 @@ from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.ml.models import champion_model, failure_model, sensor_clusters
 from ml_platform.defs.ml.schedules import weekly_training_job, weekly_training_schedule
+from ml_platform.defs.monitoring.assets import drift_retraining_sensor, feature_drift
 from ml_platform.defs.partitions import label_files, reading_files, scoring_files
 from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources, settings
@@ -40,6 +41,7 @@ defs = dg.Definitions(
         sensor_clusters,
         daily_predictions,
         scored_files,
+        feature_drift,
     ],
     asset_checks=[
         sensor_chunks_pass_quality_suite,
@@ -70,6 +72,7 @@ defs = dg.Definitions(
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
         ),
+        drift_retraining_sensor,
         build_lakehouse_sensor(
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,

@@ -27,6 +27,7 @@ from ml_platform.defs.ml.models import (
     failure_model,
     sensor_clusters,
 )
+from ml_platform.defs.monitoring.assets import drift_retraining_sensor, feature_drift
 from ml_platform.defs.partitions import scoring_files
 from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources
@@ -44,7 +45,9 @@ GENERATED = GeneratorConfig(
 )
 WEEK, EARLIER_WEEK = "2024-03-04", "2024-02-26"  # label the days up to 03-09 / 03-02
 DAY = "2024-03-09"
+
 ALL = [
+    feature_drift,
     feature_views,
     online_features,
     training_set,
@@ -410,3 +413,43 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
         assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
     finally:
         stop_process_group(server)
+
+
+def test_a_drifting_measurement_closes_the_drift_gate_and_requests_one_retraining(env):
+    run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
+    run(env.instance, [champion_model])
+    stable = meta(run(env.instance, [feature_drift], partition_key=DAY), "feature_drift")
+    assert (stable["level"], stable["gate"]) == ("ok", "open"), stable
+
+    # Vibration read three times too high for the whole week up to DAY.
+    for day in pd.date_range("2024-03-03", DAY).strftime("%Y-%m-%d"):
+        path = env.store.root / paths.aggregates_object(day)
+        gold = pd.read_parquet(path)
+        for column in [c for c in gold.columns if c.startswith("vibration_")]:
+            if column.endswith(("_mean", "_min", "_max", "_p05", "_p50", "_p95", "_last")):
+                gold[column] = gold[column] * 3
+        gold.to_parquet(path, index=False)
+    result = run(env.instance, [feature_drift], partition_key=DAY, ok=False)
+    drifted = meta(result, "feature_drift")
+    assert not result.success  # the blocking check failed
+    assert (drifted["level"], drifted["gate"]) == ("fail", "closed")
+    assert drifted["top_feature"].startswith("vibration_"), drifted["ranked"]
+    report = json.loads(env.store.read_bytes(paths.drift_report_object(DAY)))
+    assert all(r["feature"].startswith("vibration_") for r in report["ranked"] if r["drifting"])
+
+    # The gate holds the day's predictions back, unless it is explicitly overridden.
+    gated = run(env.instance, [daily_predictions], partition_key=DAY, ok=False)
+    assert not gated.success
+    [failure] = gated.get_step_failure_events()
+    assert "drift gate closed for 2024-03-09" in failure.step_failure_data.error.message
+    override = {"ops": {"daily_predictions": {"config": {"ignore_drift_gate": True}}}}
+    run(env.instance, [daily_predictions], partition_key=DAY, config=override)
+
+    # One retraining request, whatever the number of closed gates seen today.
+    tick = drift_retraining_sensor(dg.build_sensor_context(instance=env.instance))
+    [request] = tick.run_requests
+    assert request.run_key.startswith("drift-retraining:") and request.partition_key
+    again = drift_retraining_sensor(
+        dg.build_sensor_context(instance=env.instance, cursor=None)
+    ).run_requests
+    assert [r.run_key for r in again] == [request.run_key]  # same key: Dagster runs it once

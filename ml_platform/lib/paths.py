@@ -163,3 +163,8 @@ def scored_object(relative_key: str) -> str:
         # The name was changed to be safe: a short hash keeps different uploads apart.
         name += "-" + hashlib.sha256(relative_key.encode()).hexdigest()[:8]
     return f"{RESULTS}scored/{name}.csv"
+
+
+def drift_report_object(day: str) -> str:
+    """``lake/ml/monitoring/drift/date=D/drift.json``: the day's drift report and its gate."""
+    return f"{ML}monitoring/drift/date={day}/drift.json"

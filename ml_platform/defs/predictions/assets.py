@@ -20,6 +20,7 @@ from ml_platform.defs.ml.models import (
     champion_model,
     sensor_clusters,
 )
+from ml_platform.defs.monitoring.assets import drift_gate, feature_drift
 from ml_platform.defs.partitions import daily, scoring_files
 from ml_platform.defs.resources import FeastResource, LakeResource, MLflowResource
 from ml_platform.lib import feature_store as fs
@@ -35,6 +36,8 @@ class PredictionConfig(dg.Config):
     version holding the ``champion`` alias when the run starts."""
 
     model_version: int | None = None
+    # Predict even when the day's drift gate is closed (the drift was understood and accepted).
+    ignore_drift_gate: bool = False
 
 
 @dataclass
@@ -131,6 +134,7 @@ def _write(store, frame, key_parquet: str, key_csv: str, tmp: Path) -> None:
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[
         online_features,
+        feature_drift,  # its blocking check is the drift gate
         champion_model,
         dg.AssetDep(sensor_clusters, partition_mapping=dg.LastPartitionMapping()),
     ],
@@ -171,6 +175,14 @@ def daily_predictions(
     per_day, uncovered, invalid, preview = {}, [], [], []
     with tempfile.TemporaryDirectory(prefix="predictions-") as tmp:
         for day in context.partition_keys:
+            report = drift_gate(store, day)
+            if report and report["gate"] == "closed" and not config.ignore_drift_gate:
+                raise dg.Failure(
+                    f"drift gate closed for {day}: {'; '.join(report['reasons'])}. Retraining "
+                    "is requested; set ignore_drift_gate to predict anyway",
+                    metadata={"report": store.uri(paths.drift_report_object(day))},
+                    allow_retries=False,
+                )
             gold_keys = [o.key for o in store.list(f"{paths.GOLD_AGGREGATES}date={day}/")]
             if not gold_keys:
                 per_day[day] = {"sensors": 0}

@@ -1,0 +1,1 @@
+"""Monitoring layer: feature drift and the drift gate (group ``monitoring``)."""

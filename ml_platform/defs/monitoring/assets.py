@@ -1,0 +1,201 @@
+"""``feature_drift[day]``: the week before a day against the champion's training set; its failing
+check closes that day's drift gate and requests a retraining (at most one a day)."""
+
+import json
+import tempfile
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.defs.lakehouse.assets import daily_aggregates
+from ml_platform.defs.ml.models import (
+    CHAMPION,
+    MODEL_NAME,
+    _read_parquet,
+    _version_or_none_of,
+    champion_model,
+)
+from ml_platform.defs.ml.schedules import weekly_training_job
+from ml_platform.defs.partitions import daily
+from ml_platform.defs.resources import LakeResource, MLflowResource
+from ml_platform.lib import paths
+from ml_platform.lib.tables import markdown_table
+
+BELOW_WARNING = "feature_drift_below_warning"
+BELOW_FAILURE = "feature_drift_below_failure"
+
+
+class DriftConfig(dg.Config):
+    window_days: int = 7  # current window: the day and the days before it
+    reference_days: int = 28  # reference: the last days of the champion's training set
+    psi_warn: float = 0.1
+    psi_fail: float = 0.25
+    ks_warn: float = 0.3
+    ks_fail: float = 0.5
+    p_value: float = 0.001
+    auc_warn: float = 0.85
+    auc_fail: float = 0.95
+
+
+@dg.asset(
+    partitions_def=daily,
+    deps=[
+        dg.AssetDep(
+            daily_aggregates,
+            partition_mapping=dg.TimeWindowPartitionMapping(
+                start_offset=-6, end_offset=0, allow_nonexistent_upstream_partitions=True
+            ),
+        ),
+        champion_model,
+    ],
+    group_name="monitoring",
+    kinds={"scipy", "scikitlearn"},
+    owners=["team:ml"],
+    automation_condition=dg.AutomationCondition.eager(),
+    check_specs=[
+        dg.AssetCheckSpec(
+            BELOW_WARNING,
+            asset="feature_drift",
+            description="No significant feature shift above the warning thresholds.",
+        ),
+        dg.AssetCheckSpec(
+            BELOW_FAILURE,
+            asset="feature_drift",
+            blocking=True,
+            description="No feature shift above the failure thresholds; a failure closes the "
+            "day's drift gate (no predictions) and requests a retraining.",
+        ),
+    ],
+)
+def feature_drift(
+    context: dg.AssetExecutionContext,
+    config: DriftConfig,
+    lake: LakeResource,
+    mlflow: MLflowResource,
+) -> dg.MaterializeResult:
+    """Per feature PSI and KS of the week up to the day against the champion's training set,
+    an adversarial-validation AUC, and the features ranked by drift."""
+    import pandas as pd
+
+    from ml_platform.lib import drift, modeling
+
+    started = time.perf_counter()
+    day, store = context.partition_key, lake.store()
+    champion = _version_or_none_of(mlflow.client(), MODEL_NAME, CHAMPION)
+    if champion is None:
+        raise dg.Failure("no champion yet: drift is measured against its training set")
+    week = champion.tags["week"]
+    with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
+        reference = _read_parquet(store, paths.training_set_object(week), Path(tmp, "ref"))
+        # What the champion learnt most recently: sensors drift slowly by nature, and the
+        # question is whether today still looks like the end of its training window.
+        recent = sorted(reference["day"].unique())[-config.reference_days :]
+        reference = reference[reference["day"].isin(recent)]
+        first = date.fromisoformat(day) - timedelta(days=config.window_days - 1)
+        keys = [
+            o.key
+            for d in pd.date_range(first, day, freq="D").strftime("%Y-%m-%d")
+            for o in store.list(f"{paths.GOLD_AGGREGATES}date={d}/")
+        ]
+        if not keys:
+            raise dg.Failure(f"no gold rows between {first} and {day}", allow_retries=False)
+        current = pd.concat(
+            [pd.read_parquet(f) for f in store.fetch(keys, Path(tmp, "cur"))], ignore_index=True
+        )
+    features = [f for f in modeling.feature_columns(reference) if f in current.columns]
+    thresholds = drift.Thresholds(
+        psi_warn=config.psi_warn,
+        psi_fail=config.psi_fail,
+        ks_warn=config.ks_warn,
+        ks_fail=config.ks_fail,
+        p_value=config.p_value,
+        auc_warn=config.auc_warn,
+        auc_fail=config.auc_fail,
+    )
+    report = drift.compare(reference, current, features, thresholds)
+    gate = "closed" if report.level == "fail" else "open"
+    record = {
+        "day": day,
+        "level": report.level,
+        "gate": gate,
+        "reasons": report.reasons,
+        "adversarial_auc": report.adversarial_auc,
+        "ranked": report.ranked(15),
+        "reference": {"model_version": str(champion.version), "week": week, "rows": len(reference)},
+        "current": {"first_day": first.isoformat(), "last_day": day, "rows": len(current)},
+        "measured_at": datetime.now(UTC).isoformat(),
+    }
+    store.put_bytes(json.dumps(record, indent=2).encode(), paths.drift_report_object(day))
+    return dg.MaterializeResult(
+        metadata={
+            "level": report.level,
+            "gate": gate,
+            "adversarial_auc": report.adversarial_auc,
+            "drifting_features": int(report.features["drifting"].sum()),
+            "top_feature": str(report.features["feature"].iloc[0]),
+            "ranked": dg.MetadataValue.md(markdown_table(report.ranked(10))),
+            "reference_week": week,
+            "report": store.uri(paths.drift_report_object(day)),
+            "seconds": round(time.perf_counter() - started, 3),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=BELOW_WARNING,
+                passed=report.level == "ok",
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"reasons": dg.MetadataValue.json(report.reasons)},
+            ),
+            dg.AssetCheckResult(
+                check_name=BELOW_FAILURE,
+                passed=report.level != "fail",
+                metadata={"reasons": dg.MetadataValue.json(report.reasons), "gate": gate},
+            ),
+        ],
+    )
+
+
+def drift_gate(store, day: str) -> dict | None:
+    """The day's drift report, or None when drift was not measured for it."""
+    key = paths.drift_report_object(day)
+    return json.loads(store.read_bytes(key)) if store.exists(key) else None
+
+
+@dg.sensor(
+    job=weekly_training_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Requests a retraining of the last complete week when a day's drift gate "
+    "closes; at most one such retraining a day (the run key is the date).",
+)
+def drift_retraining_sensor(context: dg.SensorEvaluationContext):
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("feature_drift"), after_storage_id=after),
+        limit=100,
+        ascending=True,
+    ).records
+    if not records:
+        return dg.SkipReason("no new drift measurements")
+    closed = [
+        r.asset_materialization.partition
+        for r in records
+        if r.asset_materialization.metadata.get("gate", dg.MetadataValue.text("")).value == "closed"
+    ]
+    cursor = str(records[-1].storage_id)
+    if not closed:
+        return dg.SensorResult(skip_reason="no closed drift gate", cursor=cursor)
+    today = datetime.now(UTC).date()
+    # The last week that has ended (Monday-based partitions).
+    week = (today - timedelta(days=today.weekday() + 7)).isoformat()
+    return dg.SensorResult(
+        run_requests=[
+            dg.RunRequest(
+                run_key=f"drift-retraining:{today.isoformat()}",  # debounce: one a day
+                partition_key=week,
+                tags={"ml_platform/reason": f"drift gate closed on {', '.join(closed)}"},
+            )
+        ],
+        cursor=cursor,
+    )
