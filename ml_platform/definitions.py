@@ -21,6 +21,11 @@ from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.ml.models import champion_model, failure_model, sensor_clusters
 from ml_platform.defs.ml.schedules import weekly_training_job, weekly_training_schedule
 from ml_platform.defs.monitoring.assets import drift_retraining_sensor, feature_drift
+from ml_platform.defs.monitoring.feedback import (
+    alert_on_failure_sensor,
+    label_queue,
+    live_performance,
+)
 from ml_platform.defs.partitions import label_files, reading_files, scoring_files
 from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources, settings
@@ -42,6 +47,8 @@ defs = dg.Definitions(
         daily_predictions,
         scored_files,
         feature_drift,
+        label_queue,
+        live_performance,
     ],
     asset_checks=[
         sensor_chunks_pass_quality_suite,
@@ -73,6 +80,7 @@ defs = dg.Definitions(
             max_requests_per_tick=_settings.max_requests_per_tick,
         ),
         drift_retraining_sensor,
+        alert_on_failure_sensor,
         build_lakehouse_sensor(
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -453,3 +454,85 @@ def test_a_drifting_measurement_closes_the_drift_gate_and_requests_one_retrainin
         dg.build_sensor_context(instance=env.instance, cursor=None)
     ).run_requests
     assert [r.run_key for r in again] == [request.run_key]  # same key: Dagster runs it once
+
+
+def test_label_queue_live_performance_and_one_alert_per_failure(env):
+    """The feedback loop on generated data: a queue of uncertain sensor-days, live metrics once
+    labels are in, and a deduplicated webhook alert for a failed blocking check."""
+    import http.server
+
+    from ml_platform.defs.monitoring.feedback import (
+        alert_on_failure_sensor,
+        label_queue,
+        live_performance,
+    )
+    from ml_platform.defs.resources import AlertResource
+
+    run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
+    run(env.instance, [champion_model])
+    run(env.instance, [daily_predictions], partition_key=DAY)
+    assets = [*ALL, label_queue, live_performance]
+
+    def materialize(asset):
+        result = dg.materialize(assets, selection=[asset], instance=env.instance,
+                                resources=build_resources(), partition_key=DAY)  # fmt: skip
+        assert result.success
+        return meta(result, asset.key.path[-1])
+
+    queue_meta = materialize(label_queue)
+    queue = pd.read_csv(env.store.root / paths.label_queue_object(DAY))
+    predictions = pd.read_parquet(env.store.root / paths.predictions_object(DAY))
+    assert len(queue) == queue_meta["rows"] == 10
+    nearest = (predictions["failure_probability"] - 0.5).abs().nsmallest(10)
+    assert sorted(queue["failure_probability"].round(6)) == sorted(
+        predictions.loc[nearest.index, "failure_probability"].round(6)
+    )
+    assert list(queue.columns[:3]) == ["sensor_id", "timestamp", "failure"]
+
+    live = materialize(live_performance)
+    report = json.loads(env.store.read_bytes(paths.live_performance_object(DAY)))
+    [version] = report["versions"]
+    assert version["model_version"] == "1" and version["sensors"] == 20
+    labels = pd.concat(
+        pd.read_parquet(env.store.root / o.key) for o in env.store.list(f"{paths.BRONZE}labels/")
+    )
+    times = pd.to_datetime(labels["timestamp"], utc=True)
+    end = pd.Timestamp(f"{DAY}T23:59:59.999999Z")
+    expected = labels.loc[(times > end) & (times <= end + pd.Timedelta(days=1)), "sensor_id"]
+    assert version["actual_failures"] == expected.nunique() == live["actual_failures"]
+
+    # Alerts: a local webhook receives one Slack-compatible message per asset, partition and day.
+    received = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        resources = {
+            "alerts": AlertResource(webhook_url=f"http://127.0.0.1:{server.server_port}/hook"),
+            "lake": build_resources()["lake"],
+        }
+        for _ in range(2):  # the same failure twice (a retry, say): one alert
+            failed = run(env.instance, [failure_model], partition_key=WEEK,
+                         config=model_config(f1_floor=1.01), ok=False)  # fmt: skip
+            context = dg.build_run_status_sensor_context(
+                sensor_name="alert_on_failure_sensor",
+                dagster_instance=env.instance,
+                dagster_run=failed.dagster_run,
+                dagster_event=failed.get_run_failure_event(),
+                resources=resources,
+            ).for_run_failure()
+            alert_on_failure_sensor(context)
+    finally:
+        server.shutdown()
+    assert len(received) == 1
+    assert "failure_model failed" in received[0]["text"] and received[0]["blocks"]
+    assert WEEK in received[0]["blocks"][1]["text"]["text"]

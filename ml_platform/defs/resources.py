@@ -192,4 +192,43 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.Config
         artifact_root=env.get("ML_PLATFORM_MLFLOW_ARTIFACTS")
         or ("" if env.get("MLFLOW_TRACKING_URI") else (local / "artifacts").as_uri()),
     )
-    return {"lake": lake, "ingest": ingest, "feast": feast, "mlflow": mlflow}
+    alerts = AlertResource(
+        webhook_url=dg.EnvVar("ML_PLATFORM_ALERT_WEBHOOK_URL")
+        if env.get("ML_PLATFORM_ALERT_WEBHOOK_URL")
+        else None
+    )
+    return {"lake": lake, "ingest": ingest, "feast": feast, "mlflow": mlflow, "alerts": alerts}
+
+
+class AlertResource(dg.ConfigurableResource):
+    """Alerts to a Slack-compatible incoming webhook; without a URL they are logged only."""
+
+    webhook_url: str | None = None
+    timeout_s: float = 10.0
+
+    def send(self, title: str, text: str, fields: dict[str, str], log) -> bool:
+        """Post ``{"text", "blocks"}`` (Slack's format, also understood by Mattermost and others).
+        Returns whether it was delivered (False when only logged)."""
+        import json
+        import urllib.request
+
+        lines = "\n".join(f"*{k}*: {v}" for k, v in fields.items())
+        payload = {
+            "text": f"{title}: {text}",
+            "blocks": [
+                {"type": "header", "text": {"type": "plain_text", "text": title[:150]}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"{text}\n{lines}"[:3000]}},
+            ],
+        }
+        if not self.webhook_url:
+            log.warning(f"alert (no webhook configured): {json.dumps(payload)}")
+            return False
+        request = urllib.request.Request(
+            self.webhook_url,
+            data=json.dumps(payload).encode(),
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            response.read()
+        return True

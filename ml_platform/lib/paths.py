@@ -168,3 +168,17 @@ def scored_object(relative_key: str) -> str:
 def drift_report_object(day: str) -> str:
     """``lake/ml/monitoring/drift/date=D/drift.json``: the day's drift report and its gate."""
     return f"{ML}monitoring/drift/date={day}/drift.json"
+
+
+def label_queue_object(day: str) -> str:
+    """``results/to_label/date=D/to_label.csv``: the least confident sensor-days, to be labelled."""
+    return f"{RESULTS}to_label/date={day}/to_label.csv"
+
+
+def live_performance_object(day: str) -> str:
+    return f"{ML}monitoring/live_performance/date={day}/performance.json"
+
+
+def alert_marker_object(day: str, key: str) -> str:
+    """One marker per alert sent (deduplication per asset, partition and day)."""
+    return f"{ML}monitoring/alerts/date={day}/{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"

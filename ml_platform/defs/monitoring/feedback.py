@@ -1,0 +1,210 @@
+"""Feedback from the field: ``label_queue[day]`` (what people should label next),
+``live_performance[day]`` (how served predictions did once labels arrived) and alerts."""
+
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dagster as dg
+
+from ml_platform.defs.ml.models import MODEL_NAME, _read_parquet
+from ml_platform.defs.partitions import daily
+from ml_platform.defs.predictions.assets import daily_predictions
+from ml_platform.defs.resources import AlertResource, LakeResource, MLflowResource
+from ml_platform.lib import paths
+from ml_platform.lib.tables import markdown_table
+
+
+class LabelQueueConfig(dg.Config):
+    size: int = 10  # sensor-days per day to hand to people
+
+
+@dg.asset(
+    partitions_def=daily,
+    deps=[daily_predictions],
+    group_name="monitoring",
+    kinds={"csv"},
+    owners=["team:ml"],
+    automation_condition=dg.AutomationCondition.eager(),
+)
+def label_queue(
+    context: dg.AssetExecutionContext, config: LabelQueueConfig, lake: LakeResource
+) -> dg.MaterializeResult:
+    """The day's least confident predictions (probability nearest the decision threshold), as a
+    CSV ready to be filled in and dropped into ``landing/labels/`` (columns of the labels
+    contract: sensor_id, timestamp, failure)."""
+    import pandas as pd
+
+    day, store = context.partition_key, lake.store()
+    with tempfile.TemporaryDirectory(prefix="queue-") as tmp:
+        predictions = _read_parquet(store, paths.predictions_object(day), Path(tmp))
+        threshold = 0.5
+        queue = predictions.assign(
+            uncertainty=1 - (predictions["failure_probability"] - threshold).abs() / threshold
+        ).nlargest(config.size, "uncertainty")
+        out = pd.DataFrame(
+            {
+                "sensor_id": queue["sensor_id"],
+                "timestamp": f"{day}T23:59:59Z",
+                "failure": "",  # to fill in: 1 if the sensor failed within a day, else 0
+                "failure_probability": queue["failure_probability"].round(6),
+                "uncertainty": queue["uncertainty"].round(6),
+                "model_version": queue["model_version"],
+            }
+        )
+        csv = Path(tmp, "to_label.csv")
+        out.to_csv(csv, index=False)
+        store.put_file(csv, paths.label_queue_object(day), move=True)
+    return dg.MaterializeResult(
+        metadata={
+            "rows": len(out),
+            "queue": store.uri(paths.label_queue_object(day)),
+            "preview": dg.MetadataValue.md(markdown_table(out.head(10).to_dict("records"))),
+        }
+    )
+
+
+class LivePerformanceConfig(dg.Config):
+    horizon_days: float = 1.0  # as in training: a failure within this after the day's end
+    tolerance: float = 0.2  # live F1 may trail the version's holdout F1 by this much
+
+
+@dg.asset(
+    partitions_def=daily,
+    deps=[daily_predictions, dg.AssetDep("raw_labels", partition_mapping=dg.AllPartitionMapping())],
+    group_name="monitoring",
+    kinds={"scikitlearn"},
+    owners=["team:ml"],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "live_performance_matches_holdout",
+            asset="live_performance",
+            description="Live F1 per model version is within tolerance of its holdout F1.",
+        )
+    ],
+)
+def live_performance(
+    context: dg.AssetExecutionContext,
+    config: LivePerformanceConfig,
+    lake: LakeResource,
+    mlflow: MLflowResource,
+) -> dg.MaterializeResult:
+    """Precision, recall and F1 of the day's served predictions against the labels that arrived
+    since, per model version."""
+    import pandas as pd
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from ml_platform.lib.lakehouse import end_of_day
+
+    day, store = context.partition_key, lake.store()
+    cutoff = pd.Timestamp(end_of_day(day))
+    until = cutoff + pd.Timedelta(days=config.horizon_days)
+    with tempfile.TemporaryDirectory(prefix="live-") as tmp:
+        served = _read_parquet(store, paths.predictions_object(day), Path(tmp, "p"))
+        parts = [
+            o
+            for o in store.list(f"{paths.BRONZE}labels/")
+            if o.key.endswith(".parquet") and day <= o.key.split("date=")[1][:10]
+        ]
+        label_keys = [o.key for o in parts]
+        # Labels "have arrived" for the day once a labels file was ingested after its horizon.
+        arrived = any(o.last_modified > until for o in store.list(f"{paths.BRONZE}labels/"))
+        labels = (
+            pd.concat([pd.read_parquet(f) for f in store.fetch(label_keys, Path(tmp, "l"))])
+            if label_keys
+            else pd.DataFrame({"sensor_id": [], "timestamp": [], "failure": []})
+        )
+    if not arrived:
+        raise dg.Failure(
+            f"labels for {day} have not arrived yet (no labels file ingested after "
+            f"{until.isoformat()})",
+            allow_retries=False,
+        )
+    times = pd.to_datetime(labels["timestamp"], utc=True)
+    failed = set(
+        labels.loc[(labels["failure"] == 1) & (times > cutoff) & (times <= until), "sensor_id"]
+    )
+    served["actual"] = served["sensor_id"].isin(failed).astype(int)
+    client, rows = mlflow.client(), []
+    for version, group in served.groupby("model_version"):
+        holdout_f1 = float(client.get_model_version(MODEL_NAME, str(version)).tags["holdout_f1"])
+        y, p = group["actual"], group["predicted_failure"]
+        rows.append(
+            {
+                "model_version": str(version),
+                "sensors": len(group),
+                "actual_failures": int(y.sum()),
+                "predicted_failures": int(p.sum()),
+                "precision": float(precision_score(y, p, zero_division=0)),
+                "recall": float(recall_score(y, p, zero_division=0)),
+                "f1": float(f1_score(y, p, zero_division=0)),
+                "holdout_f1": holdout_f1,
+            }
+        )
+    # A day without failures and without alarms says nothing about F1: not held against it.
+    behind = [
+        r
+        for r in rows
+        if (r["actual_failures"] or r["predicted_failures"])
+        and r["f1"] < r["holdout_f1"] - config.tolerance
+    ]
+    store.put_bytes(
+        json.dumps({"day": day, "versions": rows}, indent=2).encode(),
+        paths.live_performance_object(day),
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "versions": dg.MetadataValue.md(markdown_table(rows)),
+            "f1": rows[0]["f1"] if len(rows) == 1 else -1.0,
+            "actual_failures": sum(r["actual_failures"] for r in rows),
+            "report": store.uri(paths.live_performance_object(day)),
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="live_performance_matches_holdout",
+                passed=not behind,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"behind": dg.MetadataValue.json(behind), "tolerance": config.tolerance},
+            )
+        ],
+    )
+
+
+@dg.run_failure_sensor(
+    name="alert_on_failure_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="One alert per failed asset, partition and day (a failed blocking check fails "
+    "its run, so it alerts too); to ML_PLATFORM_ALERT_WEBHOOK_URL, or logged when unset.",
+)
+def alert_on_failure_sensor(
+    context: dg.RunFailureSensorContext, alerts: AlertResource, lake: LakeResource
+) -> None:
+    run = context.dagster_run
+    # The steps that failed name the assets (a failed blocking check fails its asset's step).
+    assets = sorted({e.step_key for e in context.get_step_failure_events() if e.step_key}) or (
+        sorted(k.to_user_string() for k in (run.asset_selection or []))
+    )
+    partition = run.tags.get("dagster/partition", "") or (
+        f"{run.tags.get('dagster/asset_partition_range_start', '')}..."
+        f"{run.tags.get('dagster/asset_partition_range_end', '')}"
+        if "dagster/asset_partition_range_start" in run.tags
+        else ""
+    )
+    today = datetime.now(UTC).date().isoformat()
+    key = f"{','.join(assets) or run.job_name}|{partition}|{today}"
+    store = lake.store()
+    marker = paths.alert_marker_object(today, key)
+    if store.exists(marker):
+        context.log.info(f"alert already sent today for {key}")
+        return
+    message = (context.failure_event.message or "run failed")[:500]
+    delivered = alerts.send(
+        title=f"ml-platform: {', '.join(assets) or run.job_name} failed",
+        text=message,
+        fields={"run": run.run_id, "partition": partition or "-", "job": run.job_name},
+        log=context.log,
+    )
+    store.put_bytes(
+        json.dumps({"key": key, "run_id": run.run_id, "delivered": delivered}).encode(), marker
+    )
