@@ -152,3 +152,21 @@ def test_both_instance_profiles_limit_training_to_one_step_at_a_time(tmp_path):
         assert config.run_queue_config.max_concurrent_runs == 2
     deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())
     assert deployed["concurrency"]["pools"]["default_limit"] == 1
+
+
+def test_monitoring_is_wired_gated_and_alerting():
+    graph = defs.resolve_asset_graph()
+    for key in ("feature_drift", "live_performance", "label_queue"):
+        node = graph.get(dg.AssetKey(key))
+        assert node.group_name == "monitoring"
+        assert isinstance(node.partitions_def, dg.DailyPartitionsDefinition)
+    assert dg.AssetKey("feature_drift") in graph.get(dg.AssetKey("daily_predictions")).parent_keys
+    blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
+    assert "feature_drift_below_failure" in blocking
+    assert "feature_drift_below_warning" not in blocking
+    for key in ("daily_aggregates", "online_features", "daily_predictions"):
+        assert graph.get(dg.AssetKey(key)).freshness_policy is not None
+    sensors = {s.name: s for s in defs.sensors}
+    for name in ("drift_retraining_sensor", "alert_on_failure_sensor"):
+        assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensors["drift_retraining_sensor"].job_name == "weekly_training_job"

@@ -36,7 +36,7 @@ from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.generator import GeneratorConfig
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo
+from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo, land_and_ingest
 
 pytestmark = pytest.mark.integration
 
@@ -488,6 +488,15 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
         predictions.loc[nearest.index, "failure_probability"].round(6)
     )
     assert list(queue.columns[:3]) == ["sensor_id", "timestamp", "failure"]
+    # People fill it in and drop it into landing/labels/: it flows back through the labels path.
+    filled = queue.assign(failure=[1] + [0] * (len(queue) - 1))
+    answered = env.tmp / "answered_labels.csv"
+    filled.to_csv(answered, index=False)
+    land_and_ingest(env.instance, "labels", answered)
+    part = [o.key for o in env.store.list(paths.bronze_day_prefix("labels", DAY))]
+    back = pd.concat(pd.read_parquet(env.store.root / k) for k in part)
+    assert set(filled["sensor_id"]) <= set(back["sensor_id"])
+    assert int(back.loc[back["sensor_id"] == filled["sensor_id"].iloc[0], "failure"].max()) == 1
 
     live = materialize(live_performance)
     report = json.loads(env.store.read_bytes(paths.live_performance_object(DAY)))

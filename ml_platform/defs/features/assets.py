@@ -2,7 +2,7 @@
 
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -136,6 +136,10 @@ def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) 
     # a backfill re-publishes its days; the write keeps newer online values, so this is safe.
     automation_condition=dg.AutomationCondition.eager().without(
         dg.AutomationCondition.in_latest_time_window()
+    ),
+    # Yesterday's features are online by 07:00 UTC (an hour after the aggregates are due).
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="0 7 * * *", lower_bound_delta=timedelta(hours=24)
     ),
     check_specs=[
         dg.AssetCheckSpec(

@@ -3,7 +3,7 @@
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,10 @@ def _write(store, frame, key_parquet: str, key_csv: str, tmp: Path) -> None:
     owners=["team:ml"],
     # The newest day follows new online features and every change of champion.
     automation_condition=dg.AutomationCondition.eager(),
+    # Predictions for the day just ended are expected by 08:00 UTC.
+    freshness_policy=dg.FreshnessPolicy.cron(
+        deadline_cron="0 8 * * *", lower_bound_delta=timedelta(hours=24)
+    ),
     check_specs=[
         dg.AssetCheckSpec(
             COVERS_EVERY_SENSOR,
