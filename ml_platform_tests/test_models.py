@@ -446,13 +446,18 @@ def test_a_drifting_measurement_closes_the_drift_gate_and_requests_one_retrainin
     override = {"ops": {"daily_predictions": {"config": {"ignore_drift_gate": True}}}}
     run(env.instance, [daily_predictions], partition_key=DAY, config=override)
 
-    # One retraining request, whatever the number of closed gates seen today.
+    # The champion already learnt from the drifting week: retraining it would change nothing.
+    waiting = drift_retraining_sensor(dg.build_sensor_context(instance=env.instance))
+    assert not waiting.run_requests and "nothing newer" in waiting.skip_reason.skip_message
+    # With a champion from the week before, the drifting week is new data: one retraining,
+    # whatever the number of closed gates seen today (the run key is the date).
+    run(env.instance, [failure_model], partition_key=EARLIER_WEEK, config=model_config())
+    pin = {"ops": {"champion_model": {"config": {"pin_version": 2}}}}
+    run(env.instance, [champion_model], config=pin)
     tick = drift_retraining_sensor(dg.build_sensor_context(instance=env.instance))
     [request] = tick.run_requests
-    assert request.run_key.startswith("drift-retraining:") and request.partition_key
-    again = drift_retraining_sensor(
-        dg.build_sensor_context(instance=env.instance, cursor=None)
-    ).run_requests
+    assert request.run_key.startswith("drift-retraining:") and request.partition_key == WEEK
+    again = drift_retraining_sensor(dg.build_sensor_context(instance=env.instance)).run_requests
     assert [r.run_key for r in again] == [request.run_key]  # same key: Dagster runs it once
 
 
@@ -493,7 +498,8 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
     answered = env.tmp / "answered_labels.csv"
     filled.to_csv(answered, index=False)
     land_and_ingest(env.instance, "labels", answered)
-    part = [o.key for o in env.store.list(paths.bronze_day_prefix("labels", DAY))]
+    # Stamped inside the day's label window (the next day): they label exactly this day.
+    part = [o.key for o in env.store.list(paths.bronze_day_prefix("labels", "2024-03-10"))]
     back = pd.concat(pd.read_parquet(env.store.root / k) for k in part)
     assert set(filled["sensor_id"]) <= set(back["sensor_id"])
     assert int(back.loc[back["sensor_id"] == filled["sensor_id"].iloc[0], "failure"].max()) == 1
@@ -507,7 +513,8 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
     )
     times = pd.to_datetime(labels["timestamp"], utc=True)
     end = pd.Timestamp(f"{DAY}T23:59:59.999999Z")
-    expected = labels.loc[(times > end) & (times <= end + pd.Timedelta(days=1)), "sensor_id"]
+    window = (times > end) & (times <= end + pd.Timedelta(days=1)) & (labels["failure"] == 1)
+    expected = labels.loc[window, "sensor_id"]
     assert version["actual_failures"] == expected.nunique() == live["actual_failures"]
 
     # Alerts: a local webhook receives one Slack-compatible message per asset, partition and day.

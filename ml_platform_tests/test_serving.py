@@ -129,6 +129,10 @@ def test_malformed_and_oversized_bodies(api):
     assert broken.status_code == 422
     huge = api.post("/predict", content=b"x" * 70_000, headers={"content-type": "application/json"})
     assert huge.status_code == 413 and "Traceback" not in huge.text
+    # Chunked, with no content-length: counted as it arrives.
+    chunks = (b'{"sensor_ids": [' + b'"s",' * 2000 for _ in range(20))
+    chunked = api.post("/predict", content=chunks, headers={"content-type": "application/json"})
+    assert chunked.status_code == 413
 
 
 def test_an_api_key_protects_predict_when_configured(platform):
@@ -141,6 +145,10 @@ def test_an_api_key_protects_predict_when_configured(platform):
             assert keyed.post("/predict", json=body).status_code == 401
             wrong = keyed.post("/predict", json=body, headers={"x-api-key": "nope"})
             assert wrong.status_code == 401
+            odd = keyed.post(
+                "/predict", json=body, headers={"x-api-key": "s3crét".encode("latin-1")}
+            )
+            assert odd.status_code == 401
             ok = keyed.post("/predict", json=body, headers={"x-api-key": "s3cret-for-tests"})
             assert ok.status_code == 200
             assert keyed.get("/health").status_code == 200  # probes stay open

@@ -79,6 +79,7 @@ class ModelHolder:
 
     def __init__(self, mlflow, name: str = MODEL_NAME, alias: str = ALIAS):
         self.mlflow, self.name, self.alias = mlflow, name, alias
+        self.available_features: set[str] | None = None  # what the feature service serves
         self.current: ServedModel | None = None
         self.last_error: str | None = None
         self.also_refresh: list = []  # more work for the watcher thread (the Feast registry)
@@ -91,6 +92,13 @@ class ModelHolder:
         if self.current is not None and self.current.version == str(version.version):
             return False
         model = self.mlflow.mlflow().sklearn.load_model(f"models:/{self.name}/{version.version}")
+        missing = set(model.feature_names_in_) - (self.available_features or set())
+        if self.available_features is not None and missing:
+            # Keep serving the current model rather than fail every request with it.
+            raise ValueError(
+                f"version {version.version} needs features the feature service lacks: "
+                f"{sorted(missing)[:5]}"
+            )
         self.current = ServedModel(
             model=model,
             name=self.name,
@@ -181,7 +189,7 @@ class Envelope:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode()[:64] or uuid.uuid4().hex
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         started, status = time.perf_counter(), [0]
         served = self.holder.current
@@ -195,12 +203,32 @@ class Envelope:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
-        length = headers.get(b"content-length", b"0")
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            response = JSONResponse(
-                {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
-            )
-            await response(scope, receive, send_with_headers)
+        too_large = JSONResponse(
+            {"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413
+        )
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await too_large(scope, receive, send_with_headers)
+        elif length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # Chunked: no length announced. Read up to the limit, then replay what was read.
+            body, more = b"", True
+            while more:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > MAX_BODY_BYTES:
+                    break
+            if len(body) > MAX_BODY_BYTES:
+                await too_large(scope, receive, send_with_headers)
+            else:
+                replayed = [{"type": "http.request", "body": body, "more_body": False}]
+
+                async def replay():
+                    return replayed.pop() if replayed else await receive()
+
+                await self.app(scope, replay, send_with_headers)
         else:
             await self.app(scope, receive, send_with_headers)
         log.info(
@@ -260,7 +288,10 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         # Rows arrive as arrays in the model's own feature order (checked at load).
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         state["store"] = store = resources["feast"].store()
-        state["service"] = store.get_feature_service(fs.FEATURE_SERVICE)
+        state["service"] = service = store.get_feature_service(fs.FEATURE_SERVICE)
+        holder.available_features = {
+            f.name for p in service.feature_view_projections for f in p.features
+        }
         # A registry cache that expires is refreshed inside whichever request comes next (tens
         # of ms on the event loop); here it never expires and the watcher refreshes it instead.
         if hasattr(store.registry, "cached_registry_proto_ttl"):
@@ -299,7 +330,8 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         return JSONResponse({"detail": "internal error", "request_id": request_id}, 500)
 
     def authorised(x_api_key: Annotated[str | None, Header()] = None) -> None:
-        if api_key and not (x_api_key and hmac.compare_digest(x_api_key, api_key)):
+        given = (x_api_key or "").encode("latin-1", "replace")  # headers arrive as latin-1
+        if api_key and not (x_api_key and hmac.compare_digest(given, api_key.encode())):
             raise HTTPException(status_code=401, detail="missing or wrong X-API-Key")
 
     @app.get("/health", response_model=Status)

@@ -376,6 +376,9 @@ def champion_model(
     return dg.MaterializeResult(
         metadata={
             "champion_version": int(now) if now is not None else -1,
+            "champion_week": (challenger if promote else champion).tags.get("week", "")
+            if (promote or champion is not None)
+            else "",
             "decision": entry["decision"],
             "reason": reason,
             "challenger_version": int(challenger.version),

@@ -18,7 +18,7 @@ from ml_platform.defs.ml.models import (
     champion_model,
 )
 from ml_platform.defs.ml.schedules import weekly_training_job
-from ml_platform.defs.partitions import daily
+from ml_platform.defs.partitions import daily, weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
 from ml_platform.lib import paths
 from ml_platform.lib.tables import markdown_table
@@ -86,7 +86,9 @@ def feature_drift(
     champion = _version_or_none_of(mlflow.client(), MODEL_NAME, CHAMPION)
     if champion is None:
         raise dg.Failure("no champion yet: drift is measured against its training set")
-    week = champion.tags["week"]
+    week = champion.tags.get("week")
+    if not week:
+        raise dg.Failure(f"champion version {champion.version} has no 'week' tag")
     with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
         reference = _read_parquet(store, paths.training_set_object(week), Path(tmp, "ref"))
         # What the champion learnt most recently: sensors drift slowly by nature, and the
@@ -105,6 +107,8 @@ def feature_drift(
             [pd.read_parquet(f) for f in store.fetch(keys, Path(tmp, "cur"))], ignore_index=True
         )
     features = [f for f in modeling.feature_columns(reference) if f in current.columns]
+    if not features:
+        raise dg.Failure("the training set and the gold rows share no feature", allow_retries=False)
     thresholds = drift.Thresholds(
         psi_warn=config.psi_warn,
         psi_fail=config.psi_fail,
@@ -162,6 +166,19 @@ def drift_gate(store, day: str) -> dict | None:
     return json.loads(store.read_bytes(key)) if store.exists(key) else None
 
 
+#: Closed drift gates of days older than this are history (a backfill), not a reason to retrain.
+RECENT_DAYS = 3
+
+
+def _champion_week(context) -> str | None:
+    """The training week of the champion, from the latest champion_model materialization."""
+    event = context.instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    if event is None or event.asset_materialization is None:
+        return None
+    version = event.asset_materialization.metadata.get("champion_week")
+    return version.value if version is not None else None
+
+
 @dg.sensor(
     job=weekly_training_job,
     minimum_interval_seconds=60,
@@ -178,21 +195,34 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext):
     ).records
     if not records:
         return dg.SkipReason("no new drift measurements")
-    closed = [
+    cursor = str(records[-1].storage_id)
+    # Only the newest measured days count: a backfill that re-measures old days must not retrain.
+    measured = context.instance.get_materialized_partitions(dg.AssetKey("feature_drift"))
+    recent = (date.fromisoformat(max(measured)) - timedelta(days=RECENT_DAYS)).isoformat()
+    closed = sorted(
         r.asset_materialization.partition
         for r in records
         if r.asset_materialization.metadata.get("gate", dg.MetadataValue.text("")).value == "closed"
-    ]
-    cursor = str(records[-1].storage_id)
+        and (r.asset_materialization.partition or "") >= recent
+    )
     if not closed:
-        return dg.SensorResult(skip_reason="no closed drift gate", cursor=cursor)
-    today = datetime.now(UTC).date()
-    # The last week that has ended (Monday-based partitions).
-    week = (today - timedelta(days=today.weekday() + 7)).isoformat()
+        return dg.SensorResult(skip_reason="no recently closed drift gate", cursor=cursor)
+    # Retrain on the week of the newest drifting day, with what is known of it now.
+    week = weekly.get_partition_key_for_timestamp(
+        datetime.fromisoformat(closed[-1]).replace(tzinfo=UTC).timestamp()
+    )
+    champion_week = _champion_week(context)
+    if champion_week and champion_week >= week:
+        # The champion already learnt from that week: retraining it gives the same model.
+        return dg.SensorResult(
+            skip_reason=f"the champion was trained on week {champion_week}; nothing newer",
+            cursor=cursor,
+        )
+    today = datetime.now(UTC).date().isoformat()
     return dg.SensorResult(
         run_requests=[
             dg.RunRequest(
-                run_key=f"drift-retraining:{today.isoformat()}",  # debounce: one a day
+                run_key=f"drift-retraining:{today}",  # debounce: at most one a day
                 partition_key=week,
                 tags={"ml_platform/reason": f"drift gate closed on {', '.join(closed)}"},
             )

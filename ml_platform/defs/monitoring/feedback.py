@@ -3,7 +3,7 @@
 
 import json
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -34,19 +34,25 @@ def label_queue(
     """The day's least confident predictions (probability nearest the decision threshold), as a
     CSV ready to be filled in and dropped into ``landing/labels/`` (columns of the labels
     contract: sensor_id, timestamp, failure)."""
+    import numpy as np
     import pandas as pd
 
     day, store = context.partition_key, lake.store()
     with tempfile.TemporaryDirectory(prefix="queue-") as tmp:
         predictions = _read_parquet(store, paths.predictions_object(day), Path(tmp))
-        threshold = 0.5
-        queue = predictions.assign(
-            uncertainty=1 - (predictions["failure_probability"] - threshold).abs() / threshold
-        ).nlargest(config.size, "uncertainty")
+        # The threshold the predictions were made with (per model version).
+        threshold = predictions.get("threshold", 0.5)
+        distance = (predictions["failure_probability"] - threshold).abs()
+        scale = np.maximum(threshold, 1 - threshold)
+        queue = predictions.assign(uncertainty=1 - distance / scale).nlargest(
+            config.size, "uncertainty"
+        )
         out = pd.DataFrame(
             {
                 "sensor_id": queue["sensor_id"],
-                "timestamp": f"{day}T23:59:59Z",
+                # Inside the day's label window (end of the day, plus the horizon): a 1 here counts
+                # for this sensor-day; put the real failure time if it is known.
+                "timestamp": f"{(date.fromisoformat(day) + timedelta(days=1)).isoformat()}T12:00:00Z",
                 "failure": "",  # to fill in: 1 if the sensor failed within a day, else 0
                 "failure_probability": queue["failure_probability"].round(6),
                 "uncertainty": queue["uncertainty"].round(6),
@@ -105,7 +111,9 @@ def live_performance(
         parts = [
             o
             for o in store.list(f"{paths.BRONZE}labels/")
-            if o.key.endswith(".parquet") and day <= o.key.split("date=")[1][:10]
+            if o.key.endswith(".parquet")
+            and "date=" in o.key
+            and day <= o.key.split("date=")[1][:10]
         ]
         label_keys = [o.key for o in parts]
         # Labels "have arrived" for the day once a labels file was ingested after its horizon.
@@ -128,7 +136,8 @@ def live_performance(
     served["actual"] = served["sensor_id"].isin(failed).astype(int)
     client, rows = mlflow.client(), []
     for version, group in served.groupby("model_version"):
-        holdout_f1 = float(client.get_model_version(MODEL_NAME, str(version)).tags["holdout_f1"])
+        tags = client.get_model_version(MODEL_NAME, str(version)).tags
+        holdout_f1 = float(tags.get("holdout_f1", "nan"))
         y, p = group["actual"], group["predicted_failure"]
         rows.append(
             {
@@ -205,6 +214,9 @@ def alert_on_failure_sensor(
         fields={"run": run.run_id, "partition": partition or "-", "job": run.job_name},
         log=context.log,
     )
-    store.put_bytes(
-        json.dumps({"key": key, "run_id": run.run_id, "delivered": delivered}).encode(), marker
-    )
+    # Marked as sent once delivered (or logged, without a webhook): a failed post is retried
+    # by the next failure of the same key.
+    if delivered or not alerts.webhook_url:
+        store.put_bytes(
+            json.dumps({"key": key, "run_id": run.run_id, "delivered": delivered}).encode(), marker
+        )

@@ -104,6 +104,7 @@ class Scorer:
                 "date": frame["date"],
                 "failure_probability": proba,
                 "predicted_failure": (proba >= self.threshold).astype("int64"),
+                "threshold": self.threshold,
                 "features_found": known,
                 "cluster": pd.array(
                     self.clusters.predict(frame[list(self.clusters.feature_names_in_)])
