@@ -33,26 +33,15 @@ def percentile(values: list[float], q: float) -> float:
 
 def build_platform(work: Path) -> dict[str, str]:
     import dagster as dg
+    import pytest
 
-    env = {
-        "ML_PLATFORM_STORE_URL": (work / "lake").as_uri(),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
-        "ML_PLATFORM_MLFLOW_ARTIFACTS": (work / "artifacts").as_uri(),
-    }
-    os.environ.update(env)
-    os.environ.pop("FEAST_FS_YAML_FILE_PATH", None)
-    from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo
-
-    env["ML_PLATFORM_FEAST_REPO"] = str(copy_feature_repo(work / "feature_repo"))
-    os.environ.update(env)
     from ml_platform.lib.generator import GeneratorConfig
-    from ml_platform_tests.test_models import ALL, model_config
+    from ml_platform_tests.feature_helpers import build_lake, embedded_platform, model_config, run
 
+    env = embedded_platform(pytest.MonkeyPatch(), work)  # this worker process only
     small = {"n_iter": 1, "cv_splits": 2, "holdout_days": 7, "baseline_margin": -1, "f1_floor": 0}
     with dg.instance_for_test() as instance:
         build_lake(instance, work, GeneratorConfig(days=35, sensors=50, interval_s=3600, seed=9))
-        from ml_platform.defs.resources import build_resources
-
         for selection, partition, config in (
             (["feature_views"], None, None),
             (["online_features"], "2024-02-04", None),
@@ -60,15 +49,7 @@ def build_platform(work: Path) -> dict[str, str]:
             (["failure_model"], "2024-01-29", model_config(**small)),
             (["champion_model"], None, None),
         ):
-            result = dg.materialize(
-                ALL,
-                selection=selection,
-                instance=instance,
-                resources=build_resources(),
-                partition_key=partition,
-                run_config=config,
-            )
-            assert result.success, selection
+            run(instance, selection, partition_key=partition, config=config)
     return env
 
 

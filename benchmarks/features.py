@@ -66,7 +66,7 @@ def main(out: Path) -> dict:
     if not lake.exists():
         build_lake(lake)
     os.environ["ML_PLATFORM_STORE_URL"] = (lake / "lake").as_uri()
-    from ml_platform_tests.feature_helpers import copy_feature_repo, materialize_features
+    from ml_platform_tests.feature_helpers import copy_feature_repo, metadata, run
 
     repo = copy_feature_repo(out / "feature_repo")
     os.environ["ML_PLATFORM_FEAST_REPO"] = str(repo)
@@ -82,11 +82,9 @@ def main(out: Path) -> dict:
 
     result = {}
     with dg.instance_for_test() as instance:
-        assert materialize_features(instance, selection=[feature_views]).success
+        run(instance, [feature_views])
         last_day = "2024-12-30"
-        assert materialize_features(
-            instance, selection=[online_features], partition_key=last_day
-        ).success
+        run(instance, [online_features], partition_key=last_day)
 
         store = build_resources()["feast"].store()
         service = store.get_feature_service(fs.FEATURE_SERVICE)
@@ -143,16 +141,14 @@ def main(out: Path) -> dict:
         )
 
         started = time.perf_counter()
-        run = materialize_features(
+        built = run(
             instance,
-            selection=[training_set],
+            [training_set],
             partition_key=WEEK,
             config={"ops": {"training_set": {"config": {"min_rows": 1000}}}},
         )
         wall = time.perf_counter() - started
-        assert run.success
-        [event] = run.get_asset_materialization_events()
-        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        meta = metadata(built, "training_set")
         result.update(
             training_set_365x50_s=wall,
             training_set_asset_s=meta["seconds"],

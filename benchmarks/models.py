@@ -34,7 +34,7 @@ def main(out: Path) -> dict:
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
     os.environ["ML_PLATFORM_MLFLOW_ARTIFACTS"] = (out / "artifacts").as_uri()
     os.environ.pop("FEAST_FS_YAML_FILE_PATH", None)
-    from ml_platform_tests.feature_helpers import copy_feature_repo
+    from ml_platform_tests.feature_helpers import copy_feature_repo, metadata, run
 
     os.environ["ML_PLATFORM_FEAST_REPO"] = str(copy_feature_repo(out / "feature_repo"))
 
@@ -45,36 +45,21 @@ def main(out: Path) -> dict:
     from ml_platform.defs.resources import build_resources
     from ml_platform.lib import modeling, paths
 
-    assets = [feature_views, training_set, failure_model, champion_model]
-    resources = build_resources()
-
-    def run(selection, partition_key=None):
-        result = dg.materialize(
-            assets,
-            selection=selection,
-            instance=instance,
-            resources=resources,
-            partition_key=partition_key,
-        )
-        assert result.success
-        return result
-
     result: dict = {}
     with dg.instance_for_test() as instance:
-        run([feature_views])
-        run([training_set], WEEK)
+        run(instance, [feature_views])
+        run(instance, [training_set], partition_key=WEEK)
         started = time.perf_counter()
-        trained = run([failure_model], WEEK)
+        trained = run(instance, [failure_model], partition_key=WEEK)
         result["train_365x50_s"] = time.perf_counter() - started
-        [event] = trained.get_asset_materialization_events()
-        meta = {k: v.value for k, v in event.materialization.metadata.items()}
+        meta = metadata(trained, "failure_model")
         result.update(
             holdout_f1=meta["holdout_f1"],
             baseline_f1=meta["baseline_f1"],
             train_rows=meta["train_rows"],
             search_s=meta["train_seconds"],
         )
-        run([champion_model])
+        run(instance, [champion_model])
 
     # Reference for training: one fit of the chosen pipeline, no search, no tracking.
     frame = pd.read_parquet(lake / "lake" / paths.training_set_object(WEEK))

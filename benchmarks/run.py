@@ -62,13 +62,20 @@ def readings_csv(days: int, sensors: int, interval_s: int) -> Path:
     return target
 
 
-def measure(mode: str, path: Path) -> dict:
+def run_worker(module: str, *args: str) -> dict:
+    """``python -m module *args OUT`` in a fresh process (OUT: a temporary folder under
+    benchmarks/data/); returns the JSON of its last output line."""
+    DATA.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=DATA) as out:
-        cmd = [sys.executable, "-m", "benchmarks.worker", mode, str(path), out]
-        result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"{mode} failed:\n{result.stderr[-3000:]}")
-        return json.loads(result.stdout.strip().splitlines()[-1])
+        cmd = [sys.executable, "-W", "ignore", "-m", module, *args, out]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{module} {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(mode: str, path: Path) -> dict:
+    return run_worker("benchmarks.worker", mode, str(path))
 
 
 def best_of(runs: int, fn: Callable[[], dict]) -> dict:
@@ -227,12 +234,7 @@ def bench_e2e() -> list[dict]:
 
 def bench_features() -> list[dict]:
     """Feast online retrieval and the year-long point-in-time training set (benchmarks/features.py)."""
-    with tempfile.TemporaryDirectory(dir=DATA if DATA.exists() else None) as out:
-        cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.features", out]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"features benchmark failed:\n{done.stderr[-3000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = run_worker("benchmarks.features")
     return [
         record(
             "online_p50_ms_1",
@@ -278,13 +280,7 @@ def bench_features() -> list[dict]:
 
 def bench_models() -> list[dict]:
     """Training, registry load and scoring of the failure model (benchmarks/models.py)."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=DATA) as out:
-        cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.models", out]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"models benchmark failed:\n{done.stderr[-3000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = run_worker("benchmarks.models")
     rows = r["train_rows"]
     return [
         record("train_365x50_s", r["train_365x50_s"], "s", "single_fit_s", r["single_fit_s"], rows),
@@ -304,13 +300,7 @@ def bench_models() -> list[dict]:
 
 def bench_api() -> list[dict]:
     """The prediction API under an open-loop load on loopback (benchmarks/api.py)."""
-    DATA.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=DATA) as out:
-        cmd = [sys.executable, "-W", "ignore", "-m", "benchmarks.api", out]
-        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"api benchmark failed:\n{done.stderr[-3000:]}")
-        r = json.loads(done.stdout.strip().splitlines()[-1])
+    r = run_worker("benchmarks.api")
     n = r["api_requests_1"]
     return [
         record(

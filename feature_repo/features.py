@@ -25,6 +25,20 @@ _profile = fs.active_profile(Path(__file__).resolve().parent)
 _contract = load_contract(fs.contract_path(), default="readings")
 _OWNER = "team:data-platform"
 
+
+def _schema(specs: list[fs.FeatureSpec]) -> list[Field]:
+    """Feast fields of the features, with their documentation."""
+    return [
+        Field(
+            name=f.name,
+            dtype=Int64 if f.integer else Float64,
+            description=f.description,
+            tags=f.tags,
+        )
+        for f in specs
+    ]
+
+
 sensor = Entity(
     name="sensor",
     join_keys=["sensor_id"],
@@ -69,15 +83,7 @@ sensor_daily_stats = FeatureView(
     ttl=timedelta(days=fs.TTL_DAYS[fs.DAILY_STATS_VIEW]),
     source=daily_aggregates_source,
     online=True,
-    schema=[
-        Field(
-            name=f.name,
-            dtype=Int64 if f.integer else Float64,
-            description=f.description,
-            tags=f.tags,
-        )
-        for f in fs.daily_stat_features(_contract.columns)
-    ],
+    schema=_schema(fs.daily_stat_features(_contract.columns)),
     description="Per-sensor statistics of one UTC day, one value per measurement and statistic.",
     tags={"owner": _OWNER, "cadence": "daily"},
     owner=_OWNER,
@@ -90,15 +96,7 @@ sensor_weekly_trends = FeatureView(
     ttl=timedelta(days=fs.TTL_DAYS[fs.WEEKLY_TRENDS_VIEW]),
     source=daily_aggregates_source,
     online=True,
-    schema=[
-        Field(
-            name=f.name,
-            dtype=Int64 if f.integer else Float64,
-            description=f.description,
-            tags=f.tags,
-        )
-        for f in fs.weekly_trend_features(_contract.columns)
-    ],
+    schema=_schema(fs.weekly_trend_features(_contract.columns)),
     description="How a sensor's day compares with the seven days before it.",
     tags={"owner": _OWNER, "cadence": "daily", "window": "7d"},
     owner=_OWNER,

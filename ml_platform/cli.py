@@ -57,12 +57,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_land(args: argparse.Namespace) -> int:
-    from ml_platform.defs.resources import project_root
     from ml_platform.lib import paths
 
-    url = (
-        args.store or os.environ.get("ML_PLATFORM_STORE_URL") or (project_root() / ".lake").as_uri()
-    )
+    url = args.store or os.environ.get("ML_PLATFORM_STORE_URL") or paths.default_store_url()
     store = _store_for(url)
     prefix = paths.LANDING_PREFIXES[args.dataset]
     sub = args.prefix.strip("/") + "/" if args.prefix.strip("/") else ""

@@ -8,18 +8,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs.features.assets import feature_views, online_features
+from ml_platform.definitions import defs
 from ml_platform.defs.ingest.assets import raw_labels, raw_readings
 from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 from ml_platform.defs.lakehouse.sensors import RANGE_END, RANGE_START
-from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
+from ml_platform.lib.feature_store import YAML_ENV
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
-FEATURE_ASSETS = [feature_views, online_features, training_set]
+#: Every asset of the code location: tests select from the real definitions.
+ASSETS = list(defs.assets)
+#: A quick search for tests: two candidates, two folds, two weeks of holdout.
+FAST = {"n_iter": 2, "cv_splits": 2, "holdout_days": 14}
 
 
 def copy_feature_repo(target: Path) -> Path:
@@ -28,6 +31,26 @@ def copy_feature_repo(target: Path) -> Path:
         ROOT / "feature_repo", target, ignore=shutil.ignore_patterns("data", "__pycache__")
     )
     return target
+
+
+def embedded_platform(mp, work: Path) -> dict[str, str]:
+    """Point the platform's embedded profile at the folder ``work`` (``mp``: a MonkeyPatch):
+    its lake, a private Feast repo (copied unless ``work`` has one) and an MLflow store; the
+    variables of the deployed profiles are unset."""
+    repo = work / "feature_repo"
+    if not repo.exists():
+        copy_feature_repo(repo)
+    env = {
+        "ML_PLATFORM_STORE_URL": (work / "lake").as_uri(),
+        "ML_PLATFORM_FEAST_REPO": str(repo),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}",
+        "ML_PLATFORM_MLFLOW_ARTIFACTS": (work / "artifacts").as_uri(),
+    }
+    for name, value in env.items():
+        mp.setenv(name, value)
+    for name in (YAML_ENV, "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "ML_PLATFORM_API_KEY"):
+        mp.delenv(name, raising=False)
+    return env
 
 
 def one_file(files: list[Path], target: Path) -> Path:
@@ -76,9 +99,10 @@ def build_lake(instance, work: Path, cfg: GeneratorConfig) -> list[str]:
     return days
 
 
-def materialize_features(instance, *, selection, partition_key=None, tags=None, config=None):
+def materialize(instance, selection, *, partition_key=None, tags=None, config=None):
+    """``dg.materialize`` of ``selection`` among all assets, with the environment's resources."""
     return dg.materialize(
-        FEATURE_ASSETS,
+        ASSETS,
         selection=selection,
         instance=instance,
         resources=build_resources(),
@@ -87,6 +111,28 @@ def materialize_features(instance, *, selection, partition_key=None, tags=None, 
         run_config=config,
         raise_on_error=False,
     )
+
+
+def run(instance, selection, *, partition_key=None, config=None, ok=True):
+    """:func:`materialize` that must succeed (unless ``ok`` is False)."""
+    result = materialize(instance, selection, partition_key=partition_key, config=config)
+    if ok:
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return result
+
+
+def model_config(**overrides) -> dict:
+    return {"ops": {"failure_model": {"config": {**FAST, **overrides}}}}
+
+
+def metadata(result, key: str) -> dict:
+    """The metadata values of the last materialization of asset ``key`` in ``result``."""
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]]
+    return {k: v.value for k, v in events[-1].materialization.metadata.items()}
+
+
+def mlflow_client():
+    return build_resources()["mlflow"].client()
 
 
 def s3_options() -> dict[str, str | None]:

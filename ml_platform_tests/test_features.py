@@ -28,7 +28,9 @@ from ml_platform.lib.store import LocalStore, open_store
 from ml_platform_tests.feature_helpers import (
     build_lake,
     copy_feature_repo,
-    materialize_features,
+    embedded_platform,
+    materialize,
+    metadata,
     s3_options,
 )
 
@@ -38,7 +40,6 @@ pytestmark = pytest.mark.integration
 GENERATED = GeneratorConfig(days=21, sensors=8, interval_s=1800, seed=3)
 WEEK = "2024-01-15"
 SMALL = {"ops": {"training_set": {"config": {"min_rows": 50}}}}
-PROFILE_VARIABLES = [fs.YAML_ENV, "AWS_ENDPOINT_URL_S3", "ML_PLATFORM_FEAST_REPO"]
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +47,7 @@ def built(tmp_path_factory):
     """One lakehouse with labels, built once; tests work on copies of it."""
     work = tmp_path_factory.mktemp("feature-lake")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
-        mp.setenv("ML_PLATFORM_STORE_URL", (work / "lake").as_uri())
-        for name in PROFILE_VARIABLES:
-            mp.delenv(name, raising=False)
+        embedded_platform(mp, work)
         days = build_lake(instance, work, GENERATED)
         yield SimpleNamespace(lake=work / "lake", days=days, instance=instance)
 
@@ -57,11 +56,8 @@ def built(tmp_path_factory):
 def env(built, tmp_path, monkeypatch):
     """A private copy of the lake and of feature_repo/, selected through the environment."""
     shutil.copytree(built.lake, tmp_path / "lake")
-    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
-    repo = copy_feature_repo(tmp_path / "feature_repo")
-    monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(repo))
-    for name in (fs.YAML_ENV, "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
+    embedded_platform(monkeypatch, tmp_path)
+    repo = tmp_path / "feature_repo"
     return SimpleNamespace(
         store=LocalStore(tmp_path / "lake"), repo=repo, days=built.days, instance=built.instance
     )
@@ -84,19 +80,12 @@ def postgres_profile(monkeypatch, postgres, repo: Path, db: str) -> None:
     monkeypatch.setenv("ML_PLATFORM_FEAST_ONLINE_SCHEMA", "feast_online")
 
 
-def metadata(result: dg.ExecuteInProcessResult, key: str) -> dict:
-    [event] = [
-        e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]
-    ]  # fmt: skip
-    return {k: v.value for k, v in event.materialization.metadata.items()}
-
-
 def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
     return {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
 
 
 def gold(store, day: str) -> pd.DataFrame:
-    files = [o.key for o in store.list(f"{paths.GOLD_AGGREGATES}date={day}/")]
+    files = [o.key for o in store.list(paths.aggregates_day_prefix(day))]
     return pd.concat([pd.read_parquet(store.root / k) for k in files]).set_index("sensor_id")
 
 
@@ -113,9 +102,9 @@ def feature_refs() -> dict[str, str]:
 
 
 def run_feature_pipeline(instance, days: list[str]) -> None:
-    assert materialize_features(instance, selection=[feature_views]).success
-    result = materialize_features(
-        instance, selection=[online_features], tags={RANGE_START: days[0], RANGE_END: days[-1]}
+    assert materialize(instance, [feature_views]).success
+    result = materialize(
+        instance, [online_features], tags={RANGE_START: days[0], RANGE_END: days[-1]}
     )
     assert result.success and checks(result)["online_store_answers_for_every_sensor"]
 
@@ -142,9 +131,7 @@ def plant_future_row(days: list[str], write) -> tuple[str, float]:
 def assert_guarded(instance, monkeypatch, planted: float) -> None:
     """The planted value never reaches the training set, even when the join itself is wrong; with
     the guard bypassed too, the blocking leakage check fails the run."""
-    result = materialize_features(
-        instance, selection=[training_set], partition_key=WEEK, config=SMALL
-    )
+    result = materialize(instance, [training_set], partition_key=WEEK, config=SMALL)
     assert result.success, checks(result)
     assert checks(result) == {LEAKAGE_CHECK: True, SIZE_CHECK: True}
     frame = pd.read_parquet(metadata(result, "training_set")["training_set"])
@@ -155,9 +142,7 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
     # from the future, the set stays clean and is accepted, and the check warns about the join.
     late = pd.Timedelta(hours=2)
     monkeypatch.setattr(training, "join_times", lambda entities: entities["cutoff"] + late)
-    result = materialize_features(
-        instance, selection=[training_set], partition_key=WEEK, config=SMALL
-    )
+    result = materialize(instance, [training_set], partition_key=WEEK, config=SMALL)
     assert result.success
     evaluation = next(
         c for c in result.get_asset_check_evaluations() if c.check_name == LEAKAGE_CHECK
@@ -170,9 +155,7 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
     # Guard bypassed as well: the leak is there, the blocking check fails the run, and the set
     # is kept aside for inspection; the week's accepted set is untouched.
     monkeypatch.setattr(training, "guard", lambda frame, *a, **k: (frame, {}))
-    result = materialize_features(
-        instance, selection=[training_set], partition_key=WEEK, config=SMALL
-    )
+    result = materialize(instance, [training_set], partition_key=WEEK, config=SMALL)
     assert not result.success
     evaluation = next(
         c for c in result.get_asset_check_evaluations() if c.check_name == LEAKAGE_CHECK
@@ -198,7 +181,7 @@ def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
     registry = env.repo / "data" / "registry.db"
     before = registry.stat().st_mtime_ns
 
-    first = materialize_features(env.instance, selection=[feature_views])
+    first = materialize(env.instance, [feature_views])
     assert first.success and metadata(first, "feature_views")["applied"] is False
     assert registry.stat().st_mtime_ns == before
 
@@ -211,16 +194,11 @@ def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
         )
     )
     assert fs.definitions_version(env.repo) != version  # the asset's code version moves
-    changed = materialize_features(env.instance, selection=[feature_views])
+    changed = materialize(env.instance, [feature_views])
     meta = metadata(changed, "feature_views")
     assert meta["applied"] is True
     assert any("sensor_daily_stats" in c for c in meta["changes"])
-    assert (
-        metadata(materialize_features(env.instance, selection=[feature_views]), "feature_views")[
-            "applied"
-        ]
-        is False
-    )
+    assert metadata(materialize(env.instance, [feature_views]), "feature_views")["applied"] is False
     view = feature_store().get_feature_view(fs.DAILY_STATS_VIEW)
     assert "(edited)" in view.description
     assert all(f.description for f in view.features)
@@ -240,7 +218,7 @@ def test_the_code_version_follows_the_repository_definitions():
 def test_online_values_after_a_day_equal_that_days_aggregates(env):
     days = env.days
     last, older = days[-1], days[-4]
-    assert materialize_features(env.instance, selection=[feature_views]).success
+    assert materialize(env.instance, [feature_views]).success
     refs = feature_refs()
     features = list(refs)
 
@@ -254,20 +232,20 @@ def test_online_values_after_a_day_equal_that_days_aggregates(env):
             .set_index("sensor_id")[features]
         )
 
-    result = materialize_features(env.instance, selection=[online_features], partition_key=last)
+    result = materialize(env.instance, [online_features], partition_key=last)
     assert result.success and checks(result)["online_store_answers_for_every_sensor"]
     want = gold(env.store, last)[features]
     got = online(want.index.tolist())
     pd.testing.assert_frame_equal(got.astype(float), want.astype(float), check_names=False)
 
     # Backfilling an older day keeps the newer values online; re-running the day is idempotent.
-    result = materialize_features(env.instance, selection=[online_features], partition_key=older)
+    result = materialize(env.instance, [online_features], partition_key=older)
     assert result.success
     assert metadata(result, "online_features")["days"][older]["kept_newer_online"][
         fs.DAILY_STATS_VIEW
     ] == len(gold(env.store, older))
     pd.testing.assert_frame_equal(online(want.index.tolist()).astype(float), want.astype(float))
-    again = materialize_features(env.instance, selection=[online_features], partition_key=last)
+    again = materialize(env.instance, [online_features], partition_key=last)
     assert again.success
     pd.testing.assert_frame_equal(online(want.index.tolist()).astype(float), want.astype(float))
 
@@ -283,7 +261,7 @@ def test_parquet_stores_a_planted_future_value_never_reaches_the_training_set(
     assert feature_store().config.offline_store.type == offline_store
 
     def write(row, day):
-        row.to_parquet(env.store.root / f"{paths.GOLD_AGGREGATES}date={day}/planted.parquet")
+        row.to_parquet(env.store.root / paths.aggregates_day_prefix(day) / "planted.parquet")
 
     _, planted = plant_future_row(env.days, write)
     assert_guarded(env.instance, monkeypatch, planted)
@@ -315,9 +293,7 @@ def test_postgres_store_a_planted_future_value_never_reaches_the_training_set(
 
 def test_training_set_labels_manifest_and_size_check(env):
     run_feature_pipeline(env.instance, env.days)
-    result = materialize_features(
-        env.instance, selection=[training_set], partition_key=WEEK, config=SMALL
-    )
+    result = materialize(env.instance, [training_set], partition_key=WEEK, config=SMALL)
     assert result.success
     meta = metadata(result, "training_set")
     frame = pd.read_parquet(meta["training_set"])
@@ -339,7 +315,7 @@ def test_training_set_labels_manifest_and_size_check(env):
     assert frame[training.TARGET].sum() >= 1
 
     manifest = json.loads(env.store.read_bytes(paths.training_manifest_object(WEEK)))
-    fv = materialize_features(env.instance, selection=[feature_views])
+    fv = materialize(env.instance, [feature_views])
     assert manifest["registry_hash"] == metadata(fv, "feature_views")["registry_hash"]
     assert manifest["rows"] == len(frame)
     assert set(manifest["inputs"]["daily_aggregates"]) == set(env.days[:20])
@@ -356,9 +332,7 @@ def test_training_set_labels_manifest_and_size_check(env):
     assert manifest["features"][fs.DAILY_STATS_VIEW][0] == "rows"
 
     too_small = {"ops": {"training_set": {"config": {"min_rows": 10_000}}}}
-    failed = materialize_features(
-        env.instance, selection=[training_set], partition_key=WEEK, config=too_small
-    )
+    failed = materialize(env.instance, [training_set], partition_key=WEEK, config=too_small)
     assert not failed.success and checks(failed)[SIZE_CHECK] is False
     # The week's accepted set and manifest stay the ones that passed.
     assert "/rejected/" in metadata(failed, "training_set")["training_set"]
@@ -382,9 +356,9 @@ def test_s3_profile_reads_gold_parquet_through_the_endpoint_override(
         assert store.config.online_store.type == "postgres"
         source = store.get_feature_view(fs.DAILY_STATS_VIEW).batch_source
         assert source.path.startswith("s3://") and source.s3_endpoint_override
-        result = materialize_features(
+        result = materialize(
             instance,
-            selection=[training_set],
+            [training_set],
             partition_key="2024-01-08",
             config={"ops": {"training_set": {"config": {"min_rows": 20, "min_positives": 0}}}},
         )

@@ -39,7 +39,9 @@ def test_psi_grows_with_the_shift(shift, at_least):
     rng = np.random.default_rng(0)
     reference, current = rng.normal(0, 1, 20000), rng.normal(shift, 1, 20000)
     value = drift.psi(reference, current)
-    assert value >= at_least and (shift > 0 or value < 0.01)
+    assert value >= at_least
+    if shift == 0:
+        assert value < 0.01  # the same distribution is stable
 
 
 def test_missing_values_and_constant_references_are_handled():

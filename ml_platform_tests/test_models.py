@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ml_platform.defs.features.assets import feature_views, online_features
+from ml_platform.defs.features.assets import feature_views
 from ml_platform.defs.ingest.sensors import build_landing_sensor
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.ml.models import (
@@ -32,11 +32,18 @@ from ml_platform.defs.monitoring.assets import drift_retraining_sensor, feature_
 from ml_platform.defs.partitions import scoring_files
 from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources
-from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.generator import GeneratorConfig
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo, land_and_ingest
+from ml_platform_tests.feature_helpers import (
+    build_lake,
+    embedded_platform,
+    land_and_ingest,
+    metadata,
+    mlflow_client,
+    model_config,
+    run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,34 +54,13 @@ GENERATED = GeneratorConfig(
 WEEK, EARLIER_WEEK = "2024-03-04", "2024-02-26"  # label the days up to 03-09 / 03-02
 DAY = "2024-03-09"
 
-ALL = [
-    feature_drift,
-    feature_views,
-    online_features,
-    training_set,
-    failure_model,
-    champion_model,
-    sensor_clusters,
-    daily_predictions,
-    scored_files,
-]
-FAST = {"n_iter": 2, "cv_splits": 2, "holdout_days": 14}
-
-
-def model_config(**overrides) -> dict:
-    return {"ops": {"failure_model": {"config": {**FAST, **overrides}}}}
-
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """A lakehouse with labels, the Feast registry and two weeks of training sets, built once."""
     work = tmp_path_factory.mktemp("model-lake")
-    repo = copy_feature_repo(work / "feature_repo")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
-        mp.setenv("ML_PLATFORM_STORE_URL", (work / "lake").as_uri())
-        mp.setenv("ML_PLATFORM_FEAST_REPO", str(repo))
-        for name in (fs.YAML_ENV, "AWS_ENDPOINT_URL_S3", "MLFLOW_TRACKING_URI"):
-            mp.delenv(name, raising=False)
+        embedded_platform(mp, work)
         build_lake(instance, work, GENERATED)
         run(instance, [feature_views])
         for week in (EARLIER_WEEK, WEEK):
@@ -87,42 +73,15 @@ def env(built, tmp_path, monkeypatch):
     """Private copies of the lake and the Feast repo, and an empty MLflow store."""
     shutil.copytree(built.work / "lake", tmp_path / "lake")
     shutil.copytree(built.work / "feature_repo", tmp_path / "feature_repo")
-    monkeypatch.setenv("ML_PLATFORM_STORE_URL", (tmp_path / "lake").as_uri())
-    monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(tmp_path / "feature_repo"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("ML_PLATFORM_MLFLOW_ARTIFACTS", (tmp_path / "artifacts").as_uri())
+    embedded_platform(monkeypatch, tmp_path)
     return SimpleNamespace(
         store=LocalStore(tmp_path / "lake"), instance=built.instance, tmp=tmp_path
     )
 
 
-def run(instance, selection, *, partition_key=None, config=None, ok=True):
-    result = dg.materialize(
-        ALL,
-        selection=selection,
-        instance=instance,
-        resources=build_resources(),
-        partition_key=partition_key,
-        run_config=config,
-        raise_on_error=False,
-    )
-    if ok:
-        assert result.success, [e.message for e in result.all_events if e.is_failure]
-    return result
-
-
-def meta(result, key: str) -> dict:
-    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [key]]
-    return {k: v.value for k, v in events[-1].materialization.metadata.items()}
-
-
-def client():
-    return build_resources()["mlflow"].client()
-
-
 def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
     result = run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
-    m = meta(result, "failure_model")
+    m = metadata(result, "failure_model")
     assert m["holdout_f1"] >= 0.6, m
     assert m["holdout_f1"] >= m["baseline_f1"] + 0.3, m
     assert {c.check_name: c.passed for c in result.get_asset_check_evaluations()} == {
@@ -131,7 +90,7 @@ def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
         "failure_model_meets_f1_floor": True,
     }
 
-    mlflow = client()
+    mlflow = mlflow_client()
     run_data = mlflow.get_run(m["mlflow_run_id"])
     assert run_data.data.tags["dagster.run_id"] == result.run_id
     assert run_data.data.tags["dagster.partition"] == WEEK
@@ -184,24 +143,24 @@ def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
     weak = model_config(threshold=0.995, baseline_margin=-1.0, f1_floor=0.0)
     worse = model_config(threshold=0.99999, baseline_margin=-1.0, f1_floor=0.0)
     run(env.instance, [failure_model], partition_key=WEEK, config=weak)
-    first = meta(run(env.instance, [champion_model]), "champion_model")
+    first = metadata(run(env.instance, [champion_model]), "champion_model")
     assert (first["decision"], first["champion_version"]) == ("promoted", 1)
 
     run(env.instance, [failure_model], partition_key=WEEK, config=worse)
-    kept = meta(run(env.instance, [champion_model]), "champion_model")
+    kept = metadata(run(env.instance, [champion_model]), "champion_model")
     assert (kept["decision"], kept["champion_version"]) == ("kept", 1)
     assert kept["challenger_f1"] < kept["champion_f1"] + 0.01
 
     run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
-    better = meta(run(env.instance, [champion_model]), "champion_model")
+    better = metadata(run(env.instance, [champion_model]), "champion_model")
     assert (better["decision"], better["champion_version"]) == ("promoted", 3)
-    mlflow = client()
+    mlflow = mlflow_client()
     assert str(mlflow.get_model_version_by_alias(MODEL_NAME, "champion").version) == "3"
     assert str(mlflow.get_model_version_by_alias(MODEL_NAME, "previous_champion").version) == "1"
 
     # A rollback by run config: pinned version 1 becomes champion again.
     pinned = {"ops": {"champion_model": {"config": {"pin_version": 1}}}}
-    rolled = meta(run(env.instance, [champion_model], config=pinned), "champion_model")
+    rolled = metadata(run(env.instance, [champion_model], config=pinned), "champion_model")
     assert (rolled["decision"], rolled["champion_version"]) == ("promoted", 1)
 
     ledger = json.loads(env.store.read_bytes(paths.promotion_ledger_object(MODEL_NAME)))
@@ -216,24 +175,32 @@ def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
     assert "kept" in better["ledger"]  # the ledger table shown in the UI
 
 
-def test_a_challenger_that_fails_its_checks_is_never_promoted(env):
+def test_a_challenger_that_fails_its_checks_is_promoted_only_when_forced(env):
     failing = model_config(f1_floor=1.01)  # unreachable: the blocking check fails
     result = run(env.instance, [failure_model], partition_key=WEEK, config=failing, ok=False)
     assert not result.success
-    decision = meta(run(env.instance, [champion_model]), "champion_model")
+    decision = metadata(run(env.instance, [champion_model]), "champion_model")
     assert decision["decision"] == "kept" and "quality checks" in decision["reason"]
     assert decision["champion_version"] == -1
+    # A person who knows better can force it, and the ledger says so.
+    forced = {"ops": {"champion_model": {"config": {"force": True}}}}
+    decision = metadata(run(env.instance, [champion_model], config=forced), "champion_model")
+    assert (decision["decision"], decision["champion_version"]) == ("promoted", 1)
+    assert decision["reason"] == "forced by run config"
+    assert str(mlflow_client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    ledger = json.loads(env.store.read_bytes(paths.promotion_ledger_object(MODEL_NAME)))
+    assert [e["decision"] for e in ledger] == ["kept", "promoted"]
 
 
 def test_clusters_warm_start_from_the_previous_version(env):
-    first = meta(
+    first = metadata(
         run(env.instance, [sensor_clusters], partition_key=EARLIER_WEEK), "sensor_clusters"
     )
-    second = meta(run(env.instance, [sensor_clusters], partition_key=WEEK), "sensor_clusters")
+    second = metadata(run(env.instance, [sensor_clusters], partition_key=WEEK), "sensor_clusters")
     assert first["warm_start_from"] == "cold start" and second["warm_start_from"] == "1"
     assert min(second["cluster_sizes"]) > 0 and second["silhouette"] > 0.05
     # The second model started from exactly the first one's centres (mapped into its scale).
-    mlflow, ml = client(), build_resources()["mlflow"].mlflow()
+    mlflow, ml = mlflow_client(), build_resources()["mlflow"].mlflow()
     v1 = ml.sklearn.load_model(f"models:/{CLUSTER_MODEL}/1")
     v2 = ml.sklearn.load_model(f"models:/{CLUSTER_MODEL}/2")
     logged = ml.artifacts.load_dict(
@@ -257,7 +224,9 @@ def test_daily_predictions_for_every_sensor_with_the_champions_version(env):
     assert (frame["model_version"] == "1").all() and (frame["model_name"] == MODEL_NAME).all()
     assert frame["failure_probability"].between(0, 1).all() and frame["features_found"].all()
     assert frame["cluster"].notna().all() and (frame["date"] == DAY).all()
-    assert frame["model_run_id"].iloc[0] == client().get_model_version(MODEL_NAME, "1").run_id
+    assert (
+        frame["model_run_id"].iloc[0] == mlflow_client().get_model_version(MODEL_NAME, "1").run_id
+    )
     csv = pd.read_csv(env.store.root / paths.predictions_object(DAY, "csv"))
     assert len(csv) == len(frame)
     assert all(c.passed for c in result.get_asset_check_evaluations())
@@ -298,7 +267,7 @@ def test_a_scoring_request_becomes_one_scored_file_and_a_bad_one_is_quarantined(
     scored = pd.read_csv(store.root / paths.scored_object("requests/today.csv"))
     assert list(scored["sensor_id"]) == ["sensor-001", "sensor-002"]
     assert scored["failure_probability"].between(0, 1).all()
-    assert meta(ok, "scored_files")["rows"] == 2
+    assert metadata(ok, "scored_files")["rows"] == 2
     assert [o.key for o in store.list("results/scored/")] == [
         paths.scored_object("requests/today.csv")
     ]
@@ -338,8 +307,8 @@ def test_mlflow_on_postgresql_with_artifacts_on_the_s3_api(
     ]  # fmt: skip
     assert any(k.endswith("/MLmodel") for k in keys)
     assert any(k.endswith("plots/roc_curve.png") for k in keys)
-    assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
-    assert meta(result, "failure_model")["model_version"] == "1"
+    assert str(mlflow_client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+    assert metadata(result, "failure_model")["model_version"] == "1"
 
 
 def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifacts(
@@ -407,11 +376,15 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
         with dg.instance_for_test() as instance:
             result = run(instance, [failure_model], partition_key=WEEK, config=model_config())
             run(instance, [champion_model])
-        m = meta(result, "failure_model")
+        m = metadata(result, "failure_model")
         assert m["mlflow_run"].startswith(f"http://127.0.0.1:{port}/#/experiments/")
-        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
+        keys = [
+            o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
+        ]
         assert any(k.endswith("/MLmodel") for k in keys)
-        assert str(client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+        assert (
+            str(mlflow_client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
+        )
     finally:
         stop_process_group(server)
 
@@ -419,7 +392,7 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
 def test_a_drifting_measurement_closes_the_drift_gate_and_requests_one_retraining(env):
     run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
     run(env.instance, [champion_model])
-    stable = meta(run(env.instance, [feature_drift], partition_key=DAY), "feature_drift")
+    stable = metadata(run(env.instance, [feature_drift], partition_key=DAY), "feature_drift")
     assert (stable["level"], stable["gate"]) == ("ok", "open"), stable
 
     # Vibration read three times too high for the whole week up to DAY.
@@ -431,7 +404,7 @@ def test_a_drifting_measurement_closes_the_drift_gate_and_requests_one_retrainin
                 gold[column] = gold[column] * 3
         gold.to_parquet(path, index=False)
     result = run(env.instance, [feature_drift], partition_key=DAY, ok=False)
-    drifted = meta(result, "feature_drift")
+    drifted = metadata(result, "feature_drift")
     assert not result.success  # the blocking check failed
     assert (drifted["level"], drifted["gate"]) == ("fail", "closed")
     assert drifted["top_feature"].startswith("vibration_"), drifted["ranked"]
@@ -476,13 +449,9 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
     run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
     run(env.instance, [champion_model])
     run(env.instance, [daily_predictions], partition_key=DAY)
-    assets = [*ALL, label_queue, live_performance]
 
     def materialize(asset):
-        result = dg.materialize(assets, selection=[asset], instance=env.instance,
-                                resources=build_resources(), partition_key=DAY)  # fmt: skip
-        assert result.success
-        return meta(result, asset.key.path[-1])
+        return metadata(run(env.instance, [asset], partition_key=DAY), asset.key.path[-1])
 
     queue_meta = materialize(label_queue)
     queue = pd.read_csv(env.store.root / paths.label_queue_object(DAY))

@@ -15,10 +15,14 @@ from hypothesis import HealthCheck, given, settings
 from ml_platform.defs.features.assets import feature_views, online_features
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.ml.models import MODEL_NAME, champion_model, failure_model
-from ml_platform.lib import feature_store as fs
 from ml_platform.lib.generator import GeneratorConfig
-from ml_platform_tests.feature_helpers import build_lake, copy_feature_repo
-from ml_platform_tests.test_models import client, model_config, run
+from ml_platform_tests.feature_helpers import (
+    build_lake,
+    embedded_platform,
+    mlflow_client,
+    model_config,
+    run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -34,12 +38,7 @@ def platform(tmp_path_factory):
     """A lake, Feast registry and online store, and failure_model version 1 as champion."""
     work = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
-        mp.setenv("ML_PLATFORM_STORE_URL", (work / "lake").as_uri())
-        mp.setenv("ML_PLATFORM_FEAST_REPO", str(copy_feature_repo(work / "feature_repo")))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-        mp.setenv("ML_PLATFORM_MLFLOW_ARTIFACTS", (work / "artifacts").as_uri())
-        for name in (fs.YAML_ENV, "AWS_ENDPOINT_URL_S3", "ML_PLATFORM_API_KEY"):
-            mp.delenv(name, raising=False)
+        embedded_platform(mp, work)
         build_lake(instance, work, GENERATED)
         run(instance, [feature_views])
         run(instance, [online_features], partition_key=DAY)
@@ -194,14 +193,14 @@ def test_moving_the_alias_swaps_the_model_without_a_failed_request(platform):
         worker = threading.Thread(target=stream)
         worker.start()
         time.sleep(1.0)
-        client().set_registered_model_alias(MODEL_NAME, "champion", "2")
+        mlflow_client().set_registered_model_alias(MODEL_NAME, "champion", "2")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and (not versions or versions[-1] != "2"):
             time.sleep(0.1)
         time.sleep(0.5)
         done.set()
         worker.join(30)
-    client().set_registered_model_alias(MODEL_NAME, "champion", "1")
+    mlflow_client().set_registered_model_alias(MODEL_NAME, "champion", "1")
     assert not failures
     changes = [b for a, b in zip(versions, versions[1:], strict=False) if a != b]
     assert versions[0] == "1" and versions[-1] == "2" and changes == ["2"], versions

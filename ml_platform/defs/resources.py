@@ -17,17 +17,12 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ml_platform.lib import feature_store as fs
+from ml_platform.lib import paths
 from ml_platform.lib.contract import Contract, load_contract
 from ml_platform.lib.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-
-
-def project_root() -> Path:
-    """The source checkout when running from one (``make dev``), else the working directory."""
-    here = Path(__file__).resolve().parents[2]
-    return here if (here / "pyproject.toml").is_file() else Path.cwd()
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -78,8 +73,7 @@ class FeastResource(dg.ConfigurableResource):
     _store: Any = PrivateAttr(default=None)
 
     def profile(self) -> fs.Profile:
-        env = {**os.environ, fs.YAML_ENV: self.yaml_path} if self.yaml_path else {}
-        return fs.active_profile(Path(self.repo_path), env)
+        return fs.active_profile(Path(self.repo_path), {fs.YAML_ENV: self.yaml_path})
 
     def store(self) -> FeatureStore:
         if self._store is None:
@@ -135,6 +129,15 @@ class MLflowResource(dg.ConfigurableResource):
         location = f"{self.artifact_root.rstrip('/')}/{name}" if self.artifact_root else None
         return mlflow.create_experiment(name, artifact_location=location)
 
+    def alias_version(self, name: str, alias: str):
+        """The version ``alias`` points at, or None (no such model or alias yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
     def run_url(self, experiment_id: str, run_id: str) -> str:
         if self.tracking_uri.startswith("http"):
             return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
@@ -169,7 +172,7 @@ def _env_or_none(name: str, env: Mapping[str, str]) -> dg.EnvVar | None:
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
     """The only place that branches on the environment: embedded defaults or deployed services."""
     env = os.environ if env is None else env
-    store_url = env.get("ML_PLATFORM_STORE_URL") or (project_root() / ".lake").as_uri()
+    store_url = env.get("ML_PLATFORM_STORE_URL") or paths.default_store_url()
     lake = LakeResource(
         url=dg.EnvVar("ML_PLATFORM_STORE_URL") if env.get("ML_PLATFORM_STORE_URL") else store_url,
         endpoint_url=_env_or_none("AWS_ENDPOINT_URL_S3", env),
@@ -186,7 +189,7 @@ def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.Config
         repo_path=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
         yaml_path=env.get(fs.YAML_ENV, ""),
     )
-    local = project_root() / ".mlflow"
+    local = paths.project_root() / ".mlflow"
     mlflow = MLflowResource(
         tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local / 'mlflow.db'}",
         artifact_root=env.get("ML_PLATFORM_MLFLOW_ARTIFACTS")

@@ -10,9 +10,12 @@ so a small current window does not raise alarms from sampling noise alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas is imported where it is used: the code location imports Thresholds
+    import pandas as pd
 
 EPSILON = 1e-4  # floor on bin shares, so an empty bin does not make PSI infinite
 
@@ -60,6 +63,7 @@ def psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
 
 def adversarial_auc(reference: pd.DataFrame, current: pd.DataFrame, seed: int = 0) -> float:
     """Cross-validated ROC AUC of a classifier separating current rows from reference rows."""
+    import pandas as pd
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
@@ -83,6 +87,7 @@ def compare(
     thresholds: Thresholds = Thresholds(),
     seed: int = 0,
 ) -> DriftReport:
+    import pandas as pd
     from scipy.stats import ks_2samp
 
     rows = []

@@ -123,9 +123,8 @@ def feature_names(columns: Sequence[Column]) -> dict[str, list[str]]:
 
 
 def default_repo_path() -> Path:
-    """``feature_repo/`` of the source checkout, else of the working directory."""
-    here = Path(__file__).resolve().parents[2] / "feature_repo"
-    return here if here.is_dir() else Path.cwd() / "feature_repo"
+    """``feature_repo/`` of the project."""
+    return paths.project_root() / "feature_repo"
 
 
 @dataclass(frozen=True)
@@ -186,13 +185,6 @@ def contract_path(env: Mapping[str, str] | None = None) -> str | None:
     return env.get("ML_PLATFORM_CONTRACT") or None
 
 
-def default_store_url() -> str:
-    """The embedded object store: ``.lake/`` of the source checkout (else the working directory)."""
-    root = Path(__file__).resolve().parents[2]
-    root = root if (root / "pyproject.toml").is_file() else Path.cwd()
-    return (root / ".lake").as_uri()
-
-
 @dataclass(frozen=True)
 class GoldLocation:
     path: str  # local folder or s3:// URL of lake/gold/daily_aggregates/
@@ -207,7 +199,7 @@ class GoldLocation:
 def gold_location(env: Mapping[str, str] | None = None) -> GoldLocation:
     """Where Feast's file offline store reads the gold zone: same store as the platform's."""
     env = os.environ if env is None else env
-    url = env.get("ML_PLATFORM_STORE_URL") or default_store_url()
+    url = env.get("ML_PLATFORM_STORE_URL") or paths.default_store_url()
     parsed = urlparse(url)
     if parsed.scheme == "s3":
         prefix = parsed.path.strip("/")
@@ -223,22 +215,18 @@ def definitions_version(
     """A hash of what the feature definitions are made of: the repo's Python files and profiles,
     the readings contract the features are generated from, and which profile is active (a new
     profile is a new registry to apply to). Cheap: a few small files."""
-    import hashlib
     from importlib import resources
 
-    digest = hashlib.sha256()
+    from ml_platform.lib.versions import files_version
+
     repo = Path(repo_path)
     files = sorted(
         p
         for p in [*repo.glob("*.py"), *repo.glob("*.yaml"), *repo.glob("profiles/*.yaml")]
         if p.is_file()
     )
-    digest.update(str(profile or "").encode())
     bundled = resources.files("ml_platform") / "contracts" / "readings.yaml"
-    for file in [*files, Path(contract) if contract else bundled]:
-        digest.update(file.name.encode())
-        digest.update(file.read_bytes())
-    return digest.hexdigest()[:16]
+    return files_version(*files, Path(contract) if contract else bundled, salt=str(profile or ""))
 
 
 def load_repo_contents(repo_path: Path, project: str):
@@ -340,3 +328,84 @@ def publish_offline_day(profile: Profile, day: str, rows) -> int:
     finally:
         engine.dispose()
     return len(rows)
+
+
+def service_features(service) -> list[str]:
+    """Feature names a Feast feature service serves, in its order."""
+    return [f.name for projection in service.feature_view_projections for f in projection.features]
+
+
+def features_at(feature_store, entities, service: str = FEATURE_SERVICE):
+    """Point-in-time feature values of the feature service for each entity row (``sensor_id``,
+    ``event_timestamp``), aligned with ``entities``' rows; missing values where the store has
+    none. Feast's file store drops and reorders entity rows (STACK_NOTES §5), so rows are
+    matched back by position, never by order."""
+    import pandas as pd
+
+    served = feature_store.get_feature_service(service)
+    asked = pd.DataFrame(
+        {
+            "sensor_id": entities["sensor_id"].astype(str).to_numpy(),
+            "event_timestamp": pd.to_datetime(entities["event_timestamp"], utc=True).array,
+            "_row": range(len(entities)),
+        }
+    )
+    got = feature_store.get_historical_features(entity_df=asked, features=served).to_df()
+    names = service_features(served)
+    aligned = asked[["_row"]].merge(got[["_row", *names]], on="_row", how="left")
+    return aligned.sort_values("_row").drop(columns="_row").set_axis(entities.index)
+
+
+def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) -> list:
+    """Event time (epoch seconds) of each sensor's row in the online store, None if it has none.
+
+    Judged by the timestamp, not the value: a stored row may hold a missing value (a trailing
+    feature after a week of silence) and is still newer data.
+    """
+    got = feature_store.get_online_features(
+        features=[f"{view}:{feature}"], entity_rows=[{"sensor_id": s} for s in sensors]
+    ).to_dict(include_event_timestamps=True)
+    return [ts if ts else None for ts in got[f"{feature}__ts"]]
+
+
+def publish_online_day(feature_store, rows, names: dict[str, list[str]]) -> dict:
+    """Write one day's gold ``rows`` to the online store, view by view, through Feast's online
+    write path, skipping sensors whose online row is already newer (a backfill never regresses
+    what is served), then read the values back.
+
+    Returns what was written and kept, how many sensors the store does not answer for, and how
+    many just-written rows read back differently.
+    """
+    import pandas as pd
+
+    rows = rows.assign(sensor_id=rows["sensor_id"].astype(str))
+    sensors = rows["sensor_id"].tolist()
+    row_seconds = rows["event_timestamp"].map(lambda t: int(t.timestamp()))
+    written, kept_newer = {}, {}
+    for view in VIEWS:
+        online = pd.Series(_online_seconds(feature_store, view, names[view][0], sensors))
+        fresh = (online.isna() | (online <= row_seconds)).to_numpy()
+        batch = rows.loc[fresh, ["sensor_id", "event_timestamp", "created_timestamp", *names[view]]]
+        if len(batch):
+            feature_store.write_to_online_store(view, batch)
+        written[view] = batch["sensor_id"].tolist()
+        kept_newer[view] = int((~fresh).sum())
+    stats = names[DAILY_STATS_VIEW]
+    answer = (
+        feature_store.get_online_features(
+            features=[f"{DAILY_STATS_VIEW}:{n}" for n in stats],
+            entity_rows=[{"sensor_id": s} for s in sensors],
+        )
+        .to_df()
+        .set_index("sensor_id")
+    )
+    just_written = written[DAILY_STATS_VIEW]
+    got = answer.loc[just_written, stats].astype("float64")
+    want = rows.set_index("sensor_id").loc[just_written, stats].astype("float64")
+    differ = ~((got == want) | (got.isna() & want.isna())).all(axis=1)
+    return {
+        "written": {view: len(w) for view, w in written.items()},
+        "kept_newer_online": kept_newer,
+        "sensors_without_answer": int(answer[stats].isna().all(axis=1).sum()),
+        "values_not_as_written": int(differ.sum()),
+    }

@@ -155,6 +155,10 @@ def baseline(train: pd.DataFrame, features: list[str], seed: int = 0):
     )
 
 
+#: What :func:`evaluate` measures.
+METRICS = ("f1", "precision", "recall", "accuracy", "roc_auc", "pr_auc")
+
+
 def evaluate(model, frame: pd.DataFrame, features: list[str], threshold: float = 0.5) -> dict:
     """Holdout metrics of ``model``; probabilities of the positive class at ``threshold``."""
     from sklearn.metrics import (

@@ -8,7 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+from pathlib import Path
 from urllib.parse import unquote
+
+
+def project_root() -> Path:
+    """The source checkout when running from one (``make dev``), else the working directory
+    (the Docker image runs from /opt/dagster/app, where feature_repo/ is copied)."""
+    here = Path(__file__).resolve().parents[2]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd()
+
+
+def default_store_url() -> str:
+    """The embedded object store: ``.lake/`` of the project."""
+    return (project_root() / ".lake").as_uri()
+
 
 QUARANTINE = "landing/quarantine/"
 BRONZE = "lake/bronze/"
@@ -75,6 +89,12 @@ def bronze_day_prefix(dataset: str, day: str) -> str:
     return f"{BRONZE}{dataset}/date={day}/"
 
 
+def bronze_day(key: str) -> str | None:
+    """The day of a bronze part (``.../date=YYYY-MM-DD/file=...parquet``), None for other keys."""
+    match = re.search(r"/date=(\d{4}-\d{2}-\d{2})/[^/]+\.parquet$", key)
+    return match.group(1) if match else None
+
+
 def bronze_part(dataset: str, day: str, file_identifier: str) -> str:
     """``lake/bronze/<dataset>/date=YYYY-MM-DD/file=<file_id>.parquet``: one upload's rows of one day."""
     return f"{bronze_day_prefix(dataset, day)}file={file_identifier}.parquet"
@@ -108,9 +128,13 @@ def chunk_object(day: str, sensor_file: str) -> str:
     return f"{chunks_day_prefix(day)}{sensor_file}.parquet"
 
 
+def aggregates_day_prefix(day: str) -> str:
+    return f"{GOLD_AGGREGATES}date={day}/"
+
+
 def aggregates_object(day: str) -> str:
     """``lake/gold/daily_aggregates/date=D/aggregates.parquet``: one row per sensor of one day."""
-    return f"{GOLD_AGGREGATES}date={day}/aggregates.parquet"
+    return f"{aggregates_day_prefix(day)}aggregates.parquet"
 
 
 ML = "lake/ml/"

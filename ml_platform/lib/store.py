@@ -326,3 +326,31 @@ def open_store(url: str, **client_options: str | None) -> ObjectStore:
     if parsed.scheme == "":
         return LocalStore(Path(url))
     raise ValueError(f"unsupported store URL {url!r}: use file://, a folder path or s3://")
+
+
+def read_frame(store: ObjectStore, keys: list[str]) -> Any:
+    """The Parquet objects ``keys`` as one pandas DataFrame, in key order (empty for no keys)."""
+    import pandas as pd
+
+    if not keys:
+        return pd.DataFrame()
+    with tempfile.TemporaryDirectory(prefix="read-") as tmp:
+        files = store.fetch(keys, Path(tmp))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def read_prefixes(store: ObjectStore, prefixes: list[str]) -> Any:
+    """Every Parquet object under ``prefixes`` (e.g. day folders) as one DataFrame."""
+    keys = [o.key for p in prefixes for o in store.list(p) if o.key.endswith(".parquet")]
+    return read_frame(store, keys)
+
+
+def write_frame(store: ObjectStore, frame: Any, key: str, **csv_options: Any) -> None:
+    """``frame`` as one object at ``key``: CSV when the key ends in ``.csv``, else Parquet."""
+    with tempfile.TemporaryDirectory(prefix="write-") as tmp:
+        local = Path(tmp, key.rsplit("/", 1)[-1])
+        if key.endswith(".csv"):
+            frame.to_csv(local, index=False, **csv_options)
+        else:
+            frame.to_parquet(local, index=False)
+        store.put_file(local, key, move=True)

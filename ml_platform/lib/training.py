@@ -11,7 +11,7 @@ cut-off. Features must come from rows whose event timestamp is at or before the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 
@@ -43,6 +43,18 @@ def sensor_days(rows: pd.DataFrame, first_day: date, last_day: date) -> pd.DataF
     ).as_unit("us")
     picked.insert(0, "label_id", range(len(picked)))
     return picked[KEYS]
+
+
+def failure_events(labels: pd.DataFrame, until: datetime | None = None) -> pd.DataFrame:
+    """``sensor_id`` and ``timestamp`` (UTC) of the failures (``failure == 1``) in bronze label
+    rows, before ``until`` when given."""
+    if labels.empty:
+        return pd.DataFrame({"sensor_id": [], "timestamp": pd.to_datetime([], utc=True)})
+    events = labels.assign(timestamp=utc(labels["timestamp"]))
+    keep = events["failure"] == 1
+    if until is not None:
+        keep &= events["timestamp"] < until
+    return events.loc[keep, ["sensor_id", "timestamp"]].reset_index(drop=True)
 
 
 def add_target(entities: pd.DataFrame, failures: pd.DataFrame, horizon: timedelta) -> pd.DataFrame:

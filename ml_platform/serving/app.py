@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -82,7 +83,7 @@ class ModelHolder:
         self.available_features: set[str] | None = None  # what the feature service serves
         self.current: ServedModel | None = None
         self.last_error: str | None = None
-        self.also_refresh: list = []  # more work for the watcher thread (the Feast registry)
+        self.on_tick: Callable[[], Any] | None = None  # more work for the watcher thread
         self._stop = threading.Event()
 
     def refresh(self) -> bool:
@@ -116,8 +117,8 @@ class ModelHolder:
         def loop() -> None:
             while not self._stop.wait(interval_s):
                 try:
-                    for extra in self.also_refresh:
-                        extra()
+                    if self.on_tick:
+                        self.on_tick()
                     self.refresh()
                     self.last_error = None
                 except Exception as exc:  # keep serving the loaded model; /ready reports it
@@ -256,16 +257,13 @@ def _online_matrix(store, service, features: list[str], sensors: list[str]) -> n
     ).T
 
 
-def _as_of_matrix(store, service, features, sensors, as_of: datetime) -> np.ndarray:
+def _as_of_matrix(store, features, sensors, as_of: datetime) -> np.ndarray:
+    """The features known at ``as_of`` (point in time, offline store), in the model's order."""
     import pandas as pd
 
     at = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
-    asked = pd.DataFrame(
-        {"sensor_id": sensors, "event_timestamp": pd.Timestamp(at).tz_convert("UTC").as_unit("us")}
-    )
-    frame = store.get_historical_features(entity_df=asked, features=service).to_df()
-    frame = frame.set_index("sensor_id").reindex(sensors)
-    return frame.reindex(columns=features).astype("float64").to_numpy()
+    asked = pd.DataFrame({"sensor_id": sensors, "event_timestamp": at})
+    return fs.features_at(store, asked)[features].astype("float64").to_numpy()
 
 
 def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
@@ -289,14 +287,12 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         state["store"] = store = resources["feast"].store()
         state["service"] = service = store.get_feature_service(fs.FEATURE_SERVICE)
-        holder.available_features = {
-            f.name for p in service.feature_view_projections for f in p.features
-        }
+        holder.available_features = set(fs.service_features(service))
         # A registry cache that expires is refreshed inside whichever request comes next (tens
         # of ms on the event loop); here it never expires and the watcher refreshes it instead.
         if hasattr(store.registry, "cached_registry_proto_ttl"):
             store.registry.cached_registry_proto_ttl = timedelta(0)
-            holder.also_refresh.append(store.refresh_registry)
+            holder.on_tick = store.refresh_registry
         try:
             holder.refresh()
         except Exception as exc:  # start anyway: /ready says why, the watcher retries
@@ -402,7 +398,7 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
             x = _online_matrix(state["store"], state["service"], served.features, sensors)
         else:  # a point-in-time query of the offline store: off the event loop
             x = await run_in_threadpool(
-                _as_of_matrix, state["store"], state["service"], served.features, sensors,
+                _as_of_matrix, state["store"], served.features, sensors,
                 body.as_of,
             )  # fmt: skip
         unknown = [s for s, row in zip(sensors, x, strict=True) if np.isnan(row).all()]

@@ -1,6 +1,5 @@
 """``feature_views`` (Feast apply) and ``online_features[day]`` (one day into the online store)."""
 
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +12,7 @@ from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource, settings
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
+from ml_platform.lib.store import read_prefixes
 from ml_platform.lib.tables import markdown_table
 
 _settings = settings()
@@ -101,29 +101,6 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
     )
 
 
-def _day_rows(store, day: str, tmp: Path):
-    """Every gold file of the day (normally one) as a DataFrame, or None when there is none."""
-    import pandas as pd
-
-    keys = [o.key for o in store.list(f"{paths.GOLD_AGGREGATES}date={day}/")]
-    if not keys:
-        return None
-    files = store.fetch(keys, tmp / day)
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
-
-
-def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) -> list:
-    """Event time (epoch seconds) of each sensor's row in the online store, None if it has none.
-
-    Judged by the timestamp, not the value: a stored row may hold a missing value (a trailing
-    feature after a week of silence) and is still newer data.
-    """
-    got = feature_store.get_online_features(
-        features=[f"{view}:{feature}"], entity_rows=[{"sensor_id": s} for s in sensors]
-    ).to_dict(include_event_timestamps=True)
-    return [ts if ts else None for ts in got[f"{feature}__ts"]]
-
-
 @dg.asset(
     partitions_def=daily,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -173,8 +150,6 @@ def online_features(
     day never replaces a newer value already online. With the PostgreSQL offline store, the day's
     rows are first published to its table (replacing that day), so training sees them too.
     """
-    import pandas as pd
-
     from ml_platform.lib.training import completeness
 
     started = time.perf_counter()
@@ -184,59 +159,24 @@ def online_features(
     failing: list[str] = []
     sparse: dict[str, list[str]] = {view: [] for view in fs.VIEWS}
     preview: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="online-") as tmp:
-        for day in sorted(context.partition_keys):
-            rows = _day_rows(store, day, Path(tmp))
-            if rows is None:
-                per_day[day] = {"sensors": 0}
-                context.log.warning(f"{day}: no gold rows; nothing written")
-                continue
-            rows["sensor_id"] = rows["sensor_id"].astype(str)
-            if profile.offline_type == "postgres":
-                fs.publish_offline_day(profile, day, rows)
-            sensors = rows["sensor_id"].tolist()
-            row_seconds = rows["event_timestamp"].map(lambda t: int(t.timestamp()))
-            written, kept_newer = {}, {}
-            for view in fs.VIEWS:
-                online = pd.Series(_online_seconds(feature_store, view, names[view][0], sensors))
-                fresh = (online.isna() | (online <= row_seconds)).to_numpy()
-                batch = rows.loc[
-                    fresh, ["sensor_id", "event_timestamp", "created_timestamp", *names[view]]
-                ]
-                if len(batch):
-                    feature_store.write_to_online_store(view, batch)
-                written[view] = batch["sensor_id"].tolist()
-                kept_newer[view] = int((~fresh).sum())
-                share = completeness(rows, names[view])
-                if share < COMPLETENESS_WARN_BELOW:
-                    sparse[view].append(f"{day}: {share:.1%}")
-            # Read back what the online store now answers, sensor by sensor.
-            features = [f"{v}:{n}" for v in fs.VIEWS for n in names[v]]
-            answer = (
-                feature_store.get_online_features(
-                    features=features, entity_rows=[{"sensor_id": s} for s in sensors]
-                )
-                .to_df()
-                .set_index("sensor_id")
-            )
-            stats = names[fs.DAILY_STATS_VIEW]
-            unanswered = answer[stats].isna().all(axis=1)
-            just_written = written[fs.DAILY_STATS_VIEW]
-            got = answer.loc[just_written, stats].astype("float64")
-            want = rows.set_index("sensor_id").loc[just_written, stats].astype("float64")
-            differ = ~((got == want) | (got.isna() & want.isna())).all(axis=1)
-            if unanswered.any() or differ.any():
-                failing.append(day)
-            per_day[day] = {
-                "sensors": len(sensors),
-                "written": {view: len(w) for view, w in written.items()},
-                "kept_newer_online": kept_newer,
-                "sensors_without_answer": int(unanswered.sum()),
-                "values_not_as_written": int(differ.sum()),
-            }
-            if not preview:
-                preview = answer.head(5)[stats[:6]].reset_index().to_dict("records")
-            context.log.info(f"{day}: {per_day[day]}")
+    for day in sorted(context.partition_keys):
+        rows = read_prefixes(store, [paths.aggregates_day_prefix(day)])
+        if rows.empty:
+            per_day[day] = {"sensors": 0}
+            context.log.warning(f"{day}: no gold rows; nothing written")
+            continue
+        if profile.offline_type == "postgres":
+            fs.publish_offline_day(profile, day, rows)
+        report = fs.publish_online_day(feature_store, rows, names)
+        per_day[day] = {"sensors": len(rows), **report}
+        if report["sensors_without_answer"] or report["values_not_as_written"]:
+            failing.append(day)
+        for view in fs.VIEWS:
+            share = completeness(rows, names[view])
+            if share < COMPLETENESS_WARN_BELOW:
+                sparse[view].append(f"{day}: {share:.1%}")
+        preview = rows.head(5)[["sensor_id", *names[fs.DAILY_STATS_VIEW][:5]]].to_dict("records")
+        context.log.info(f"{day}: {per_day[day]}")
     return dg.MaterializeResult(
         metadata={
             "days": dg.MetadataValue.json(per_day),

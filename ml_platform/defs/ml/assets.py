@@ -1,7 +1,6 @@
 """``training_set[week]``: label events joined point-in-time to the features known at each cut-off."""
 
 import json
-import tempfile
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
+from ml_platform.lib.store import read_frame, write_frame
 from ml_platform.lib.tables import markdown_table
 from ml_platform.lib.versions import files_version
 
@@ -60,23 +60,14 @@ def _latest_versions(
         cursor = page.cursor
 
 
-def _failures(store, until: datetime, tmp: Path):
-    """Failure events (``failure == 1``) of the labels zone that happened before ``until``."""
-    import pandas as pd
-
-    from ml_platform.lib import training
-
-    keys = [
+def _label_keys(store, until: datetime) -> list[str]:
+    """Bronze label parts of the days up to ``until``."""
+    last = until.date().isoformat()
+    return [
         o.key
         for o in store.list(f"{paths.BRONZE}labels/")
-        if o.key.endswith(".parquet") and o.key.split("date=")[1][:10] <= until.date().isoformat()
+        if (day := paths.bronze_day(o.key)) and day <= last
     ]
-    if not keys:
-        return pd.DataFrame({"sensor_id": [], "timestamp": pd.to_datetime([], utc=True)}), 0
-    frame = pd.concat([pd.read_parquet(f) for f in store.fetch(keys, tmp)], ignore_index=True)
-    frame["timestamp"] = training.utc(frame["timestamp"])
-    frame = frame[(frame["failure"] == 1) & (frame["timestamp"] < until)]
-    return frame[["sensor_id", "timestamp"]], len(keys)
 
 
 def _offline_rows(feature_store, names: dict[str, list[str]], start: datetime, end: datetime):
@@ -162,58 +153,50 @@ def training_set(
     first_day = last_day - timedelta(days=config.lookback_days - 1)
     store, feature_store = lake.store(), feast.store()
     names = fs.feature_names(ingest.contract("readings").columns)
-    every_feature = [n for view in fs.VIEWS for n in names[view]]
 
-    with tempfile.TemporaryDirectory(prefix="training-") as tmp:
-        failures, label_parts = _failures(store, week_end, Path(tmp, "labels"))
-        oldest = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(
-            days=max(fs.TTL_DAYS.values())
+    label_keys = _label_keys(store, week_end)
+    failures = training.failure_events(read_frame(store, label_keys), until=week_end)
+    oldest = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(
+        days=max(fs.TTL_DAYS.values())
+    )
+    candidates = _offline_rows(feature_store, names, oldest, week_end)
+    entities = training.add_target(
+        training.sensor_days(candidates, first_day, last_day), failures, horizon
+    )
+    joined_at = time.perf_counter()
+    frame = entities.join(
+        fs.features_at(
+            feature_store,
+            entities[["sensor_id"]].assign(event_timestamp=training.join_times(entities)),
         )
-        candidates = _offline_rows(feature_store, names, oldest, week_end)
-        entities = training.add_target(
-            training.sensor_days(candidates, first_day, last_day), failures, horizon
-        )
-        asked = entities[["label_id", "sensor_id"]].assign(
-            event_timestamp=training.join_times(entities)
-        )
-        joined_at = time.perf_counter()
-        returned = feature_store.get_historical_features(
-            entity_df=asked, features=feature_store.get_feature_service(fs.FEATURE_SERVICE)
-        ).to_df()
-        join_seconds = time.perf_counter() - joined_at
-        # The file store drops and reorders entity rows: join back on label_id.
-        frame = entities.merge(
-            returned[["label_id", *every_feature]], on="label_id", how="left"
-        ).sort_values("label_id", ignore_index=True)
-        dropped_by_store = len(entities) - returned["label_id"].nunique()
+    )
+    join_seconds = time.perf_counter() - joined_at
 
-        views = {view: names[view] for view in fs.VIEWS}
-        strict = config.require_created_before_cutoff
-        frame, blanked = training.guard(frame, candidates, views, created_too=strict)
-        leaks = {
-            view: int(training.find_leaks(frame, candidates, cols, created_too=strict).sum())
-            for view, cols in views.items()
-        }
-        created_late = {
-            view: int(training.find_leaks(frame, candidates, cols, created_too=True).sum())
-            - leaks[view]
-            for view, cols in views.items()
-        }
+    views = {view: names[view] for view in fs.VIEWS}
+    strict = config.require_created_before_cutoff
+    frame, blanked = training.guard(frame, candidates, views, created_too=strict)
+    leaks = {
+        view: int(training.find_leaks(frame, candidates, cols, created_too=strict).sum())
+        for view, cols in views.items()
+    }
+    created_late = {
+        view: int(training.find_leaks(frame, candidates, cols, created_too=True).sum())
+        - leaks[view]
+        for view, cols in views.items()
+    }
 
-        positives = int(frame[training.TARGET].sum())
-        negatives = len(frame) - positives
-        big_enough = (
-            len(frame) >= config.min_rows
-            and positives >= config.min_positives
-            and negatives >= config.min_negatives
-        )
-        # A set that fails a blocking check is kept for inspection beside the week's last good
-        # set, never in its place: failure_model always reads a set that passed.
-        accepted = big_enough and not any(leaks.values())
-        set_key = paths.training_set_object(week, None if accepted else context.run.run_id)
-        out = Path(tmp, "training_set.parquet")
-        frame.to_parquet(out, index=False)
-        store.put_file(out, set_key, move=True)
+    positives = int(frame[training.TARGET].sum())
+    negatives = len(frame) - positives
+    big_enough = (
+        len(frame) >= config.min_rows
+        and positives >= config.min_positives
+        and negatives >= config.min_negatives
+    )
+    # A set that fails a blocking check is kept for inspection beside the week's last good
+    # set, never in its place: failure_model always reads a set that passed.
+    accepted = big_enough and not any(leaks.values())
+    set_key = paths.training_set_object(week, None if accepted else context.run.run_id)
+    write_frame(store, frame, set_key)
 
     days = pd.date_range(first_day, last_day, freq="D").strftime("%Y-%m-%d").tolist()
     manifest = {
@@ -256,14 +239,16 @@ def training_set(
             "sensors": int(frame["sensor_id"].nunique()),
             "first_day": first_day.isoformat(),
             "last_day": last_day.isoformat(),
-            "label_parts_read": label_parts,
-            "entity_rows_dropped_by_offline_store": int(dropped_by_store),
+            "label_parts_read": len(label_keys),
             "registry_hash": manifest["registry_hash"],
             "training_set": store.uri(set_key),
             "accepted": accepted,
             "manifest": store.uri(manifest_key),
             "preview": dg.MetadataValue.md(
                 markdown_table(frame.head(5).to_dict("records"), columns=8)
+            ),
+            "sensor_days_without_features": int(
+                frame[[n for cols in views.values() for n in cols]].isna().all(axis=1).sum()
             ),
             "point_in_time_join_s": round(join_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3),

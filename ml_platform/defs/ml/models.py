@@ -13,6 +13,7 @@ from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
 from ml_platform.lib import paths
+from ml_platform.lib.store import read_frame
 from ml_platform.lib.tables import markdown_table
 from ml_platform.lib.versions import files_version
 
@@ -53,11 +54,26 @@ class FailureModelConfig(dg.Config):
     seed: int = 0
 
 
-def _read_parquet(store, key: str, tmp: Path):
-    import pandas as pd
+#: What the two weekly training assets share: the week's training set in, one training at a time.
+_WEEKLY_TRAINING_ASSET = {
+    "partitions_def": weekly,
+    "deps": [training_set],
+    "group_name": "ml",
+    "kinds": {"scikitlearn", "mlflow"},
+    "owners": ["team:ml"],
+    "pool": TRAINING_POOL,
+    "code_version": TRAINING_CODE_VERSION,
+}
 
-    [local] = store.fetch([key], tmp)
-    return pd.read_parquet(local)
+
+def _run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """MLflow run tags that lead back to the Dagster run, partition and code."""
+    return {
+        "dagster.run_id": context.run.run_id,
+        "dagster.partition": context.partition_key,
+        "dagster.asset": context.asset_key.to_user_string(),
+        "dagster.code_version": TRAINING_CODE_VERSION,
+    }
 
 
 def _pip_requirements() -> list[str]:
@@ -68,13 +84,7 @@ def _pip_requirements() -> list[str]:
 
 
 @dg.asset(
-    partitions_def=weekly,
-    deps=[training_set],
-    group_name="ml",
-    kinds={"scikitlearn", "mlflow"},
-    owners=["team:ml"],
-    pool=TRAINING_POOL,
-    code_version=TRAINING_CODE_VERSION,
+    **_WEEKLY_TRAINING_ASSET,
     check_specs=[
         dg.AssetCheckSpec(
             BEATS_BASELINE,
@@ -111,7 +121,7 @@ def failure_model(
     started = time.perf_counter()
     week, store = context.partition_key, lake.store()
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
-        frame = _read_parquet(store, paths.training_set_object(week), Path(tmp, "set"))
+        frame = read_frame(store, [paths.training_set_object(week)])
         manifest = json.loads(store.read_bytes(paths.training_manifest_object(week)))
         # A day's target looks `horizon` days ahead: that many days before the holdout (and before
         # each validation fold) are left out of training, so no failure labels both sides.
@@ -150,15 +160,8 @@ def failure_model(
 
         client, ml = mlflow.client(), mlflow.mlflow()
         experiment_id = mlflow.experiment(EXPERIMENT)
-        code_version = context.assets_def.code_versions_by_key.get(context.asset_key) or ""
-        tags = {
-            "dagster.run_id": context.run.run_id,
-            "dagster.partition": week,
-            "dagster.asset": "failure_model",
-            "dagster.code_version": code_version,
-        }
         with ml.start_run(
-            experiment_id=experiment_id, run_name=f"failure_model {week}", tags=tags
+            experiment_id=experiment_id, run_name=f"failure_model {week}", tags=_run_tags(context)
         ) as run:
             ml.log_params(
                 {
@@ -307,9 +310,11 @@ def champion_model(
     versions = client.search_model_versions(f"name='{MODEL_NAME}'")
     if not versions:
         raise dg.Failure(f"no version of {MODEL_NAME} is registered yet: train one first")
-    if config.metric not in ("f1", "precision", "recall", "accuracy", "roc_auc", "pr_auc"):
-        raise dg.Failure(f"unknown metric {config.metric!r}", allow_retries=False)
-    champion = _version_or_none_of(client, MODEL_NAME, CHAMPION)
+    if config.metric not in modeling.METRICS:
+        raise dg.Failure(
+            f"unknown metric {config.metric!r}; one of {modeling.METRICS}", allow_retries=False
+        )
+    champion = mlflow.alias_version(MODEL_NAME, CHAMPION)
     if config.pin_version is not None:
         challenger = client.get_model_version(MODEL_NAME, str(config.pin_version))
     else:
@@ -326,8 +331,7 @@ def champion_model(
         value = modeling.evaluate(model, holdout, features, threshold)[config.metric]
         return value if math.isfinite(value) else float("-inf")  # undefined never wins
 
-    with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-        holdout = _read_parquet(store, challenger.tags["holdout_key"], Path(tmp))
+    holdout = read_frame(store, [challenger.tags["holdout_key"]])
     features = modeling.feature_columns(holdout)
     challenger_value = score(challenger)
     champion_value = score(champion) if champion is not None else None
@@ -371,14 +375,12 @@ def champion_model(
     ledger = json.loads(store.read_bytes(ledger_key)) if store.exists(ledger_key) else []
     ledger.append(entry)
     store.put_bytes(json.dumps(ledger, indent=2).encode(), ledger_key)
-    now = challenger.version if promote else (champion.version if champion else None)
+    current = challenger if promote else champion
     context.log.info(f"{entry['decision']} version {challenger.version}: {reason}")
     return dg.MaterializeResult(
         metadata={
-            "champion_version": int(now) if now is not None else -1,
-            "champion_week": (challenger if promote else champion).tags.get("week", "")
-            if (promote or champion is not None)
-            else "",
+            "champion_version": int(current.version) if current else -1,
+            "champion_week": current.tags.get("week", "") if current else "",
             "decision": entry["decision"],
             "reason": reason,
             "challenger_version": int(challenger.version),
@@ -423,13 +425,7 @@ class ClusterConfig(dg.Config):
 
 
 @dg.asset(
-    partitions_def=weekly,
-    deps=[training_set],
-    group_name="ml",
-    kinds={"scikitlearn", "mlflow"},
-    owners=["team:ml"],
-    pool=TRAINING_POOL,
-    code_version=TRAINING_CODE_VERSION,
+    **_WEEKLY_TRAINING_ASSET,
     check_specs=[
         dg.AssetCheckSpec(
             NO_EMPTY_CLUSTER,
@@ -459,10 +455,9 @@ def sensor_clusters(
     started = time.perf_counter()
     week, store = context.partition_key, lake.store()
     client, ml = mlflow.client(), mlflow.mlflow()
-    with tempfile.TemporaryDirectory(prefix="clusters-") as tmp:
-        frame = _read_parquet(store, paths.training_set_object(week), Path(tmp))
+    frame = read_frame(store, [paths.training_set_object(week)])
     features = modeling.feature_columns(frame)
-    previous = _version_or_none_of(client, CLUSTER_MODEL, CLUSTER_ALIAS)
+    previous = mlflow.alias_version(CLUSTER_MODEL, CLUSTER_ALIAS)
     warm = None
     if config.warm_start and previous is not None:
         candidate = ml.sklearn.load_model(f"models:/{CLUSTER_MODEL}/{previous.version}")
@@ -482,13 +477,7 @@ def sensor_clusters(
     with ml.start_run(
         experiment_id=mlflow.experiment(CLUSTER_MODEL),
         run_name=f"sensor_clusters {week}",
-        tags={
-            "dagster.run_id": context.run.run_id,
-            "dagster.partition": week,
-            "dagster.asset": "sensor_clusters",
-            "dagster.code_version": TRAINING_CODE_VERSION,
-            "warm_start_from": warm_from,
-        },
+        tags={**_run_tags(context), "warm_start_from": warm_from},
     ) as run:
         ml.log_params({"n_clusters": model[-1].n_clusters, "rows": len(frame), "warm": bool(warm)})
         ml.log_metrics(
@@ -541,12 +530,3 @@ def sensor_clusters(
             ),
         ],
     )
-
-
-def _version_or_none_of(client, name: str, alias: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None

@@ -2,10 +2,9 @@
 check closes that day's drift gate and requests a retraining (at most one a day)."""
 
 import json
-import tempfile
 import time
+from dataclasses import fields
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 
@@ -13,30 +12,38 @@ from ml_platform.defs.lakehouse.assets import daily_aggregates
 from ml_platform.defs.ml.models import (
     CHAMPION,
     MODEL_NAME,
-    _read_parquet,
-    _version_or_none_of,
     champion_model,
 )
 from ml_platform.defs.ml.schedules import weekly_training_job
 from ml_platform.defs.partitions import daily, weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
 from ml_platform.lib import paths
+from ml_platform.lib.drift import Thresholds
+from ml_platform.lib.store import read_frame, read_prefixes
 from ml_platform.lib.tables import markdown_table
 
 BELOW_WARNING = "feature_drift_below_warning"
 BELOW_FAILURE = "feature_drift_below_failure"
 
 
+_DEFAULT = Thresholds()
+
+
 class DriftConfig(dg.Config):
+    """Windows and thresholds (defaults: ``lib.drift.Thresholds``, which explains them)."""
+
     window_days: int = 7  # current window: the day and the days before it
     reference_days: int = 28  # reference: the last days of the champion's training set
-    psi_warn: float = 0.1
-    psi_fail: float = 0.25
-    ks_warn: float = 0.3
-    ks_fail: float = 0.5
-    p_value: float = 0.001
-    auc_warn: float = 0.85
-    auc_fail: float = 0.95
+    psi_warn: float = _DEFAULT.psi_warn
+    psi_fail: float = _DEFAULT.psi_fail
+    ks_warn: float = _DEFAULT.ks_warn
+    ks_fail: float = _DEFAULT.ks_fail
+    p_value: float = _DEFAULT.p_value
+    auc_warn: float = _DEFAULT.auc_warn
+    auc_fail: float = _DEFAULT.auc_fail
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**{f.name: getattr(self, f.name) for f in fields(Thresholds)})
 
 
 @dg.asset(
@@ -83,42 +90,26 @@ def feature_drift(
 
     started = time.perf_counter()
     day, store = context.partition_key, lake.store()
-    champion = _version_or_none_of(mlflow.client(), MODEL_NAME, CHAMPION)
+    champion = mlflow.alias_version(MODEL_NAME, CHAMPION)
     if champion is None:
         raise dg.Failure("no champion yet: drift is measured against its training set")
     week = champion.tags.get("week")
     if not week:
         raise dg.Failure(f"champion version {champion.version} has no 'week' tag")
-    with tempfile.TemporaryDirectory(prefix="drift-") as tmp:
-        reference = _read_parquet(store, paths.training_set_object(week), Path(tmp, "ref"))
-        # What the champion learnt most recently: sensors drift slowly by nature, and the
-        # question is whether today still looks like the end of its training window.
-        recent = sorted(reference["day"].unique())[-config.reference_days :]
-        reference = reference[reference["day"].isin(recent)]
-        first = date.fromisoformat(day) - timedelta(days=config.window_days - 1)
-        keys = [
-            o.key
-            for d in pd.date_range(first, day, freq="D").strftime("%Y-%m-%d")
-            for o in store.list(f"{paths.GOLD_AGGREGATES}date={d}/")
-        ]
-        if not keys:
-            raise dg.Failure(f"no gold rows between {first} and {day}", allow_retries=False)
-        current = pd.concat(
-            [pd.read_parquet(f) for f in store.fetch(keys, Path(tmp, "cur"))], ignore_index=True
-        )
+    reference = read_frame(store, [paths.training_set_object(week)])
+    # What the champion learnt most recently: sensors drift slowly by nature, and the question
+    # is whether today still looks like the end of its training window.
+    recent = sorted(reference["day"].unique())[-config.reference_days :]
+    reference = reference[reference["day"].isin(recent)]
+    first = date.fromisoformat(day) - timedelta(days=config.window_days - 1)
+    window = pd.date_range(first, day, freq="D").strftime("%Y-%m-%d")
+    current = read_prefixes(store, [paths.aggregates_day_prefix(d) for d in window])
+    if current.empty:
+        raise dg.Failure(f"no gold rows between {first} and {day}", allow_retries=False)
     features = [f for f in modeling.feature_columns(reference) if f in current.columns]
     if not features:
         raise dg.Failure("the training set and the gold rows share no feature", allow_retries=False)
-    thresholds = drift.Thresholds(
-        psi_warn=config.psi_warn,
-        psi_fail=config.psi_fail,
-        ks_warn=config.ks_warn,
-        ks_fail=config.ks_fail,
-        p_value=config.p_value,
-        auc_warn=config.auc_warn,
-        auc_fail=config.auc_fail,
-    )
-    report = drift.compare(reference, current, features, thresholds)
+    report = drift.compare(reference, current, features, config.thresholds())
     gate = "closed" if report.level == "fail" else "open"
     record = {
         "day": day,

@@ -2,17 +2,16 @@
 ``live_performance[day]`` (how served predictions did once labels arrived) and alerts."""
 
 import json
-import tempfile
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs.ml.models import MODEL_NAME, _read_parquet
+from ml_platform.defs.ml.models import MODEL_NAME
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.predictions.assets import daily_predictions
 from ml_platform.defs.resources import AlertResource, LakeResource, MLflowResource
 from ml_platform.lib import paths
+from ml_platform.lib.store import read_frame, write_frame
 from ml_platform.lib.tables import markdown_table
 
 
@@ -38,30 +37,27 @@ def label_queue(
     import pandas as pd
 
     day, store = context.partition_key, lake.store()
-    with tempfile.TemporaryDirectory(prefix="queue-") as tmp:
-        predictions = _read_parquet(store, paths.predictions_object(day), Path(tmp))
-        # The threshold the predictions were made with (per model version).
-        threshold = predictions.get("threshold", 0.5)
-        distance = (predictions["failure_probability"] - threshold).abs()
-        scale = np.maximum(threshold, 1 - threshold)
-        queue = predictions.assign(uncertainty=1 - distance / scale).nlargest(
-            config.size, "uncertainty"
-        )
-        out = pd.DataFrame(
-            {
-                "sensor_id": queue["sensor_id"],
-                # Inside the day's label window (end of the day, plus the horizon): a 1 here counts
-                # for this sensor-day; put the real failure time if it is known.
-                "timestamp": f"{(date.fromisoformat(day) + timedelta(days=1)).isoformat()}T12:00:00Z",
-                "failure": "",  # to fill in: 1 if the sensor failed within a day, else 0
-                "failure_probability": queue["failure_probability"].round(6),
-                "uncertainty": queue["uncertainty"].round(6),
-                "model_version": queue["model_version"],
-            }
-        )
-        csv = Path(tmp, "to_label.csv")
-        out.to_csv(csv, index=False)
-        store.put_file(csv, paths.label_queue_object(day), move=True)
+    predictions = read_frame(store, [paths.predictions_object(day)])
+    # The threshold the predictions were made with (per model version).
+    threshold = predictions.get("threshold", 0.5)
+    distance = (predictions["failure_probability"] - threshold).abs()
+    scale = np.maximum(threshold, 1 - threshold)
+    queue = predictions.assign(uncertainty=1 - distance / scale).nlargest(
+        config.size, "uncertainty"
+    )
+    out = pd.DataFrame(
+        {
+            "sensor_id": queue["sensor_id"],
+            # Inside the day's label window (end of the day, plus the horizon): a 1 here counts
+            # for this sensor-day; put the real failure time if it is known.
+            "timestamp": f"{(date.fromisoformat(day) + timedelta(days=1)).isoformat()}T12:00:00Z",
+            "failure": "",  # to fill in: 1 if the sensor failed within a day, else 0
+            "failure_probability": queue["failure_probability"].round(6),
+            "uncertainty": queue["uncertainty"].round(6),
+            "model_version": queue["model_version"],
+        }
+    )
+    write_frame(store, out, paths.label_queue_object(day))
     return dg.MaterializeResult(
         metadata={
             "rows": len(out),
@@ -101,38 +97,30 @@ def live_performance(
     import pandas as pd
     from sklearn.metrics import f1_score, precision_score, recall_score
 
+    from ml_platform.lib import training
     from ml_platform.lib.lakehouse import end_of_day
 
     day, store = context.partition_key, lake.store()
-    cutoff = pd.Timestamp(end_of_day(day))
-    until = cutoff + pd.Timedelta(days=config.horizon_days)
-    with tempfile.TemporaryDirectory(prefix="live-") as tmp:
-        served = _read_parquet(store, paths.predictions_object(day), Path(tmp, "p"))
-        parts = [
-            o
-            for o in store.list(f"{paths.BRONZE}labels/")
-            if o.key.endswith(".parquet")
-            and "date=" in o.key
-            and day <= o.key.split("date=")[1][:10]
-        ]
-        label_keys = [o.key for o in parts]
-        # Labels "have arrived" for the day once a labels file was ingested after its horizon.
-        arrived = any(o.last_modified > until for o in store.list(f"{paths.BRONZE}labels/"))
-        labels = (
-            pd.concat([pd.read_parquet(f) for f in store.fetch(label_keys, Path(tmp, "l"))])
-            if label_keys
-            else pd.DataFrame({"sensor_id": [], "timestamp": [], "failure": []})
-        )
-    if not arrived:
+    horizon = timedelta(days=config.horizon_days)
+    until = pd.Timestamp(end_of_day(day)) + horizon
+    served = read_frame(store, [paths.predictions_object(day)])
+    parts = [o for o in store.list(f"{paths.BRONZE}labels/") if paths.bronze_day(o.key)]
+    # Labels "have arrived" for the day once a labels file was ingested after its horizon.
+    if not any(o.last_modified > until for o in parts):
         raise dg.Failure(
             f"labels for {day} have not arrived yet (no labels file ingested after "
             f"{until.isoformat()})",
             allow_retries=False,
         )
-    times = pd.to_datetime(labels["timestamp"], utc=True)
-    failed = set(
-        labels.loc[(labels["failure"] == 1) & (times > cutoff) & (times <= until), "sensor_id"]
+    labels = read_frame(store, [o.key for o in parts if paths.bronze_day(o.key) >= day])
+    # The same target as training: a failure within the horizon after the day's end.
+    days = training.sensor_days(
+        served.assign(event_timestamp=end_of_day(day)),
+        date.fromisoformat(day),
+        date.fromisoformat(day),
     )
+    truth = training.add_target(days, training.failure_events(labels), horizon)
+    failed = set(truth.loc[truth[training.TARGET] == 1, "sensor_id"])
     served["actual"] = served["sensor_id"].isin(failed).astype(int)
     client, rows = mlflow.client(), []
     for version, group in served.groupby("model_version"):

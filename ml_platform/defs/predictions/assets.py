@@ -1,10 +1,8 @@
 """``daily_predictions[day]`` and ``scored_files[file]``: the champion's answers, as files."""
 
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -16,7 +14,6 @@ from ml_platform.defs.ml.models import (
     CLUSTER_ALIAS,
     CLUSTER_MODEL,
     MODEL_NAME,
-    _version_or_none_of,
     champion_model,
     sensor_clusters,
 )
@@ -25,6 +22,7 @@ from ml_platform.defs.partitions import daily, scoring_files
 from ml_platform.defs.resources import FeastResource, LakeResource, MLflowResource
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
+from ml_platform.lib.store import read_prefixes, write_frame
 from ml_platform.lib.tables import markdown_table
 
 COVERS_EVERY_SENSOR = "daily_predictions_cover_every_sensor"
@@ -57,7 +55,7 @@ class Scorer:
         if pinned is not None:
             version = client.get_model_version(MODEL_NAME, str(pinned))
         else:
-            version = _version_or_none_of(client, MODEL_NAME, CHAMPION)
+            version = mlflow.alias_version(MODEL_NAME, CHAMPION)
             if version is None:
                 raise dg.Failure(
                     f"{MODEL_NAME} has no '{CHAMPION}' version: materialize failure_model and "
@@ -65,7 +63,7 @@ class Scorer:
                     allow_retries=False,
                 )
         model = ml.sklearn.load_model(f"models:/{MODEL_NAME}/{version.version}")
-        clusters = _version_or_none_of(client, CLUSTER_MODEL, CLUSTER_ALIAS)
+        clusters = mlflow.alias_version(CLUSTER_MODEL, CLUSTER_ALIAS)
         return cls(
             model=model,
             version=str(version.version),
@@ -84,18 +82,12 @@ class Scorer:
 
         from ml_platform.lib.lakehouse import end_of_day
 
-        asked = requests[["sensor_id", "date"]].reset_index(drop=True)
-        asked["row_id"] = range(len(asked))
-        asked["event_timestamp"] = pd.to_datetime(
-            [end_of_day(d) for d in asked["date"]], utc=True
-        ).as_unit("us")
-        joined = feature_store.get_historical_features(
-            entity_df=asked[["row_id", "sensor_id", "event_timestamp"]],
-            features=feature_store.get_feature_service(fs.FEATURE_SERVICE),
-        ).to_df()
+        frame = requests[["sensor_id", "date"]].reset_index(drop=True)
+        cutoffs = pd.to_datetime([end_of_day(d) for d in frame["date"]], utc=True)
+        frame = frame.join(
+            fs.features_at(feature_store, frame[["sensor_id"]].assign(event_timestamp=cutoffs))
+        )
         features = list(self.model.feature_names_in_)
-        frame = asked.merge(joined[["row_id", *features]], on="row_id", how="left")
-        frame = frame.sort_values("row_id", ignore_index=True)
         known = frame[features].notna().any(axis=1)
         proba = self.model.predict_proba(frame[features])[:, 1]
         out = pd.DataFrame(
@@ -120,14 +112,6 @@ class Scorer:
             }
         )
         return out
-
-
-def _write(store, frame, key_parquet: str, key_csv: str, tmp: Path) -> None:
-    parquet, csv = Path(tmp, "p.parquet"), Path(tmp, "p.csv")
-    frame.to_parquet(parquet, index=False)
-    frame.to_csv(csv, index=False, float_format="%.6f")
-    store.put_file(parquet, key_parquet, move=True)
-    store.put_file(csv, key_csv, move=True)
 
 
 @dg.asset(
@@ -178,46 +162,36 @@ def daily_predictions(
     scorer = Scorer.resolve(mlflow, config.model_version)
     context.log.info(f"scoring with {MODEL_NAME} version {scorer.version}")
     per_day, uncovered, invalid, preview = {}, [], [], []
-    with tempfile.TemporaryDirectory(prefix="predictions-") as tmp:
-        for day in context.partition_keys:
-            report = drift_gate(store, day)
-            if report and report["gate"] == "closed" and not config.ignore_drift_gate:
-                raise dg.Failure(
-                    f"drift gate closed for {day}: {'; '.join(report['reasons'])}. Retraining "
-                    "is requested; set ignore_drift_gate to predict anyway",
-                    metadata={"report": store.uri(paths.drift_report_object(day))},
-                    allow_retries=False,
-                )
-            gold_keys = [o.key for o in store.list(f"{paths.GOLD_AGGREGATES}date={day}/")]
-            if not gold_keys:
-                per_day[day] = {"sensors": 0}
-                uncovered.append(day)
-                continue
-            gold = pd.concat(
-                [pd.read_parquet(f) for f in store.fetch(gold_keys, Path(tmp, day))],
-                ignore_index=True,
+    for day in context.partition_keys:
+        report = drift_gate(store, day)
+        if report and report["gate"] == "closed" and not config.ignore_drift_gate:
+            raise dg.Failure(
+                f"drift gate closed for {day}: {'; '.join(report['reasons'])}. Retraining "
+                "is requested; set ignore_drift_gate to predict anyway",
+                metadata={"report": store.uri(paths.drift_report_object(day))},
+                allow_retries=False,
             )
-            sensors = sorted(gold["sensor_id"].astype(str).unique())
-            out = scorer.score(
-                feature_store, pd.DataFrame({"sensor_id": sensors, "date": day}), context.run.run_id
-            )
-            _write(
-                store,
-                out,
-                paths.predictions_object(day),
-                paths.predictions_object(day, "csv"),
-                Path(tmp),
-            )
-            if not out["features_found"].all():
-                uncovered.append(day)
-            if not probabilities_are_valid(out["failure_probability"]):
-                invalid.append(day)
-            per_day[day] = {
-                "sensors": len(out),
-                "predicted_failures": int(out["predicted_failure"].sum()),
-                "max_probability": round(float(out["failure_probability"].max()), 4),
-            }
-            preview = preview or out.head(5).to_dict("records")
+        gold = read_prefixes(store, [paths.aggregates_day_prefix(day)])
+        if gold.empty:
+            per_day[day] = {"sensors": 0}
+            uncovered.append(day)
+            continue
+        sensors = sorted(gold["sensor_id"].astype(str).unique())
+        out = scorer.score(
+            feature_store, pd.DataFrame({"sensor_id": sensors, "date": day}), context.run.run_id
+        )
+        write_frame(store, out, paths.predictions_object(day))
+        write_frame(store, out, paths.predictions_object(day, "csv"), float_format="%.6f")
+        if not out["features_found"].all():
+            uncovered.append(day)
+        if not probabilities_are_valid(out["failure_probability"]):
+            invalid.append(day)
+        per_day[day] = {
+            "sensors": len(out),
+            "predicted_failures": int(out["predicted_failure"].sum()),
+            "max_probability": round(float(out["failure_probability"].max()), 4),
+        }
+        preview = preview or out.head(5).to_dict("records")
     return dg.MaterializeResult(
         metadata={
             "model_name": MODEL_NAME,
@@ -290,10 +264,7 @@ def scored_files(
     scorer = Scorer.resolve(mlflow, None)
     out = scorer.score(feast.store(), requests, context.run.run_id)
     target = paths.scored_object(relative_key)
-    with tempfile.TemporaryDirectory(prefix="scored-") as tmp:
-        csv = Path(tmp, "scored.csv")
-        out.to_csv(csv, index=False, float_format="%.6f")
-        store.put_file(csv, target, move=True)
+    write_frame(store, out, target, float_format="%.6f")
     return dg.MaterializeResult(
         metadata={
             "request": store.uri(key),
