@@ -116,3 +116,31 @@ def test_feast_reads_the_gold_zone_of_the_platforms_store(url, expected, endpoin
     location = gold_location(env)
     assert location.path.rstrip("/") == expected.rstrip("/")
     assert location.s3_endpoint == endpoint
+
+
+@pytest.mark.parametrize(
+    ("key", "day"),
+    [
+        ("lake/bronze/labels/date=2024-01-03/file=labels-abc.parquet", "2024-01-03"),
+        ("lake/bronze/labels/date=2024-01-03/", None),  # a folder marker
+        ("lake/bronze/labels/notes.txt", None),
+    ],
+)
+def test_bronze_parts_name_their_day(key, day):
+    from ml_platform.lib.paths import bronze_day
+
+    assert bronze_day(key) == day
+
+
+def test_failure_events_keep_failures_before_the_limit_in_utc():
+    labels = pd.DataFrame(
+        {
+            "sensor_id": ["a", "b", "c"],
+            "timestamp": pd.to_datetime(["2024-01-01 10:00", "2024-01-02 10:00", "2024-01-03 00:00"]),
+            "failure": [1, 0, 1],
+        }
+    )
+    events = training.failure_events(labels, until=ts("2024-01-03"))
+    assert events["sensor_id"].tolist() == ["a"]  # b is a confirmed healthy day, c is too late
+    assert events["timestamp"].iloc[0] == ts("2024-01-01 10:00")
+    assert training.failure_events(labels.iloc[:0]).empty

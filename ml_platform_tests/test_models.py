@@ -378,9 +378,7 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
             run(instance, [champion_model])
         m = metadata(result, "failure_model")
         assert m["mlflow_run"].startswith(f"http://127.0.0.1:{port}/#/experiments/")
-        keys = [
-            o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]
-        ]
+        keys = [o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]]
         assert any(k.endswith("/MLmodel") for k in keys)
         assert (
             str(mlflow_client().get_model_version_by_alias(MODEL_NAME, "champion").version) == "1"
