@@ -136,7 +136,9 @@ def test_failure_events_keep_failures_before_the_limit_in_utc():
     labels = pd.DataFrame(
         {
             "sensor_id": ["a", "b", "c"],
-            "timestamp": pd.to_datetime(["2024-01-01 10:00", "2024-01-02 10:00", "2024-01-03 00:00"]),
+            "timestamp": pd.to_datetime(
+                ["2024-01-01 10:00", "2024-01-02 10:00", "2024-01-03 00:00"]
+            ),
             "failure": [1, 0, 1],
         }
     )
