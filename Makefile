@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install dev demo serve test bench lint format clean
+.PHONY: help install dev dev-prod demo serve mlflow reproduce materialize test bench lint format clean
 
 help:  ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed  ## create .venv and install the project with its dev extras
 
@@ -31,8 +31,21 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.local.yaml
 dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon on http://127.0.0.1:3000 (embedded defaults)
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-demo: install  ## generate 7 days x 20 sensors into the embedded landing zone (then `make dev`)
-	$(BIN)/python -m ml_platform generate --days 7 --sensors 20 --out .lake/landing
+demo: install $(DAGSTER_HOME)/dagster.yaml  ## the whole pipeline on 30 days x 20 generated sensors, with a summary
+	PYTHONWARNINGS=ignore $(BIN)/python -m ml_platform.demo
+
+dev-prod: install  ## production profile without Docker: PostgreSQL, S3 API, MLflow, gRPC code server, UI, daemon, API
+	$(BIN)/python -m ml_platform.devstack
+
+mlflow: install  ## MLflow UI on http://127.0.0.1:5000 over the embedded tracking store (.mlflow/)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/.mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+reproduce: install  ## rebuild model version MODEL_VERSION from its manifest and compare its metrics
+	@test -n "$(MODEL_VERSION)" || { echo "usage: make reproduce MODEL_VERSION=<n>"; exit 2; }
+	$(BIN)/python -m ml_platform reproduce --version $(MODEL_VERSION)
+
+materialize: install  ## `dagster asset materialize` over the whole graph on a small generated data set (CI)
+	.ci/materialize-graph
 
 serve: install  ## prediction API on http://127.0.0.1:8000 (docs at /docs): champion + Feast online store
 	$(BIN)/uvicorn --factory ml_platform.serving.app:create_app --host 127.0.0.1 --port 8000 --workers 1

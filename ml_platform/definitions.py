@@ -20,6 +20,7 @@ from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.ml.models import champion_model, failure_model, sensor_clusters
 from ml_platform.defs.ml.schedules import weekly_training_job, weekly_training_schedule
+from ml_platform.defs.ml.sensors import first_model_sensor
 from ml_platform.defs.monitoring.assets import drift_retraining_sensor, feature_drift
 from ml_platform.defs.monitoring.feedback import (
     alert_on_failure_sensor,
@@ -64,6 +65,8 @@ defs = dg.Definitions(
             reading_files,
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
+            events=_settings.events,
+            reconcile_interval_s=_settings.reconcile_interval_s,
         ),
         build_landing_sensor(
             "labels",
@@ -71,6 +74,8 @@ defs = dg.Definitions(
             label_files,
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
+            events=_settings.events,
+            reconcile_interval_s=_settings.reconcile_interval_s,
         ),
         build_landing_sensor(
             "scoring",
@@ -78,7 +83,10 @@ defs = dg.Definitions(
             scoring_files,
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
+            events=_settings.events,
+            reconcile_interval_s=_settings.reconcile_interval_s,
         ),
+        first_model_sensor,
         drift_retraining_sensor,
         alert_on_failure_sensor,
         build_lakehouse_sensor(
@@ -93,6 +101,9 @@ defs = dg.Definitions(
             target=dg.AssetSelection.all(),
             default_status=dg.DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=_settings.sensor_interval_s,
+            # Plain runs, not backfills: a backfill advances only on the backfill daemon's 30 s
+            # loop. Conditions wait for settled parents instead (defs/automation.py).
+            emit_backfills=False,
         ),
     ],
     resources=build_resources(),

@@ -1,220 +1,24 @@
-"""Real servers for tests: moto's S3 HTTP API and a throwaway PostgreSQL cluster.
-
-Both start on free loopback ports and are torn down with their processes and data.
-"""
+"""Real servers for tests (from :mod:`ml_platform.devstack.servers`) and a Dagster daemon on the
+repository's own instance config."""
 
 from __future__ import annotations
 
 import contextlib
-import glob
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready after {timeout} s")
-
-
-@dataclass
-class S3Server:
-    endpoint: str
-    process: subprocess.Popen
-
-    def reset(self) -> None:
-        """Wipe every bucket and object (moto keeps its state in memory)."""
-        req = urllib.request.Request(f"{self.endpoint}/moto-api/reset", method="POST")
-        urllib.request.urlopen(req, timeout=10).read()
-
-    def client(self):
-        import boto3
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-
-    def env(self, bucket: str) -> dict[str, str]:
-        """The environment a user sets to point the platform at this S3 API."""
-        return {
-            "ML_PLATFORM_STORE_URL": f"s3://{bucket}",
-            "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_REGION": "us-east-1",
-        }
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[S3Server]:
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    fd, log_path = tempfile.mkstemp(prefix="moto-", suffix=".log")
-    with os.fdopen(fd, "w") as log:  # the child keeps its own handle
-        process = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-        )
-    server = S3Server(f"http://127.0.0.1:{port}", process)
-
-    def ready() -> bool:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto_server exited: {Path(log_path).read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{server.endpoint}/moto-api/", timeout=1).read()
-            return True
-        except OSError:
-            return False
-
-    try:
-        _wait(ready, 30, "moto_server")
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        os.unlink(log_path)
-
-
-def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGTERM the group, then SIGKILL whatever is left: a code server that a daemon or webserver
-    spawned can ignore SIGTERM (STACK_NOTES §7) and would outlive the test."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        process.wait(timeout)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(10)
-
-
-def postgres_bin_dir() -> Path | None:
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if Path(candidate, "initdb").exists():
-            return Path(candidate)
-    found = shutil.which("pg_ctl")
-    return Path(found).parent if found and shutil.which("initdb") else None
-
-
-@dataclass
-class Postgres:
-    host: str
-    port: int
-    user: str
-    password: str
-    bin_dir: Path
-    data_dir: Path
-    _as_postgres: bool
-
-    def url(self, db: str, scheme: str = "postgresql+psycopg2") -> str:
-        return f"{scheme}://{self.user}:{self.password}@{self.host}:{self.port}/{db}"
-
-    def create_database(self, name: str) -> None:
-        subprocess.run(
-            [
-                str(self.bin_dir / "psql"),
-                "-h",
-                self.host,
-                "-p",
-                str(self.port),
-                "-U",
-                self.user,
-                "-d",
-                "postgres",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-c",
-                f'CREATE DATABASE "{name}"',
-            ],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "PGPASSWORD": self.password},
-        )
-
-    def pg_ctl(self, *args: str) -> None:
-        _run_pg([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), *args], self._as_postgres)
-
-    def dagster_env(self, db: str) -> dict[str, str]:
-        return {
-            "DAGSTER_PG_HOST": self.host,
-            "DAGSTER_PG_PORT": str(self.port),
-            "DAGSTER_PG_USER": self.user,
-            "DAGSTER_PG_PASSWORD": self.password,
-            "DAGSTER_PG_DB": db,
-        }
-
-
-def _run_pg(cmd: list[str], as_postgres: bool) -> None:
-    if as_postgres:  # initdb refuses to run as root (STACK_NOTES §5)
-        cmd = ["su", "postgres", "-s", "/bin/sh", "-c", subprocess.list2cmdline(cmd)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
-
-@contextlib.contextmanager
-def postgres_cluster() -> Iterator[Postgres]:
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) not found")
-    as_postgres = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="ml-platform-pg-"))
-    if as_postgres:
-        shutil.chown(base, "postgres", "postgres")
-    data, port = base / "data", free_port()
-    password = "test-only"  # trust auth on loopback; Feast and SQLAlchemy still want a password
-    pg = Postgres("127.0.0.1", port, "postgres", password, bin_dir, data, as_postgres)
-    try:
-        _run_pg(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-            ],
-            as_postgres,
-        )
-        pg.pg_ctl(
-            "-l",
-            str(base / "server.log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c max_connections=200 "
-            "-c fsync=off",
-            "start",
-        )
-        yield pg
-    finally:
-        with contextlib.suppress(Exception):
-            pg.pg_ctl("-m", "immediate", "-w", "stop")
-        shutil.rmtree(base, ignore_errors=True)
-
+from ml_platform.devstack.servers import (  # noqa: F401  (re-exported for the tests)
+    Postgres,
+    S3Server,
+    _wait,
+    free_port,
+    moto_server,
+    postgres_bin_dir,
+    postgres_cluster,
+    stop_process_group,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,9 +1,12 @@
-"""Static checks of the Docker deployment: docker/compose.yaml, docker/Dockerfile, .env.example.
+"""Checks of the Docker deployment (docker/) without a Docker engine: compose.yaml, Dockerfile,
+the lock files, the MinIO/PostgreSQL bootstrap, the Kubernetes Helm values and .env.example.
 
-No Docker engine is needed: Debian's ``docker-compose`` 1.29 (``apt-get install docker-compose``)
-validates and renders the compose file offline. The tests prove that the deployment starts only
-with every credential supplied, binds every published port to 127.0.0.1, runs the platform image
-as a non-root user and carries no default secrets.
+Debian's ``docker-compose`` 1.29 (``apt-get install docker-compose``) validates and renders the
+compose file offline. The tests prove that the deployment starts only with every credential
+supplied, binds every published port to 127.0.0.1, runs the platform images as a non-root user,
+gates start-up on health checks and carries no default secrets. ``docker/postgres/init.sql`` is
+run with psql against a throwaway PostgreSQL, and the statements MinIO's notification target
+issues are replayed against the table it creates.
 
 docker-compose 1.29 quirks handled here:
 - it reads ``.env`` from the project directory (the compose file's folder, i.e. ``docker/.env``)
@@ -13,19 +16,28 @@ docker-compose 1.29 quirks handled here:
   gets a minimal environment (PATH, HOME, LANG) plus exactly the variables under test;
 - a failed ``${VAR:?message}`` guard prints the raw environment mapping of the service (which may
   name other variables) followed by ``in service "<name>": <message>``; the message is the part
-  after the last ``": "``.
+  after the last ``": "``;
+- one call takes 1-2 s (mostly interpreter start-up), so every call the module needs is started
+  at once by one fixture and the tests read the results.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = ROOT / "docker"
@@ -33,8 +45,17 @@ COMPOSE = DOCKER_DIR / "compose.yaml"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 WORKSPACE = DOCKER_DIR / "workspace.docker.yaml"
 POLICY = DOCKER_DIR / "minio" / "platform-policy.json"
+MINIO_INIT = DOCKER_DIR / "minio" / "init.sh"
+INIT_SQL = DOCKER_DIR / "postgres" / "init.sql"
+LOCK = DOCKER_DIR / "requirements.lock"
+LOCK_DAGSTER = DOCKER_DIR / "requirements-dagster.lock"
+LOCK_K8S = DOCKER_DIR / "requirements-k8s.lock"
+HELM_VALUES = DOCKER_DIR / "k8s" / "values.yaml"
+HELM_README = DOCKER_DIR / "k8s" / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
+INSTANCE = ROOT / "dagster.yaml"
+PYPROJECT = ROOT / "pyproject.toml"
 
 CREDENTIALS = (
     "MINIO_ROOT_USER",
@@ -45,9 +66,24 @@ CREDENTIALS = (
 )
 # Placeholder values only; long enough for MinIO's minimum lengths.
 PLACEHOLDERS = {name: f"test-{name.lower().replace('_', '-')}" for name in CREDENTIALS}
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|ROOT_USER")
-PLATFORM_SERVICES = {"code-location", "webserver", "daemon", "mlflow"}
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|API_KEY|TOKEN|ROOT_USER")
+#: Secrets that may be absent: ${VAR:-} (empty default), never a non-empty default.
+OPTIONAL_SECRETS = {"ML_PLATFORM_API_KEY"}
+API_KEY = "test-api-key"
 ROOT_USERS = {"root", "0", "root:root", "0:0", "root:0", "0:root"}
+
+#: Service -> (image, Dockerfile target).
+FULL_IMAGE, SLIM_IMAGE = (
+    ("ml-platform:local", "code-location"),
+    ("ml-platform-dagster:local", "dagster"),
+)
+IMAGES = {"code-location": FULL_IMAGE, "api": FULL_IMAGE, "mlflow": FULL_IMAGE,
+          "webserver": SLIM_IMAGE, "daemon": SLIM_IMAGE}  # fmt: skip
+DAGSTER_SERVICES = ("code-location", "webserver", "daemon")
+PROJECT_SERVICES = ("code-location", "api", "mlflow")  # import ml_platform
+ONE_SHOT = {"minio-init"}
+EVENTS_TABLE = "minio_events"
+EVENT_ARN = "arn:minio:sqs::PRIMARY:postgresql"
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
 needs_compose = pytest.mark.skipif(
@@ -56,29 +92,82 @@ needs_compose = pytest.mark.skipif(
 )
 
 
-def _compose(
-    tmp_path: Path, *args: str, env: dict[str, str], env_file: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run docker-compose on docker/compose.yaml from the repository root, isolated from any
-    docker/.env and from the caller's environment."""
-    if env_file is None:
-        env_file = tmp_path / "empty.env"
-        env_file.write_text("")
-    base = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(tmp_path),
-        "LANG": "C.UTF-8",
+# ------------------------------------------------------------------------------ compose runs
+
+
+@dataclass(frozen=True)
+class Run:
+    args: tuple[str, ...]
+    env: dict[str, str]
+    env_file: str = ""  # "" an empty file, "example" .env.example, "filled" a filled-in copy
+
+
+#: The credential whose empty value is tried for real (one call each costs 1-2 s; that ${VAR:?}
+#: refuses an empty value is compose's semantics, and every credential uses it: checked below).
+EMPTY_SAMPLE = "POSTGRES_PASSWORD"
+
+
+def _scenarios() -> dict[str, Run]:
+    runs = {
+        # Placeholders from the environment, plus the optional API key to see it passed through.
+        "rendered": Run(("config",), {**PLACEHOLDERS, "ML_PLATFORM_API_KEY": API_KEY}),
+        "example": Run(("config", "-q"), {}, "example"),
+        "example-filled": Run(("config", "-q"), {}, "filled"),
+        f"empty {EMPTY_SAMPLE}": Run(("config", "-q"), {**PLACEHOLDERS, EMPTY_SAMPLE: ""}),
     }
-    assert DOCKER_COMPOSE is not None
-    return subprocess.run(
-        [DOCKER_COMPOSE, "--env-file", str(env_file), "-f", str(COMPOSE), *args],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    for name in CREDENTIALS:
+        runs[f"missing {name}"] = Run(
+            ("config", "-q"), {k: v for k, v in PLACEHOLDERS.items() if k != name}
+        )
+    return runs
+
+
+def _filled_env_example(path: Path) -> Path:
+    """The documented workflow: cp .env.example docker/.env and fill in section 1."""
+    lines = []
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        name = line.split("=", 1)[0]
+        lines.append(f"{name}={PLACEHOLDERS[name]}" if name in PLACEHOLDERS else line)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def compose_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, subprocess.CompletedProcess]:
+    """Every docker-compose call of this module, run concurrently, isolated from any docker/.env
+    and from the caller's environment."""
+    if DOCKER_COMPOSE is None:
+        pytest.skip("docker-compose (Debian package `docker-compose`, v1.29) is not on PATH")
+    tmp = tmp_path_factory.mktemp("compose")
+    env_files = {
+        "": tmp / "empty.env",
+        "example": ENV_EXAMPLE,
+        "filled": _filled_env_example(tmp / "filled.env"),
+    }
+    env_files[""].write_text("")
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "LANG": "C.UTF-8"}
+
+    def run(scenario: Run) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [DOCKER_COMPOSE, "--env-file", str(env_files[scenario.env_file]), "-f", str(COMPOSE),
+             *scenario.args],
+            cwd=ROOT, env={**base, **scenario.env}, capture_output=True, text=True, timeout=120,
+            check=False,
+        )  # fmt: skip
+
+    scenarios = _scenarios()
+    with ThreadPoolExecutor(max_workers=len(scenarios)) as pool:
+        return dict(zip(scenarios, pool.map(run, scenarios.values()), strict=True))
+
+
+@pytest.fixture(scope="module")
+def rendered(compose_runs: dict) -> dict:
+    """`docker-compose config` output with every credential set to a placeholder."""
+    result = compose_runs["rendered"]
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
 
 
 def _compose_text() -> str:
@@ -93,86 +182,75 @@ def _guard_message(stderr: str) -> str:
     return lines[-1].rsplit('": ', 1)[-1] if lines else ""
 
 
-@pytest.fixture(scope="module")
-def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """`docker-compose config` output with every credential set to a placeholder."""
-    if DOCKER_COMPOSE is None:
-        pytest.skip("docker-compose (Debian package `docker-compose`, v1.29) is not on PATH")
-    tmp_path = tmp_path_factory.mktemp("compose")
-    result = _compose(tmp_path, "config", env=PLACEHOLDERS)
-    assert result.returncode == 0, result.stderr
-    return yaml.safe_load(result.stdout)
-
-
 # ------------------------------------------------------------------------------ credentials
 
 
 @needs_compose
-def test_config_is_valid_with_all_credentials(tmp_path: Path) -> None:
-    result = _compose(tmp_path, "config", "-q", env=PLACEHOLDERS)
+def test_config_is_valid_with_a_filled_env_file(compose_runs: dict) -> None:
+    """The documented workflow: cp .env.example docker/.env, fill in section 1, config -q."""
+    result = compose_runs["example-filled"]
     assert result.returncode == 0, result.stderr
+    assert result.stdout == "", "config -q prints nothing on success"
 
 
 @needs_compose
 @pytest.mark.parametrize("missing", CREDENTIALS)
-def test_config_refuses_a_missing_credential(tmp_path: Path, missing: str) -> None:
-    env = {k: v for k, v in PLACEHOLDERS.items() if k != missing}
-    result = _compose(tmp_path, "config", "-q", env=env)
+def test_config_refuses_a_missing_credential(compose_runs: dict, missing: str) -> None:
+    result = compose_runs[f"missing {missing}"]
     assert result.returncode != 0, f"compose accepted a config without {missing}"
     assert "Missing mandatory value" in result.stderr, result.stderr
     assert missing in _guard_message(result.stderr), result.stderr
 
 
 @needs_compose
-@pytest.mark.parametrize("empty", CREDENTIALS)
-def test_config_refuses_an_empty_credential(tmp_path: Path, empty: str) -> None:
-    result = _compose(tmp_path, "config", "-q", env={**PLACEHOLDERS, empty: ""})
-    assert result.returncode != 0, f"compose accepted an empty {empty}"
-    assert empty in _guard_message(result.stderr), result.stderr
+def test_config_refuses_an_empty_credential(compose_runs: dict) -> None:
+    result = compose_runs[f"empty {EMPTY_SAMPLE}"]
+    assert result.returncode != 0, f"compose accepted an empty {EMPTY_SAMPLE}"
+    assert EMPTY_SAMPLE in _guard_message(result.stderr), result.stderr
 
 
 @needs_compose
-def test_unedited_env_example_is_refused_and_filled_copy_is_accepted(tmp_path: Path) -> None:
-    """The documented workflow: cp .env.example docker/.env, fill in, --env-file docker/.env."""
-    refused = _compose(tmp_path, "config", "-q", env={}, env_file=ENV_EXAMPLE)
+def test_unedited_env_example_is_refused(compose_runs: dict) -> None:
+    refused = compose_runs["example"]
     assert refused.returncode != 0, "an unedited copy of .env.example must not start anything"
     assert "Missing mandatory value" in refused.stderr, refused.stderr
 
-    filled = tmp_path / "filled.env"
-    lines = []
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        name = line.split("=", 1)[0]
-        lines.append(f"{name}={PLACEHOLDERS[name]}" if name in PLACEHOLDERS else line)
-    filled.write_text("\n".join(lines) + "\n")
-    accepted = _compose(tmp_path, "config", "-q", env={}, env_file=filled)
-    assert accepted.returncode == 0, accepted.stderr
-
 
 def test_no_default_for_any_secret_in_compose() -> None:
-    """Every secret is referenced as ${VAR:?...}: never ${VAR:-x}, ${VAR-x}, ${VAR} or $VAR."""
+    """Every secret is ${VAR:?...} (refused when unset or empty): never ${VAR?x}, ${VAR:-x},
+    ${VAR-x}, ${VAR} or $VAR. The one optional secret (the API key) defaults to empty only."""
     text = _compose_text()
     braced = re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}", text)
     assert braced, "compose.yaml references no variables at all"
     for name, modifier in braced:
-        if name in CREDENTIALS or SECRET_NAME.search(name):
+        if name in OPTIONAL_SECRETS:
+            assert modifier == ":-", f"${{{name}{modifier}}} must be ${{{name}:-}}"
+        elif name in CREDENTIALS or SECRET_NAME.search(name):
             assert modifier.startswith(":?"), f"${{{name}{modifier}}} must be ${{{name}:?...}}"
     bare = re.findall(r"(?<!\$)\$([A-Za-z_][A-Za-z0-9_]*)", text)
     assert not [n for n in bare if SECRET_NAME.search(n)], bare
-    assert {name for name, _ in braced} >= set(CREDENTIALS)
+    assert {name for name, _ in braced} >= set(CREDENTIALS) | OPTIONAL_SECRETS
 
 
+@needs_compose
 def test_secret_values_come_only_from_the_environment(rendered: dict) -> None:
     """With placeholder credentials, every secret-looking variable in the rendered config holds a
-    placeholder: nothing is hard-coded."""
+    placeholder (or the API key passed through): nothing is hard-coded."""
     seen = set()
     for name, service in rendered["services"].items():
         env = service.get("environment") or {}
         assert isinstance(env, dict), f"{name}: environment should render as a mapping"
         for key, value in env.items():
-            if SECRET_NAME.search(key):
+            if key in OPTIONAL_SECRETS:
+                assert value == API_KEY, f"{name}: {key} = {value!r} is not passed through"
+            elif SECRET_NAME.search(key):
                 assert value in PLACEHOLDERS.values(), f"{name}: {key} is not from the env file"
                 seen.add(value)
+            # Connection strings embed the PostgreSQL password: it must be the placeholder.
+            for match in re.findall(r"(?:://[^:/@\s]+:([^@\s]+)@)|(?:password=(\S+))", str(value)):
+                assert PLACEHOLDERS["POSTGRES_PASSWORD"] in match, f"{name}: {key} = {value}"
     assert seen == set(PLACEHOLDERS.values())
+    assert rendered["services"]["api"]["environment"]["ML_PLATFORM_API_KEY"] == API_KEY
 
 
 #: Every ${VAR} of the Feast profiles in feature_repo/profiles/.
@@ -186,6 +264,24 @@ FEAST_PROFILE_VARIABLES = sorted(
 )
 
 
+def _instance_env_names() -> set[str]:
+    """Every {env: NAME} of the repository's dagster.yaml."""
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if set(node) == {"env"}:
+                names.add(node["env"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(yaml.safe_load(INSTANCE.read_text()))
+    return names
+
+
 def test_env_example_documents_every_variable() -> None:
     text = ENV_EXAMPLE.read_text()
     active = dict(
@@ -195,16 +291,18 @@ def test_env_example_documents_every_variable() -> None:
     )
     for name in CREDENTIALS:
         assert active.get(name) == "", f"{name} must be listed in .env.example with no value"
+    assert set(active) == set(CREDENTIALS), "only the credentials are active lines"
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, flags=re.MULTILINE))
     referenced = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", _compose_text()))
     project = {
         "ML_PLATFORM_STORE_URL", "ML_PLATFORM_CONTRACT", "ML_PLATFORM_LABELS_CONTRACT",
         "ML_PLATFORM_SENSOR_INTERVAL_S", "ML_PLATFORM_MAX_REQUESTS_PER_TICK",
         "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
-        "DAGSTER_HOME", "DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER",
-        "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB", "ML_PLATFORM_FEAST_REPO", "FEAST_FS_YAML_FILE_PATH",
-        *FEAST_PROFILE_VARIABLES,
+        "DAGSTER_HOME", "ML_PLATFORM_FEAST_REPO", "FEAST_FS_YAML_FILE_PATH",
+        "ML_PLATFORM_EVENTS_URL", "ML_PLATFORM_EVENTS_TABLE", "ML_PLATFORM_API_KEY",
+        *_instance_env_names(), *FEAST_PROFILE_VARIABLES,
     }  # fmt: skip
+    assert {"DAGSTER_COMPUTE_LOGS_BUCKET", "DAGSTER_PG_PASSWORD"} <= project
     assert not (referenced | project) - documented, (referenced | project) - documented
 
 
@@ -218,6 +316,7 @@ def _host_ip(port: object) -> str:
     return parts[0] if len(parts) == 3 else ""  # "ip:published:target[/proto]"
 
 
+@needs_compose
 def test_every_published_port_binds_to_loopback(rendered: dict) -> None:
     published = []
     for name, service in rendered["services"].items():
@@ -225,50 +324,130 @@ def test_every_published_port_binds_to_loopback(rendered: dict) -> None:
         for port in service.get("ports") or []:
             assert _host_ip(port) == "127.0.0.1", f"{name} publishes {port} beyond 127.0.0.1"
             published.append(str(port))
-    for expected in ("9000", "9001", "5432", "3000"):
+    for expected in ("9000", "9001", "5432", "3000", "5000", "8000"):
         assert any(f"127.0.0.1:{expected}:" in p for p in published), (expected, published)
 
 
-# ------------------------------------------------------------------------------ image / user
+# ------------------------------------------------------------------------------ Dockerfile
 
 
-def _final_stage(dockerfile: str) -> list[str]:
-    lines = [ln.strip() for ln in dockerfile.splitlines() if ln.strip() and not ln.startswith("#")]
-    starts = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
-    assert starts, "Dockerfile has no FROM"
-    return lines[starts[-1] :]
+@dataclass
+class Stage:
+    name: str
+    base: str  # another stage's name or an image reference
+    instructions: list[str]
 
 
-def test_platform_image_runs_as_non_root(rendered: dict) -> None:
-    users = [
-        ln.split(None, 1)[1].strip()
-        for ln in _final_stage(DOCKERFILE.read_text())
-        if ln.upper().startswith("USER ")
-    ]
-    assert users, "the runtime stage of docker/Dockerfile sets no USER"
-    assert users[-1] not in ROOT_USERS, f"runtime stage runs as {users[-1]}"
-
-    uses_image = {
-        name
-        for name, service in rendered["services"].items()
-        if str((service.get("build") or {}).get("dockerfile", "")).endswith("docker/Dockerfile")
-    }
-    assert uses_image == PLATFORM_SERVICES
-    images = {rendered["services"][name].get("image") for name in uses_image}
-    assert len(images) == 1, f"one image for the Dagster services, got {images}"
-    for name, service in rendered["services"].items():
-        if service.get("image") in images:
-            assert str(service.get("user", "")) not in ROOT_USERS, f"{name} overrides USER to root"
-
-
-def test_third_party_images_are_pinned(rendered: dict) -> None:
-    for name, service in rendered["services"].items():
-        if name in PLATFORM_SERVICES:
+def _dockerfile() -> tuple[dict[str, str], list[Stage]]:
+    """(global ARG defaults, stages in order), with continuation lines joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line or line.startswith("#"):
             continue
-        image = service["image"]
-        tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
-        assert tag and tag != "latest", f"{name}: image {image} is not pinned to a tag"
-    assert "python:3.11-slim-bookworm" in DOCKERFILE.read_text()
+        keyword = line.split(" ", 1)[0].upper()
+        if keyword == "FROM":
+            match = re.fullmatch(r"FROM (?:--platform=\S+ )?(\S+) AS (\S+)", line, flags=re.I)
+            assert match, f"every stage is named: {line}"
+            stages.append(Stage(match[2], match[1], []))
+        elif keyword == "ARG" and not stages:
+            name, _, default = line.split(" ", 1)[1].partition("=")
+            args[name] = default
+        elif stages:
+            stages[-1].instructions.append(line)
+    return args, stages
+
+
+def _chain(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and its ancestors, base first."""
+    chain = [stages[name]]
+    while chain[0].base in stages:
+        chain.insert(0, stages[chain[0].base])
+    return chain
+
+
+def _user(stages: dict[str, Stage], name: str) -> str:
+    users = [
+        line.split(" ", 1)[1]
+        for stage in _chain(stages, name)
+        for line in stage.instructions
+        if line.upper().startswith("USER ")
+    ]
+    return users[-1] if users else "root"
+
+
+def _copied(stages: dict[str, Stage], name: str) -> list[str]:
+    """Every COPY that ends up in the image of stage `name`, following COPY --from stages."""
+    copies = []
+    for stage in _chain(stages, name):
+        for line in stage.instructions:
+            if line.upper().startswith("COPY "):
+                copies.append(line)
+                source = re.search(r"--from=(\S+)", line)
+                if source and source[1] in stages:
+                    copies += _copied(stages, source[1])
+    return copies
+
+
+TARGETS = {"code-location", "dagster", "code-location-k8s"}
+
+
+def test_dockerfile_targets_run_as_non_root() -> None:
+    _, ordered = _dockerfile()
+    stages = {stage.name: stage for stage in ordered}
+    assert set(stages) >= TARGETS, set(stages)
+    assert ordered[-1].name == "code-location", "the default (last) target is the code location"
+    for target in TARGETS:
+        assert _user(stages, target) not in ROOT_USERS, f"{target} runs as root"
+        assert _user(stages, target) == "dagster:dagster", target
+
+
+def test_base_image_is_pinned_to_an_exact_release() -> None:
+    args, ordered = _dockerfile()
+    stage_names = {stage.name for stage in ordered}
+    bases = {stage.base for stage in ordered if stage.base not in stage_names}
+    assert bases == {"${PYTHON_IMAGE}"}, f"one pinned base image for every stage: {bases}"
+    image = args["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", image), image
+
+
+def test_slim_dagster_image_has_no_project_code() -> None:
+    """webserver/daemon image: the four Dagster packages from their own lock, nothing of the
+    project (no source, no feature repo, no full lock)."""
+    _, ordered = _dockerfile()
+    stages = {stage.name: stage for stage in ordered}
+    copied = " ".join(_copied(stages, "dagster"))
+    for forbidden in ("ml_platform", "pyproject.toml", "feature_repo", "requirements.lock",
+                      "requirements-k8s.lock"):  # fmt: skip
+        assert forbidden not in copied, f"the dagster target copies {forbidden}"
+    assert "requirements-dagster.lock" in copied
+    full = " ".join(_copied(stages, "code-location"))
+    assert "ml_platform" in full and "feature_repo" in full and "requirements.lock" in full
+    assert "requirements-k8s.lock" in " ".join(_copied(stages, "code-location-k8s"))
+
+
+def test_every_pip_install_is_locked() -> None:
+    """Either a lock with --require-hashes --no-deps, or the project itself without deps."""
+    _, ordered = _dockerfile()
+    installs = [
+        part.strip()
+        for stage in ordered
+        for line in stage.instructions
+        if line.upper().startswith("RUN ")
+        for part in line[4:].split("&&")
+        if re.search(r"\bpip install\b", part)
+    ]
+    assert len(installs) == 4, installs
+    for command in installs:
+        lock = re.search(r"-r (\S+)", command)
+        if lock:
+            assert "--require-hashes" in command and "--no-deps" in command, command
+            assert Path(lock[1]).name in {LOCK.name, LOCK_DAGSTER.name, LOCK_K8S.name}, command
+        else:
+            assert command.endswith(" .") and "--no-deps" in command, command
+    assert "--upgrade" not in DOCKERFILE.read_text(), "nothing is upgraded from the network"
 
 
 def test_dockerfile_installs_instance_config_and_workspace() -> None:
@@ -282,9 +461,109 @@ def test_dockerfile_installs_instance_config_and_workspace() -> None:
     assert "PYTHONDONTWRITEBYTECODE=1" in text
 
 
+@needs_compose
+def test_services_use_the_intended_image_and_target(rendered: dict) -> None:
+    _, ordered = _dockerfile()
+    stage_names = {stage.name for stage in ordered}
+    built = {}
+    for name, service in rendered["services"].items():
+        build = service.get("build")
+        if build:
+            assert Path(build["context"]) == ROOT, name
+            assert build["dockerfile"] == "docker/Dockerfile", name
+            assert build.get("target") in stage_names, f"{name}: unknown target"
+            built[name] = (service["image"], build["target"])
+        assert str(service.get("user", "")) not in ROOT_USERS, f"{name} overrides USER to root"
+    assert built == IMAGES
+
+
+@needs_compose
+def test_third_party_images_are_pinned(rendered: dict) -> None:
+    for name, service in rendered["services"].items():
+        if name in IMAGES:
+            continue
+        image = service["image"]
+        tag = image.rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+        assert tag and tag != "latest", f"{name}: image {image} is not pinned to a tag"
+        assert re.search(r"\d", tag), f"{name}: {image} has a moving tag"
+
+
+# ------------------------------------------------------------------------------ locks
+
+
+def _lock(path: Path) -> dict[str, tuple[str, str]]:
+    """name -> (version, marker) of a uv/pip-compile lock; every entry must carry hashes."""
+    entries: dict[str, tuple[str, str]] = {}
+    blocks = re.split(r"\n(?=[A-Za-z0-9])", path.read_text())
+    for block in blocks:
+        head = block.split("\n", 1)[0]
+        if head.startswith("#") or not head.strip():
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+?)(?: ; (.+?))? \\", head)
+        assert match, f"{path.name}: not an exact pin: {head}"
+        assert "--hash=sha256:" in block, f"{path.name}: {match[1]} has no hash"
+        entries[canonicalize_name(match[1])] = (match[2], match[3] or "")
+    assert entries, path
+    return entries
+
+
+DEV_ONLY = {"pytest", "pytest-timeout", "moto", "ruff", "schemathesis", "hypothesis", "ml-platform"}
+
+
+def test_locks_pin_and_hash_everything_and_leave_dev_tools_out() -> None:
+    for path in (LOCK, LOCK_DAGSTER, LOCK_K8S):
+        entries = _lock(path)
+        assert not DEV_ONLY & set(entries), f"{path.name}: {DEV_ONLY & set(entries)}"
+
+
+def test_lock_satisfies_the_project_dependencies() -> None:
+    """Every dependency of pyproject.toml is in the lock at a version it accepts (fails when a
+    dependency was added or tightened without running docker/lock.sh)."""
+    import tomllib
+
+    lock = _lock(LOCK)
+    environment = {**default_environment(), "python_version": "3.11", "sys_platform": "linux",
+                   "platform_system": "Linux"}  # fmt: skip
+    dependencies = tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    for line in [*dependencies, "setuptools>=68", "wheel"]:
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in lock, f"{name} is missing from {LOCK.name}: run docker/lock.sh"
+        assert requirement.specifier.contains(lock[name][0], prereleases=True), (line, lock[name])
+
+
+def test_slim_and_k8s_locks_agree_with_the_main_lock() -> None:
+    main, slim, k8s = _lock(LOCK), _lock(LOCK_DAGSTER), _lock(LOCK_K8S)
+    assert {"dagster", "dagster-webserver", "dagster-postgres", "dagster-aws"} <= set(slim)
+    assert not {"mlflow", "feast", "scikit-learn", "duckdb"} & set(slim), "slim lock is not slim"
+    # Same versions (markers of a universal resolution may differ between the two inputs).
+    assert {n: slim[n][0] for n in slim} == {n: main[n][0] for n in slim}
+    assert set(k8s) - set(main) >= {"dagster-k8s", "kubernetes"}
+    assert {n: k8s[n][0] for n in main} == {n: main[n][0] for n in main}
+    assert k8s["dagster-k8s"][0] == main["dagster-aws"][0], "dagster-* libraries move together"
+
+
+def test_slim_image_has_every_module_of_the_instance_config() -> None:
+    """The webserver and daemon load dagster.yaml: every class it names must be importable from
+    the slim lock (e.g. S3ComputeLogManager -> dagster-aws)."""
+    instance = yaml.safe_load(INSTANCE.read_text())
+    slim = _lock(LOCK_DAGSTER)
+    modules = {
+        node["module"] for node in instance.values() if isinstance(node, dict) and "module" in node
+    }
+    if "postgres" in (instance.get("storage") or {}):
+        modules.add("dagster_postgres")
+    assert modules, "dagster.yaml names no module at all"
+    for module in modules:
+        assert canonicalize_name(module.split(".", 1)[0]) in slim, module
+
+
 # ------------------------------------------------------------------------------ wiring
 
 
+@needs_compose
 def test_workspace_points_at_the_code_location_service(rendered: dict) -> None:
     entries = yaml.safe_load(WORKSPACE.read_text())["load_from"]
     assert len(entries) == 1
@@ -296,34 +575,70 @@ def test_workspace_points_at_the_code_location_service(rendered: dict) -> None:
     assert command[command.index("--location-name") + 1] == grpc["location_name"]
 
 
+def _condition(services: dict, name: str, dependency: str) -> str:
+    return services[name]["depends_on"][dependency]["condition"]
+
+
+@needs_compose
 def test_start_order_is_gated_by_health_checks(rendered: dict) -> None:
     services = rendered["services"]
-    for name in ("minio", "postgres", *PLATFORM_SERVICES):
-        assert services[name].get("healthcheck", {}).get("test"), f"{name} has no health check"
-    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
-    code_deps = services["code-location"]["depends_on"]
-    assert code_deps["postgres"]["condition"] == "service_healthy"
-    assert code_deps["minio-init"]["condition"] == "service_completed_successfully"
+    for name, service in services.items():
+        if name not in ONE_SHOT:
+            assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
+            assert service.get("restart") == "unless-stopped", name
+        for dependency, spec in (service.get("depends_on") or {}).items():
+            if spec["condition"] == "service_healthy":
+                assert services[dependency].get("healthcheck"), (name, dependency)
+            else:
+                assert spec["condition"] == "service_completed_successfully", (name, dependency)
+                assert dependency in ONE_SHOT, (name, dependency)
+    assert _condition(services, "minio", "postgres") == "service_healthy"
+    assert _condition(services, "minio-init", "minio") == "service_healthy"
+    for name in ("code-location", "mlflow"):
+        assert _condition(services, name, "postgres") == "service_healthy"
+        assert _condition(services, name, "minio-init") == "service_completed_successfully"
     for name in ("webserver", "daemon"):
-        deps = services[name]["depends_on"]
-        assert deps["postgres"]["condition"] == "service_healthy"
-        assert deps["code-location"]["condition"] == "service_healthy"
+        assert _condition(services, name, "postgres") == "service_healthy"
+        assert _condition(services, name, "code-location") == "service_healthy"
+    assert _condition(services, "api", "mlflow") == "service_healthy"
+    assert _condition(services, "api", "postgres") == "service_healthy"
 
 
+@needs_compose
+def test_api_service(rendered: dict) -> None:
+    api = rendered["services"]["api"]
+    assert [str(c) for c in api["command"]] == [
+        "uvicorn", "--factory", "ml_platform.serving.app:create_app",
+        "--host", "0.0.0.0", "--port", "8000", "--workers", "1",
+    ]  # fmt: skip
+    assert [str(p) for p in api["ports"]] in (["127.0.0.1:8000:8000/tcp"], ["127.0.0.1:8000:8000"])
+    probe = " ".join(api["healthcheck"]["test"])
+    assert "urllib" in probe and "http://127.0.0.1:8000/health" in probe, probe
+    env = api["environment"]
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    for name in FEAST_PROFILE_VARIABLES:
+        assert env[name] == rendered["services"]["code-location"]["environment"][name], name
+
+
+@needs_compose
 def test_platform_env_uses_the_least_privilege_user(rendered: dict) -> None:
-    for name in PLATFORM_SERVICES:
+    for name in (*DAGSTER_SERVICES, "api", "mlflow"):
         env = rendered["services"][name]["environment"]
         assert env["AWS_ACCESS_KEY_ID"] == PLACEHOLDERS["PLATFORM_S3_ACCESS_KEY"], name
         assert env["AWS_SECRET_ACCESS_KEY"] == PLACEHOLDERS["PLATFORM_S3_SECRET_KEY"], name
-        assert env["ML_PLATFORM_STORE_URL"] == "s3://ml-platform"
         assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
         assert env["DAGSTER_PG_HOST"] == "postgres"
         assert not {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} & set(env), name
+    for name in PROJECT_SERVICES:
+        assert (
+            rendered["services"][name]["environment"]["ML_PLATFORM_STORE_URL"] == "s3://ml-platform"
+        )
+    for name in ("webserver", "daemon"):  # never import the project: no project settings
+        env = rendered["services"][name]["environment"]
+        assert not [k for k in env if k.startswith(("ML_PLATFORM_", "FEAST_", "MLFLOW_"))], name
 
 
 def test_platform_policy_is_least_privilege() -> None:
-    import json
-
     policy = json.loads(POLICY.read_text())
     # Object read/write, listing, and cleaning up the multipart uploads boto3 makes for large files.
     allowed = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
@@ -351,3 +666,386 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None
     for required in (".venv", ".lake", ".dagster_home", ".git", "benchmarks/data", "*.log",
                      ".env", "docker/.env"):  # fmt: skip
         assert required in patterns, required
+    for needed in ("docker", "ml_platform", "feature_repo", "pyproject.toml", "README.md",
+                   "dagster.yaml", "*.lock", "docker/requirements.lock"):  # fmt: skip
+        assert needed not in patterns, f"the build needs {needed}"
+
+
+# ------------------------------------------------------------------------------ compute logs
+
+
+@needs_compose
+def test_dagster_services_get_what_the_instance_config_reads(rendered: dict) -> None:
+    """dagster.yaml reads its settings from {env: ...}: every Dagster process must have them,
+    and compute logs go to the platform bucket under logs/compute."""
+    instance = yaml.safe_load(INSTANCE.read_text())
+    assert instance["compute_logs"]["class"] == "S3ComputeLogManager"
+    needed = _instance_env_names()
+    for name in DAGSTER_SERVICES:
+        env = rendered["services"][name]["environment"]
+        assert not needed - set(env), (name, needed - set(env))
+        assert env["DAGSTER_COMPUTE_LOGS_BUCKET"] == "ml-platform", name
+        assert env["DAGSTER_COMPUTE_LOGS_PREFIX"] == "logs/compute", name
+    writable = {
+        resource
+        for statement in json.loads(POLICY.read_text())["Statement"]
+        if "s3:PutObject" in statement["Action"]
+        for resource in statement["Resource"]
+    }
+    assert "arn:aws:s3:::ml-platform/*" in writable
+
+
+@needs_compose
+def test_no_state_volume_for_dagster_home(rendered: dict) -> None:
+    """Runs, events and schedules live in PostgreSQL and compute logs in S3: no volume is mounted
+    under $DAGSTER_HOME, and every named volume is used."""
+    declared = set(rendered.get("volumes") or {})
+    assert "dagster-storage" not in declared
+    used = set()
+    for name, service in rendered["services"].items():
+        for mount in service.get("volumes") or []:
+            source, target = str(mount).split(":")[:2]
+            assert not target.startswith("/opt/dagster"), f"{name} mounts {target}"
+            if not source.startswith(("/", ".")):
+                assert source in declared, (name, source)
+                used.add(source)
+    assert used == declared, declared - used
+
+
+# ------------------------------------------------------------------------------ notifications
+
+
+def _libpq_params(dsn: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in dsn.split())
+
+
+@needs_compose
+def test_minio_publishes_landing_puts_to_postgres(rendered: dict) -> None:
+    services = rendered["services"]
+    env = services["minio"]["environment"]
+    assert env["MINIO_NOTIFY_POSTGRES_ENABLE_PRIMARY"] == "on"
+    assert env["MINIO_NOTIFY_POSTGRES_TABLE_PRIMARY"] == EVENTS_TABLE
+    assert env["MINIO_NOTIFY_POSTGRES_FORMAT_PRIMARY"] == "access"
+    assert _libpq_params(env["MINIO_NOTIFY_POSTGRES_CONNECTION_STRING_PRIMARY"]) == {
+        "host": "postgres", "port": "5432", "dbname": "events", "user": "postgres",
+        "password": PLACEHOLDERS["POSTGRES_PASSWORD"], "sslmode": "disable",
+    }  # fmt: skip
+    queue = env.get("MINIO_NOTIFY_POSTGRES_QUEUE_DIR_PRIMARY")
+    if queue:  # the undelivered-event queue must survive a container restart
+        assert any(str(m).split(":")[1] == queue for m in services["minio"]["volumes"]), queue
+    assert _condition(services, "minio", "postgres") == "service_healthy"
+    # Every target configured by environment is ENABLE/CONNECTION_STRING/... + _<ID>; the ID in
+    # the ARN that minio-init attaches must be one of them.
+    ids = {k.rsplit("_", 1)[1] for k in env if k.startswith("MINIO_NOTIFY_POSTGRES_ENABLE_")}
+    assert EVENT_ARN.split(":")[4] in ids and EVENT_ARN.endswith(":postgresql"), ids
+
+
+@needs_compose
+def test_platform_services_follow_the_events_table(rendered: dict) -> None:
+    for name in PROJECT_SERVICES:
+        env = rendered["services"][name]["environment"]
+        assert env["ML_PLATFORM_EVENTS_URL"] == (
+            f"postgresql://postgres:{PLACEHOLDERS['POSTGRES_PASSWORD']}@postgres:5432/events"
+        ), name
+        assert env["ML_PLATFORM_EVENTS_TABLE"] == EVENTS_TABLE, name
+
+
+def test_minio_init_adds_the_notification_rule() -> None:
+    script = MINIO_INIT.read_text()
+    lines = [ln.strip() for ln in script.splitlines() if not ln.lstrip().startswith("#")]
+    expected = f"mc event add local/ml-platform {EVENT_ARN} --event put --prefix landing/"
+    assert any(re.search(re.escape(expected) + r"(\s|$)", line) for line in lines), expected
+    assert "already exists" in script, "a re-run must not fail on the existing rule"
+    syntax = subprocess.run(["sh", "-n", str(MINIO_INIT)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+def test_init_sql_declares_the_events_table() -> None:
+    sql = INIT_SQL.read_text()
+    for database in ("dagster", "mlflow", "feast", "events"):
+        assert f"CREATE DATABASE {database}" in sql, database
+    assert re.search(r"^\\connect events$", sql, flags=re.M)
+    assert re.search(
+        r"CREATE TABLE IF NOT EXISTS public\.minio_events \(\s*id\s+bigserial\s+PRIMARY KEY,"
+        r"\s*event_time\s+timestamptz\s+NOT NULL,\s*event_data\s+jsonb\s+NOT NULL\s*\)",
+        sql,
+        flags=re.I,
+    ), "table contract: id bigserial pk, event_time timestamptz not null, event_data jsonb not null"
+
+
+@pytest.fixture(scope="module")
+def initialised_postgres():
+    """A throwaway PostgreSQL cluster of its own (init.sql creates fixed database names, which
+    must not collide with the session-wide cluster of the other tests), initialised with
+    docker/postgres/init.sql the way the postgres image's entrypoint runs it, twice (idempotent)."""
+    from ml_platform_tests.servers import postgres_bin_dir, postgres_cluster
+
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
+    with postgres_cluster() as pg:
+        psql = pg.bin_dir / "psql"
+        command = [str(psql) if psql.exists() else "psql", "-h", pg.host, "-p", str(pg.port),
+                   "-U", "postgres", "-d", "postgres", "--no-psqlrc", "-v", "ON_ERROR_STOP=1",
+                   "-f", str(INIT_SQL)]  # fmt: skip
+        for attempt in ("first start", "re-run"):
+            result = subprocess.run(
+                command, capture_output=True, text=True, timeout=60, check=False,
+                env={**os.environ, "PGPASSWORD": pg.password},
+            )  # fmt: skip
+            assert result.returncode == 0, f"{attempt}: {result.stderr}"
+        yield pg
+
+
+def _minio_record(key: str, sequencer: str) -> dict:
+    """An S3 event record as MinIO publishes it (object key URL-encoded)."""
+    return {
+        "eventVersion": "2.0", "eventSource": "minio:s3", "awsRegion": "",
+        "eventTime": "2025-05-01T12:00:00.123Z", "eventName": "s3:ObjectCreated:Put",
+        "userIdentity": {"principalId": "platform"},
+        "requestParameters": {"principalId": "platform", "region": "", "sourceIPAddress": "10.0.0.5"},
+        "responseElements": {"x-amz-id-2": "dd9025bab4ad464b049177c95eb6ebf374d3b3fd1af9251148b658df7ac2e3e8",
+                             "x-amz-request-id": "1837E5A4E4F1B1C2", "x-minio-deployment-id": "x",
+                             "x-minio-origin-endpoint": "http://172.18.0.2:9000"},
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "Config",
+               "bucket": {"name": "ml-platform", "ownerIdentity": {"principalId": "platform"},
+                          "arn": "arn:aws:s3:::ml-platform"},
+               "object": {"key": key, "size": 1234, "eTag": "0f343b0931126a20f133d67c2b018a3b",
+                          "contentType": "text/csv", "userMetadata": {"content-type": "text/csv"},
+                          "sequencer": sequencer}},
+        "source": {"host": "10.0.0.5", "port": "", "userAgent": "Boto3/1.35"},
+    }  # fmt: skip
+
+
+def test_init_sql_events_table_accepts_minio_inserts(initialised_postgres) -> None:
+    """Replays what MinIO's PostgreSQL target (access format) does: the table-exists probe, then
+    its prepared INSERT; readers get the events back in insertion order by id."""
+    import psycopg2
+
+    pg = initialised_postgres
+    admin = psycopg2.connect(host=pg.host, port=pg.port, user="postgres", dbname="postgres")
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT datname FROM pg_database")
+            assert {"dagster", "mlflow", "feast", "events"} <= {row[0] for row in cur.fetchall()}
+    finally:
+        admin.close()
+
+    keys = ["landing%2Freadings%2Fday+1.csv", "landing%2Flabels%2Flabels.csv", "landing%2Fx.csv"]
+    conn = psycopg2.connect(host=pg.host, port=pg.port, user="postgres", dbname="events")
+    conn.autocommit = True  # MinIO's statements run outside transactions
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f"SELECT 1 FROM {EVENTS_TABLE};")  # MinIO: psqlTableExists
+            cur.execute(  # MinIO: psqlInsertRow, prepared, then executed per event
+                f"PREPARE minio_insert AS INSERT INTO {EVENTS_TABLE} (event_time, event_data) "
+                "VALUES ($1, $2);"
+            )
+            for n, key in enumerate(keys):
+                record = _minio_record(key, f"1837E5A4E4F1B1C{n}")
+                cur.execute(
+                    "EXECUTE minio_insert (%s, %s)",
+                    (datetime(2025, 5, 1, 12, 0, n, tzinfo=UTC), json.dumps({"Records": [record]})),
+                )
+            # The brief's literal form works too (MinIO's bytes arrive as text for jsonb).
+            cur.execute(
+                f"INSERT INTO {EVENTS_TABLE} (event_time, event_data) VALUES (now(), %s)",
+                (json.dumps({"Records": [_minio_record("landing%2Flast.csv", "Z")]}),),
+            )
+            cur.execute(
+                f"SELECT id, event_data->'Records'->0->'s3'->'object'->>'key' FROM {EVENTS_TABLE} "
+                "ORDER BY id"
+            )
+            rows = cur.fetchall()
+            cur.execute(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
+                (EVENTS_TABLE,),
+            )
+            columns = cur.fetchall()
+    finally:
+        conn.close()
+    assert [key for _, key in rows] == [*keys, "landing%2Flast.csv"]
+    ids = [row_id for row_id, _ in rows]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids) and ids[0] >= 1, ids
+    assert columns == [("id", "bigint", "NO"), ("event_time", "timestamp with time zone", "NO"),
+                       ("event_data", "jsonb", "NO")]  # fmt: skip
+
+
+@needs_compose
+def test_compose_connection_strings_reach_the_events_table(initialised_postgres, rendered) -> None:
+    """MinIO's libpq string and the platform's URL, as compose renders them (host and port
+    swapped for the throwaway server), connect to the `events` database holding the table."""
+    import psycopg2
+
+    pg = initialised_postgres
+    minio = rendered["services"]["minio"]["environment"]
+    dsn = minio["MINIO_NOTIFY_POSTGRES_CONNECTION_STRING_PRIMARY"].replace(
+        "host=postgres port=5432", f"host={pg.host} port={pg.port}"
+    )
+    url = rendered["services"]["code-location"]["environment"]["ML_PLATFORM_EVENTS_URL"].replace(
+        "@postgres:5432/", f"@{pg.host}:{pg.port}/"
+    )
+    table = rendered["services"]["code-location"]["environment"]["ML_PLATFORM_EVENTS_TABLE"]
+    for target in (dsn, url):
+        conn = psycopg2.connect(target)  # trust auth: the placeholder password is not checked
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_database(), to_regclass(%s) IS NOT NULL", (table,))
+                assert cur.fetchone() == ("events", True), target
+        finally:
+            conn.close()
+
+
+# ------------------------------------------------------------------------------ Kubernetes
+
+
+def _helm_values() -> dict:
+    return yaml.safe_load(HELM_VALUES.read_text())
+
+
+def _walk(node: object, path: str = ""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _walk(value, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+#: Keys of the chart's values that this file may use, from the chart's schema
+#: (helm/dagster/schema/schema/charts/dagster/values.py and subschema/*.py in dagster-io/dagster;
+#: the chart's values.schema.json forbids unknown keys in most sections).
+HELM_TOP_LEVEL = {
+    "global", "postgresql", "generatePostgresqlPasswordSecret", "dagster-user-deployments",
+    "dagsterWebserver", "dagsterDaemon", "concurrency", "runLauncher", "computeLogManager",
+    "telemetry", "serviceAccount", "imagePullSecrets", "ingress", "pythonLogs", "retention",
+    "migrate", "additionalInstanceConfig",
+}  # fmt: skip
+HELM_K8S_RUN_LAUNCHER = {
+    "image", "imagePullPolicy", "jobNamespace", "loadInclusterConfig", "kubeconfigFile",
+    "envConfigMaps", "envSecrets", "envVars", "volumeMounts", "volumes", "labels",
+    "failPodOnRunFailure", "resources", "schedulerName", "securityContext", "runK8sConfig",
+}  # fmt: skip
+HELM_S3_COMPUTE_LOGS = {
+    "bucket", "localDir", "prefix", "useSsl", "verify", "verifyCertPath", "endpointUrl",
+    "skipEmptyFiles", "uploadInterval", "uploadExtraArgs", "showUrlOnly", "region",
+}  # fmt: skip
+#: Values that must come from a Kubernetes Secret, never from values.yaml.
+K8S_SECRET_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DAGSTER_PG_PASSWORD",
+                  "ML_PLATFORM_FEAST_PG_PASSWORD", "ML_PLATFORM_FEAST_REGISTRY_URL",
+                  "ML_PLATFORM_EVENTS_URL"}  # fmt: skip
+
+
+def test_helm_values_parse_and_use_the_k8s_run_launcher() -> None:
+    values = _helm_values()
+    assert set(values) <= HELM_TOP_LEVEL, set(values) - HELM_TOP_LEVEL
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    assert set(values["runLauncher"]["config"]) == {"k8sRunLauncher"}
+    assert set(values["runLauncher"]["config"]["k8sRunLauncher"]) <= HELM_K8S_RUN_LAUNCHER
+    assert values["postgresql"]["enabled"] is False
+    assert values["postgresql"]["postgresqlHost"]
+    assert values["generatePostgresqlPasswordSecret"] is False
+    assert values["global"]["postgresqlSecretName"]
+    logs = values["computeLogManager"]
+    assert logs["type"] == "S3ComputeLogManager"
+    assert set(logs["config"]) == {"s3ComputeLogManager"}
+    assert set(logs["config"]["s3ComputeLogManager"]) <= HELM_S3_COMPUTE_LOGS
+    assert values["telemetry"]["enabled"] is False
+
+
+def test_helm_values_hold_no_secret_values() -> None:
+    values = _helm_values()
+    for path, value in _walk(values):
+        if not isinstance(value, str):  # flags such as generatePostgresqlPasswordSecret: false
+            continue
+        key = path.rsplit(".", 1)[-1].split("[", 1)[0]
+        secret_key = re.search(r"(?i)password|secret|token|api_?key|access_?key", key)
+        if secret_key and not key.endswith("SecretName"):
+            assert value == "", f"{path} holds a literal secret"
+        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", value), f"{path}: credentials in URL"
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    env = deployment["env"]
+    assert not K8S_SECRET_ENV & set(env), K8S_SECRET_ENV & set(env)
+    assert not [name for name in env if SECRET_NAME.search(name)], env
+    secrets = {s["name"] for s in deployment["envSecrets"]}
+    assert {
+        s["name"] for s in values["runLauncher"]["config"]["k8sRunLauncher"]["envSecrets"]
+    } == secrets
+
+
+def test_helm_code_location_runs_the_compose_code() -> None:
+    values = _helm_values()
+    users = values["dagster-user-deployments"]
+    assert users["enabled"] is True
+    (deployment,) = users["deployments"]
+    args = deployment["codeServerArgs"]
+    compose = yaml.safe_load(COMPOSE.read_text())["services"]["code-location"]["command"]
+    for flag in ("-m", "-a"):
+        assert args[args.index(flag) + 1] == compose[compose.index(flag) + 1], flag
+    assert deployment["image"]["tag"] not in ("", "latest")
+    assert deployment["podSecurityContext"]["runAsNonRoot"] is True
+    _, ordered = _dockerfile()
+    assert "code-location-k8s" in {stage.name for stage in ordered}
+    assert "--target code-location-k8s" in HELM_README.read_text()
+
+
+@needs_compose
+def test_helm_code_location_gets_every_compose_setting(rendered: dict) -> None:
+    """What compose gives the code location, Kubernetes gives it too: in the deployment's env or
+    in the Secrets the README creates (the DAGSTER_* instance variables are replaced by the
+    chart's own instance config)."""
+    values = _helm_values()
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    readme = HELM_README.read_text()
+    from_secrets = set(re.findall(r"--from-literal=([A-Z][A-Z0-9_]*)=", readme))
+    assert K8S_SECRET_ENV - {"DAGSTER_PG_PASSWORD"} <= from_secrets
+    assert f"secret generic {values['global']['postgresqlSecretName']}" in readme
+    for secret in deployment["envSecrets"]:
+        assert f"secret generic {secret['name']}" in readme, secret
+    compose_env = rendered["services"]["code-location"]["environment"]
+    wanted = {name for name in compose_env if not name.startswith("DAGSTER_")}
+    missing = wanted - set(deployment["env"]) - from_secrets
+    assert not missing, missing
+
+
+def _camel(snake: str) -> str:
+    head, *rest = snake.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def test_helm_instance_settings_match_dagster_yaml() -> None:
+    """Same run queue, limits, retries, monitoring and threading as the compose instance."""
+    instance = yaml.safe_load(INSTANCE.read_text())
+    values = _helm_values()
+    daemon = values["dagsterDaemon"]
+    queued = daemon["runCoordinator"]
+    assert queued["enabled"] is True and queued["type"] == "QueuedRunCoordinator"
+    assert (queued["config"]["queuedRunCoordinator"]["dequeueIntervalSeconds"]
+            == instance["run_queue"]["dequeue_interval_seconds"])  # fmt: skip
+    concurrency = values["concurrency"]
+    assert concurrency["enabled"] is True
+    runs = instance["concurrency"]["runs"]
+    assert concurrency["runs"]["maxConcurrentRuns"] == runs["max_concurrent_runs"]
+    assert concurrency["runs"]["tagConcurrencyLimits"] == runs["tag_concurrency_limits"]
+    assert concurrency["pools"]["defaultLimit"] == instance["concurrency"]["pools"]["default_limit"]
+    for section in ("run_retries", "run_monitoring"):
+        helm = daemon[_camel(section)]
+        for key, value in instance[section].items():
+            assert helm[_camel(key)] == value, (section, key)
+    for section in ("sensors", "schedules"):
+        for key, value in instance[section].items():
+            assert daemon[section][_camel(key)] == value, (section, key)
+    assert values["telemetry"]["enabled"] == instance["telemetry"]["enabled"]
+    assert (
+        values["postgresql"]["postgresqlScheme"]
+        == (instance["storage"]["postgres"]["postgres_db"]["scheme"])
+    )
+    s3_logs = values["computeLogManager"]["config"]["s3ComputeLogManager"]
+    compose = yaml.safe_load(COMPOSE.read_text())["x-instance-env"]
+    assert s3_logs["bucket"] == compose["DAGSTER_COMPUTE_LOGS_BUCKET"]
+    assert s3_logs["prefix"] == compose["DAGSTER_COMPUTE_LOGS_PREFIX"]
+    for key, value in instance["compute_logs"]["config"].items():
+        if not isinstance(value, dict):  # literal settings, not {env: ...}
+            assert s3_logs[_camel(key)] == value, key

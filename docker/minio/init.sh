@@ -4,10 +4,13 @@
 # except that it re-applies the policy file and the platform user's secret from the env file.
 #
 #   buckets  ml-platform       landing/, lake/, results/ zones are prefixes inside it
-#            mlflow-artifacts  MLflow artifact store (used once the MLflow service is added)
+#            mlflow-artifacts  MLflow artifact store (the mlflow service proxies it)
 #   user     $PLATFORM_S3_ACCESS_KEY with policy `ml-platform-rw` (platform-policy.json):
 #            only Get/Put/DeleteObject, ListBucket, GetBucketLocation on those two buckets.
 #            The root credentials never leave the minio and minio-init containers.
+#   events   object PUTs under ml-platform/landing/ are published to PostgreSQL (table
+#            minio_events of database events; target PRIMARY, configured by the
+#            MINIO_NOTIFY_POSTGRES_*_PRIMARY variables of the minio service).
 set -eu
 
 : "${MINIO_ROOT_USER:?MINIO_ROOT_USER is not set}"
@@ -50,4 +53,17 @@ if ! mc admin policy attach local "$POLICY_NAME" --user "$PLATFORM_S3_ACCESS_KEY
     echo "policy $POLICY_NAME already attached to $PLATFORM_S3_ACCESS_KEY"
 fi
 
-echo "MinIO ready: buckets [$BUCKETS], user $PLATFORM_S3_ACCESS_KEY with policy $POLICY_NAME"
+# Bucket notifications for the event-driven landing sensor: every object PUT under landing/ is
+# published to the PostgreSQL target PRIMARY. `--ignore-existing` makes a re-run a no-op; an
+# "already exists" error is accepted as well. `event ls` then shows (and checks) the rule.
+EVENT_ARN=arn:minio:sqs::PRIMARY:postgresql
+if ! out=$(mc event add local/ml-platform arn:minio:sqs::PRIMARY:postgresql --event put --prefix landing/ --ignore-existing 2>&1); then
+    case "$out" in
+        *"already exists"*) echo "bucket notification $EVENT_ARN already configured" ;;
+        *) echo "$out" >&2; exit 1 ;;
+    esac
+fi
+mc event ls local/ml-platform "$EVENT_ARN"
+
+echo "MinIO ready: buckets [$BUCKETS], user $PLATFORM_S3_ACCESS_KEY with policy $POLICY_NAME," \
+    "put events under landing/ -> $EVENT_ARN"

@@ -19,6 +19,7 @@ from pydantic import PrivateAttr
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.contract import Contract, load_contract
+from ml_platform.lib.notifications import DEFAULT_TABLE, EventTable
 from ml_platform.lib.store import ObjectStore, open_store
 
 if TYPE_CHECKING:
@@ -152,6 +153,10 @@ class Settings:
     max_requests_per_tick: int = 100
     start_date: str = "2024-01-01"  # first daily partition
     feast_repo: str = ""  # the Feast repo whose definitions version the feature_views asset
+    # MinIO bucket notifications in PostgreSQL: when set, landing sensors follow them (event mode)
+    # and list the landing prefixes only every reconcile_interval_s.
+    events: EventTable | None = None
+    reconcile_interval_s: int = 3600
 
 
 def settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -161,6 +166,12 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
         max_requests_per_tick=int(env.get("ML_PLATFORM_MAX_REQUESTS_PER_TICK", 100)),
         start_date=env.get("ML_PLATFORM_START_DATE", "2024-01-01"),
         feast_repo=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
+        events=EventTable(
+            env["ML_PLATFORM_EVENTS_URL"], env.get("ML_PLATFORM_EVENTS_TABLE") or DEFAULT_TABLE
+        )
+        if env.get("ML_PLATFORM_EVENTS_URL")
+        else None,
+        reconcile_interval_s=int(env.get("ML_PLATFORM_RECONCILE_INTERVAL_S", 3600)),
     )
 
 

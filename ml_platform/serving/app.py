@@ -286,14 +286,24 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         # Rows arrive as arrays in the model's own feature order (checked at load).
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         state["store"] = store = resources["feast"].store()
-        state["service"] = service = store.get_feature_service(fs.FEATURE_SERVICE)
-        holder.available_features = set(fs.service_features(service))
+
+        def registry_tick() -> None:
+            # A fresh deployment starts before the registry is applied: the service is looked
+            # up again on every tick until it exists, and no model is loaded before it.
+            if hasattr(store.registry, "cached_registry_proto_ttl"):
+                store.refresh_registry()
+            if "service" not in state:
+                service = store.get_feature_service(fs.FEATURE_SERVICE)
+                holder.available_features = set(fs.service_features(service))
+                state["service"] = service
+
         # A registry cache that expires is refreshed inside whichever request comes next (tens
         # of ms on the event loop); here it never expires and the watcher refreshes it instead.
         if hasattr(store.registry, "cached_registry_proto_ttl"):
             store.registry.cached_registry_proto_ttl = timedelta(0)
-            holder.on_tick = store.refresh_registry
+        holder.on_tick = registry_tick
         try:
+            registry_tick()
             holder.refresh()
         except Exception as exc:  # start anyway: /ready says why, the watcher retries
             holder.last_error = f"{type(exc).__name__}: {exc}"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES
 from ml_platform.defs.lakehouse.assets import daily_aggregates
 from ml_platform.defs.partitions import daily
@@ -111,9 +112,7 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
     retry_policy=TRANSIENT_RETRIES,
     # Every day whose aggregates change, not only the latest one (eager's default): a late file or
     # a backfill re-publishes its days; the write keeps newer online values, so this is safe.
-    automation_condition=dg.AutomationCondition.eager().without(
-        dg.AutomationCondition.in_latest_time_window()
-    ),
+    automation_condition=eager_after_parents(),
     # Yesterday's features are online by 07:00 UTC (an hour after the aggregates are due).
     freshness_policy=dg.FreshnessPolicy.cron(
         deadline_cron="0 7 * * *", lower_bound_delta=timedelta(hours=24)

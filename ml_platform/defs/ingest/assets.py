@@ -216,5 +216,11 @@ def raw_labels(
     return ingest_landed_object(context, "labels", lake, ingest)
 
 
-ingest_readings_job = dg.define_asset_job("ingest_readings_job", selection=[raw_readings])
-ingest_labels_job = dg.define_asset_job("ingest_labels_job", selection=[raw_labels])
+#: Run tag that the instance's run queue limits (dagster.yaml: ingest runs two at a time).
+INGEST_TAGS = {"ml_platform/kind": "ingest"}
+ingest_readings_job = dg.define_asset_job(
+    "ingest_readings_job", selection=[raw_readings], tags=INGEST_TAGS
+)
+ingest_labels_job = dg.define_asset_job(
+    "ingest_labels_job", selection=[raw_labels], tags=INGEST_TAGS
+)

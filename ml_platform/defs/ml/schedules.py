@@ -14,6 +14,8 @@ weekly_training_job = dg.define_asset_job(
     "weekly_training_job",
     selection=[training_set, failure_model, sensor_clusters],
     partitions_def=weekly,
+    # Run tag that the instance's run queue limits (dagster.yaml: one training run at a time).
+    tags={"ml_platform/kind": "training"},
     description="Training set, failure model and clusters of one week.",
 )
 

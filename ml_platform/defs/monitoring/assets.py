@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
+from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.lakehouse.assets import daily_aggregates
 from ml_platform.defs.ml.models import (
     CHAMPION,
@@ -60,7 +61,7 @@ class DriftConfig(dg.Config):
     group_name="monitoring",
     kinds={"scipy", "scikitlearn"},
     owners=["team:ml"],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_after_parents(days=2),
     check_specs=[
         dg.AssetCheckSpec(
             BELOW_WARNING,

@@ -6,6 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
+from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.ml.models import MODEL_NAME
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.predictions.assets import daily_predictions
@@ -25,7 +26,7 @@ class LabelQueueConfig(dg.Config):
     group_name="monitoring",
     kinds={"csv"},
     owners=["team:ml"],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=eager_after_parents(days=2),
 )
 def label_queue(
     context: dg.AssetExecutionContext, config: LabelQueueConfig, lake: LakeResource

@@ -7,6 +7,7 @@ from typing import Any
 
 import dagster as dg
 
+from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.features.assets import online_features
 from ml_platform.defs.ingest.assets import quarantine
 from ml_platform.defs.ml.models import (
@@ -126,8 +127,8 @@ class Scorer:
     group_name="predictions",
     kinds={"mlflow", "parquet", "csv"},
     owners=["team:ml"],
-    # The newest day follows new online features and every change of champion.
-    automation_condition=dg.AutomationCondition.eager(),
+    # Today and the day just ended follow new online features and every change of champion.
+    automation_condition=eager_after_parents(days=2),
     # Predictions for the day just ended are expected by 08:00 UTC.
     freshness_policy=dg.FreshnessPolicy.cron(
         deadline_cron="0 8 * * *", lower_bound_delta=timedelta(hours=24)

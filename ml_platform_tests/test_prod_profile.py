@@ -1,0 +1,79 @@
+"""The production profile end to end, as ``make dev-prod`` starts it: PostgreSQL instance, S3 API,
+MLflow server (PostgreSQL backend, S3 artifacts), gRPC code location, webserver, daemon and the
+prediction API, all on loopback.
+
+Nothing is launched by hand: readings and labels are put to S3, and the sensors, Declarative
+Automation and the first-model sensor carry them to a champion model; then the next day's
+readings file is put, and its prediction file appears in S3.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from ml_platform.devstack import flow
+from ml_platform.devstack.stack import prod_stack
+from ml_platform.lib import paths
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+SENSORS = 16
+
+
+@pytest.mark.timeout(900)
+def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
+    files = flow.generate(tmp_path, days=28, sensors=SENSORS, interval_s=900)
+    ports = dict.fromkeys(("s3", "postgres", "mlflow", "grpc", "ui", "api"), 0)
+    with prod_stack(ports, extra_env={"ML_PLATFORM_SENSOR_INTERVAL_S": "1"}) as stack:
+        instance = stack.instance()
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        s3 = stack.s3.client()
+
+        # 1. History and labels land; nobody launches anything.
+        started = time.monotonic()
+        flow.put(stack, files.history, "readings")
+        flow.put(stack, files.labels, "labels")
+        flow.wait_until("a champion model", lambda: flow.champion(stack), stack, 480)
+        print(f"\nupload_to_first_champion_s={time.monotonic() - started:.1f}")
+        version = flow.champion(stack)["version"]
+        runs = instance.get_runs(dg.RunsFilter(tags={"ml_platform/kind": "training"}))
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+        assert runs[0].tags["dagster/sensor_name"] == "first_model_sensor"
+        # Model artifacts went through the MLflow server into the S3 artifact bucket.
+        assert s3.list_objects_v2(Bucket="mlflow-artifacts").get("KeyCount", 0) > 0
+        # Step logs went to the object store (dagster.yaml: S3ComputeLogManager).
+        assert flow.exists(stack, "logs/compute/")
+
+        # 2. The next day's readings: its prediction file follows through sensors + automation.
+        flow.put(stack, files.new_day, "readings")
+        key = paths.predictions_object(files.day)
+        took = flow.wait_until(
+            f"predictions for {files.day}", lambda: flow.exists(stack, key), stack, 300
+        )
+        print(f"upload_to_prediction_s={took:.1f}\n{flow.timeline(instance)}")
+
+        predictions = pd.read_parquet(
+            io.BytesIO(s3.get_object(Bucket="ml-platform", Key=key)["Body"].read())
+        )
+        assert sorted(predictions["sensor_id"]) == sorted(set(predictions["sensor_id"]))
+        assert len(predictions) == SENSORS
+        assert predictions["failure_probability"].between(0, 1).all()
+        assert set(predictions["model_version"].astype(str)) == {str(version)}
+        runs = instance.get_runs(dg.RunsFilter(tags={"dagster/partition": files.day}))
+        assert runs and {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+
+        # 3. The prediction API (hot reload) serves the champion from the online store.
+        health = f"{stack.url('api')}/health"
+        flow.wait_until(
+            "the API's model", lambda: flow.get_json(health)["model_version"], stack, 60
+        )
+        sensor = str(predictions["sensor_id"].iloc[0])
+        answer = flow.get_json(f"{stack.url('api')}/predict", {"sensor_ids": [sensor]})
+        assert answer["model_version"] == str(version)
+        assert answer["predictions"][0]["sensor_id"] == sensor
+        instance.dispose()
