@@ -1,4 +1,5 @@
-"""Command line: ``python -m ml_platform generate|land`` (also installed as ``ml-platform``)."""
+"""Command line: ``python -m ml_platform generate|land|reproduce`` (also installed as
+``ml-platform``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         interval_s=args.interval_s,
         seed=args.seed,
         fmt=args.format,
+        failures_per_sensor_month=args.failures_per_sensor_month,
     )
     started = time.perf_counter()
     if "://" in args.out and not args.out.startswith("file://"):
@@ -89,6 +91,38 @@ def cmd_land(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """0: reproduced within tolerance; 1: not reproduced (the report says what differs);
+    2: nothing to reproduce (unknown version, no manifest, ...)."""
+    import contextlib
+
+    from ml_platform.lib.reproduce import render
+    from ml_platform.reproduce import ReproduceError, default_out_dir, reproduce
+
+    home = os.environ.get("DAGSTER_HOME")
+    with contextlib.ExitStack() as stack:
+        instance = None
+        if home and Path(home).is_dir():
+            import dagster as dg
+
+            # Read only: the latest materialization of each input partition.
+            instance = stack.enter_context(dg.DagsterInstance.get())
+        try:
+            report = reproduce(
+                args.version,
+                instance=instance,
+                out_dir=Path(args.out) if args.out else default_out_dir(),
+                tolerance=args.tolerance,
+                strict=args.strict,
+            )
+        except ReproduceError as exc:
+            print(f"ml-platform reproduce: {exc}", file=sys.stderr)
+            return 2
+    print(render(report))
+    print(f"report: {report['report']}")
+    return 0 if report["reproduced"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--interval-s", type=int, default=60, help="seconds between readings")
     gen.add_argument("--seed", type=int, default=42)
     gen.add_argument("--format", choices=["csv", "csv.gz", "parquet"], default="csv")
+    gen.add_argument(
+        "--failures-per-sensor-month",
+        type=float,
+        default=1.0,
+        help="expected failure events per sensor per 30 days (the labels file)",
+    )
     gen.add_argument(
         "--out",
         required=True,
@@ -121,6 +161,25 @@ def main(argv: list[str] | None = None) -> int:
         help="also add the partitions to the Dagster instance ($DAGSTER_HOME), as the sensor would",
     )
     land.set_defaults(func=cmd_land)
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="rebuild a failure_model version from its manifest and compare its metrics "
+        "(changes nothing live)",
+    )
+    rep.add_argument("--version", type=int, required=True, help="registered model version")
+    rep.add_argument(
+        "--out", default="", help="folder for the rebuilt set and report (default: reproductions/)"
+    )
+    rep.add_argument(
+        "--tolerance", type=float, default=None, help="largest metric difference (1e-6)"
+    )
+    rep.add_argument(
+        "--strict",
+        action="store_true",
+        help="also fail when recorded inputs changed (data versions, registry hash, code versions)",
+    )
+    rep.set_defaults(func=cmd_reproduce)
 
     args = parser.parse_args(argv)
     return args.func(args)

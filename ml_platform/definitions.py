@@ -101,9 +101,6 @@ defs = dg.Definitions(
             target=dg.AssetSelection.all(),
             default_status=dg.DefaultSensorStatus.RUNNING,
             minimum_interval_seconds=_settings.sensor_interval_s,
-            # Plain runs, not backfills: a backfill advances only on the backfill daemon's 30 s
-            # loop. Conditions wait for settled parents instead (defs/automation.py).
-            emit_backfills=False,
         ),
     ],
     resources=build_resources(),

@@ -1,11 +1,11 @@
 """Declarative Automation conditions shared by the assets.
 
-The automation sensor emits plain runs, not backfills (``emit_backfills=False`` in
-definitions.py): a backfill waits for the backfill daemon's fixed 30 s loop at every step, which
-cost about a minute between a new file and its predictions. With plain runs, an asset requested
-in the same tick as one of its parents would run beside that parent instead of after it, so every
-condition here also waits until no parent is being requested or is in progress: a child follows
-one tick after its parents are materialized.
+A tick that requests one partition per asset emits plain runs, one per partition key, so an asset
+requested in the same tick as a parent of another partitions definition would run beside that
+parent instead of after it. Every condition here therefore also waits until no parent is being
+requested or is in progress: a child follows one tick after its parents are materialized. (A tick
+that requests several partitions of an asset emits a backfill, which orders its steps itself
+but advances only on the backfill daemon's 30 s loop.)
 """
 
 from __future__ import annotations

@@ -218,7 +218,11 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
 
 lakehouse_job = dg.define_asset_job(
     "lakehouse_job",
-    selection=[sensor_chunks, daily_aggregates],
+    # online_features (defs/features) by key: the features layer imports this one. The lakehouse
+    # sensor includes it once the registry is applied, so a new file's days reach the online
+    # store in the same run instead of one automation tick and run later.
+    selection=dg.AssetSelection.assets(sensor_chunks, daily_aggregates)
+    | dg.AssetSelection.assets("online_features"),
     tags=LAKEHOUSE_TAGS,
-    description="Chunks and aggregates of a range of days, in one run.",
+    description="Chunks, aggregates and online features of a range of days, in one run.",
 )

@@ -16,7 +16,8 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="For every raw_readings materialization, rebuilds sensor_chunks and "
-        "daily_aggregates over exactly the days that file touched, in one run.",
+        "daily_aggregates (and publishes online_features) over exactly the days that file "
+        "touched, in one run.",
     )
     def lakehouse_on_new_readings_sensor(context: dg.SensorEvaluationContext):
         # The cursor is the storage id of the last materialization handled: exactly once each.
@@ -30,6 +31,11 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
         if not result.records:
             return dg.SkipReason("no new raw_readings materializations")
         known = set(daily.get_partition_keys(dynamic_partitions_store=context.instance))
+        # Publishing needs the Feast registry; before it is applied, automation publishes the
+        # days once feature_views has run.
+        selection = [dg.AssetKey("sensor_chunks"), dg.AssetKey("daily_aggregates")]
+        if context.instance.get_latest_materialization_event(dg.AssetKey("feature_views")):
+            selection.append(dg.AssetKey("online_features"))
         requests = []
         for record in result.records:
             materialization = record.asset_materialization
@@ -41,6 +47,7 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
             requests.append(
                 dg.RunRequest(
                     run_key=f"raw_readings:{record.storage_id}",
+                    asset_selection=selection,
                     tags={
                         RANGE_START: days[0],
                         RANGE_END: days[-1],

@@ -2,8 +2,10 @@
 
 import json
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -17,6 +19,9 @@ from ml_platform.lib import paths
 from ml_platform.lib.store import read_frame, write_frame
 from ml_platform.lib.tables import markdown_table
 from ml_platform.lib.versions import files_version
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LEAKAGE_CHECK = "training_set_is_point_in_time_correct"
 SIZE_CHECK = "training_set_has_both_classes_and_enough_rows"
@@ -36,14 +41,14 @@ class TrainingSetConfig(dg.Config):
     require_created_before_cutoff: bool = False
 
 
-def _latest_versions(
-    context: dg.AssetExecutionContext, asset: dg.AssetKey, partitions: list[str] | None
+def latest_versions(
+    instance: dg.DagsterInstance, asset: dg.AssetKey, partitions: list[str] | None
 ) -> dict[str, str]:
     """Latest data version of each materialized partition of ``asset`` (all when None)."""
     found: dict[str, str] = {}
     cursor = None
     while True:
-        page = context.instance.fetch_materializations(
+        page = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=asset, asset_partitions=partitions),
             limit=1000,
             cursor=cursor,
@@ -96,6 +101,78 @@ def _offline_rows(feature_store, names: dict[str, list[str]], start: datetime, e
     return rows[rows["event_timestamp"] < end]
 
 
+@dataclass
+class BuiltTrainingSet:
+    """What :func:`build_training_frame` returns: the set and what the asset reports about it."""
+
+    frame: "pd.DataFrame"
+    first_day: date
+    last_day: date
+    label_keys: list[str]
+    views: dict[str, list[str]]  # feature names of each view
+    blanked: dict[str, int]  # values the leakage guard blanked, per view
+    leaks: dict[str, int]  # rows still using future values after the guard, per view
+    created_late: dict[str, int]  # rows using values created after their cut-off, per view
+    join_seconds: float
+
+
+def build_training_frame(
+    store, feature_store, names: dict[str, list[str]], week_end: datetime, config: TrainingSetConfig
+) -> BuiltTrainingSet:
+    """The training set of the week ending at ``week_end``, as ``training_set`` builds it (and
+    ``ml-platform reproduce`` rebuilds it): labels known before ``week_end``, sensor-days of the
+    look-back window, Feast's point-in-time join at each cut-off, then the leakage guard."""
+    # pandas-heavy: imported here so that loading the code location stays light.
+    from ml_platform.lib import training
+
+    horizon = timedelta(days=config.horizon_days)
+    # The last day whose target is known by the end of the week: its cut-off plus the horizon.
+    last_day: date = (week_end - horizon - timedelta(days=1) + timedelta(microseconds=1)).date()
+    first_day = last_day - timedelta(days=config.lookback_days - 1)
+
+    label_keys = _label_keys(store, week_end)
+    failures = training.failure_events(read_frame(store, label_keys), until=week_end)
+    oldest = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(
+        days=max(fs.TTL_DAYS.values())
+    )
+    candidates = _offline_rows(feature_store, names, oldest, week_end)
+    entities = training.add_target(
+        training.sensor_days(candidates, first_day, last_day), failures, horizon
+    )
+    joined_at = time.perf_counter()
+    frame = entities.join(
+        fs.features_at(
+            feature_store,
+            entities[["sensor_id"]].assign(event_timestamp=training.join_times(entities)),
+        )
+    )
+    join_seconds = time.perf_counter() - joined_at
+
+    views = {view: names[view] for view in fs.VIEWS}
+    strict = config.require_created_before_cutoff
+    frame, blanked = training.guard(frame, candidates, views, created_too=strict)
+    leaks = {
+        view: int(training.find_leaks(frame, candidates, cols, created_too=strict).sum())
+        for view, cols in views.items()
+    }
+    created_late = {
+        view: int(training.find_leaks(frame, candidates, cols, created_too=True).sum())
+        - leaks[view]
+        for view, cols in views.items()
+    }
+    return BuiltTrainingSet(
+        frame,
+        first_day,
+        last_day,
+        label_keys,
+        views,
+        blanked,
+        leaks,
+        created_late,
+        join_seconds,
+    )
+
+
 @dg.asset(
     partitions_def=weekly,
     deps=[
@@ -141,49 +218,17 @@ def training_set(
     point-in-time join returned for the day's cut-off; a manifest of its inputs beside it."""
     import pandas as pd
 
-    # pandas-heavy: imported here so that loading the code location stays light.
     from ml_platform.lib import training
 
     started = time.perf_counter()
     week = context.partition_key
     week_end = context.partition_time_window.end.astimezone(UTC)
-    horizon = timedelta(days=config.horizon_days)
-    # The last day whose target is known by the end of the week: its cut-off plus the horizon.
-    last_day: date = (week_end - horizon - timedelta(days=1) + timedelta(microseconds=1)).date()
-    first_day = last_day - timedelta(days=config.lookback_days - 1)
     store, feature_store = lake.store(), feast.store()
     names = fs.feature_names(ingest.contract("readings").columns)
-
-    label_keys = _label_keys(store, week_end)
-    failures = training.failure_events(read_frame(store, label_keys), until=week_end)
-    oldest = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(
-        days=max(fs.TTL_DAYS.values())
-    )
-    candidates = _offline_rows(feature_store, names, oldest, week_end)
-    entities = training.add_target(
-        training.sensor_days(candidates, first_day, last_day), failures, horizon
-    )
-    joined_at = time.perf_counter()
-    frame = entities.join(
-        fs.features_at(
-            feature_store,
-            entities[["sensor_id"]].assign(event_timestamp=training.join_times(entities)),
-        )
-    )
-    join_seconds = time.perf_counter() - joined_at
-
-    views = {view: names[view] for view in fs.VIEWS}
+    built = build_training_frame(store, feature_store, names, week_end, config)
+    frame, views, leaks, blanked = built.frame, built.views, built.leaks, built.blanked
+    first_day, last_day = built.first_day, built.last_day
     strict = config.require_created_before_cutoff
-    frame, blanked = training.guard(frame, candidates, views, created_too=strict)
-    leaks = {
-        view: int(training.find_leaks(frame, candidates, cols, created_too=strict).sum())
-        for view, cols in views.items()
-    }
-    created_late = {
-        view: int(training.find_leaks(frame, candidates, cols, created_too=True).sum())
-        - leaks[view]
-        for view, cols in views.items()
-    }
 
     positives = int(frame[training.TARGET].sum())
     negatives = len(frame) - positives
@@ -217,8 +262,8 @@ def training_set(
             "feature_views": feature_views.code_versions_by_key.get(feature_views.key),
         },
         "inputs": {
-            "daily_aggregates": _latest_versions(context, daily_aggregates.key, days),
-            "raw_labels": _latest_versions(context, raw_labels.key, None),
+            "daily_aggregates": latest_versions(context.instance, daily_aggregates.key, days),
+            "raw_labels": latest_versions(context.instance, raw_labels.key, None),
         },
         "leakage_guard": {
             "values_blanked": blanked,
@@ -239,7 +284,7 @@ def training_set(
             "sensors": int(frame["sensor_id"].nunique()),
             "first_day": first_day.isoformat(),
             "last_day": last_day.isoformat(),
-            "label_parts_read": len(label_keys),
+            "label_parts_read": len(built.label_keys),
             "registry_hash": manifest["registry_hash"],
             "training_set": store.uri(set_key),
             "accepted": accepted,
@@ -250,7 +295,7 @@ def training_set(
             "sensor_days_without_features": int(
                 frame[[n for cols in views.values() for n in cols]].isna().all(axis=1).sum()
             ),
-            "point_in_time_join_s": round(join_seconds, 3),
+            "point_in_time_join_s": round(built.join_seconds, 3),
             "seconds": round(time.perf_counter() - started, 3),
         },
         check_results=[
@@ -267,7 +312,9 @@ def training_set(
                     "values_blanked_by_guard": dg.MetadataValue.json(blanked),
                     # Informational unless require_created_before_cutoff: backfilled history
                     # is always created after its event time.
-                    "rows_using_values_created_after_cutoff": dg.MetadataValue.json(created_late),
+                    "rows_using_values_created_after_cutoff": dg.MetadataValue.json(
+                        built.created_late
+                    ),
                 },
             ),
             dg.AssetCheckResult(

@@ -4,8 +4,10 @@ import json
 import math
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
@@ -16,6 +18,11 @@ from ml_platform.lib import paths
 from ml_platform.lib.store import read_frame
 from ml_platform.lib.tables import markdown_table
 from ml_platform.lib.versions import files_version
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ml_platform.lib.modeling import SearchResult
 
 MODEL_NAME = "failure_model"
 EXPERIMENT = "failure_model"
@@ -76,6 +83,56 @@ def _run_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     }
 
 
+@dataclass
+class FittedFailureModel:
+    """One week's classifier before it is judged: what :func:`fit_failure_model` returns."""
+
+    features: list[str]
+    train: "pd.DataFrame"
+    holdout: "pd.DataFrame"  # the last holdout_days days of the set, never trained on
+    gap_days: int
+    search: "SearchResult"  # the refitted best pipeline and its cross-validation scores
+    baseline: Any  # what the model must beat
+
+
+def fit_failure_model(
+    frame: "pd.DataFrame", horizon_days: float, config: FailureModelConfig
+) -> FittedFailureModel:
+    """Split, search and baseline of one week's training set, as ``failure_model`` trains it
+    (and ``ml-platform reproduce`` retrains it): deterministic for a given ``config.seed``."""
+    from ml_platform.lib import modeling
+
+    # A day's target looks `horizon` days ahead: that many days before the holdout (and before
+    # each validation fold) are left out of training, so no failure labels both sides.
+    gap_days = math.ceil(horizon_days)
+    features = modeling.feature_columns(frame)
+    train, holdout = modeling.split_holdout(frame, config.holdout_days, gap_days)
+    result = modeling.search(
+        train,
+        features,
+        space=config.param_space,
+        method=config.search,
+        n_iter=config.n_iter,
+        cv_splits=config.cv_splits,
+        gap_days=gap_days,
+        seed=config.seed,
+    )
+    dummy = modeling.baseline(train, features, config.seed)
+    return FittedFailureModel(features, train, holdout, gap_days, result, dummy)
+
+
+def run_metrics(
+    cv_metrics: dict[str, float], scores: dict[str, float], base: dict[str, float]
+) -> dict[str, float]:
+    """The metrics a failure_model run logs (besides its timing): cross-validation, then the
+    model's and the baseline's scores on the frozen holdout."""
+    return {
+        **cv_metrics,
+        **{f"holdout_{k}": v for k, v in scores.items()},
+        **{f"baseline_{k}": v for k, v in base.items()},
+    }
+
+
 def _pip_requirements() -> list[str]:
     """Pinned explicitly: MLflow's inference of them costs ~9 s per model (STACK_NOTES §6)."""
     from importlib.metadata import version
@@ -123,25 +180,12 @@ def failure_model(
     with tempfile.TemporaryDirectory(prefix="model-") as tmp:
         frame = read_frame(store, [paths.training_set_object(week)])
         manifest = json.loads(store.read_bytes(paths.training_manifest_object(week)))
-        # A day's target looks `horizon` days ahead: that many days before the holdout (and before
-        # each validation fold) are left out of training, so no failure labels both sides.
-        gap_days = math.ceil(manifest["horizon_days"])
-        features = modeling.feature_columns(frame)
-        train, holdout = modeling.split_holdout(frame, config.holdout_days, gap_days)
-        result = modeling.search(
-            train,
-            features,
-            space=config.param_space,
-            method=config.search,
-            n_iter=config.n_iter,
-            cv_splits=config.cv_splits,
-            gap_days=gap_days,
-            seed=config.seed,
-        )
+        fitted = fit_failure_model(frame, manifest["horizon_days"], config)
+        train, holdout, features = fitted.train, fitted.holdout, fitted.features
+        result, gap_days = fitted.search, fitted.gap_days
         trained_s = time.perf_counter() - started
-        dummy = modeling.baseline(train, features, config.seed)
         scores = modeling.evaluate(result.model, holdout, features, config.threshold)
-        base = modeling.evaluate(dummy, holdout, features, config.threshold)
+        base = modeling.evaluate(fitted.baseline, holdout, features, config.threshold)
         proba = result.model.predict_proba(holdout[features])[:, 1]
         valid = modeling.probabilities_are_valid(proba)
         passed = {
@@ -179,12 +223,7 @@ def failure_model(
                 }
             )
             ml.log_metrics(
-                {
-                    **result.cv_metrics,
-                    **{f"holdout_{k}": v for k, v in scores.items()},
-                    **{f"baseline_{k}": v for k, v in base.items()},
-                    "train_seconds": trained_s,
-                }
+                {**run_metrics(result.cv_metrics, scores, base), "train_seconds": trained_s}
             )
             ml.log_dict(
                 {"space": config.param_space, "best": result.best_params}, "search_space.json"

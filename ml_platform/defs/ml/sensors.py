@@ -17,18 +17,28 @@ from ml_platform.defs.ml.schedules import weekly_training_job
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import settings
 
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 #: The holdout is this share of the history before the week's end, within [7, 28] days.
 HOLDOUT_SHARE = 0.25
 
 
 def first_training_request(
-    online_days: set[str], has_labels: bool, has_model: bool, now: datetime
+    online_days: set[str], has_labels: bool, has_model: bool, busy: int, now: datetime
 ) -> dg.RunRequest | dg.SkipReason:
     """What the sensor asks for, from what the instance knows (pure, for tests)."""
     if has_model:
         return dg.SkipReason("a failure model exists: the weekly schedule and drift retrain it")
     if not has_labels:
         return dg.SkipReason("no failure labels have landed yet")
+    if busy:
+        # The history is still being ingested and published: a week complete now may be one
+        # of the first ones, with too little before it to hold out.
+        return dg.SkipReason(f"waiting for {busy} queued or running runs to finish")
     weeks = weekly.get_partition_keys(current_time=now)
     for week in reversed(weeks):
         monday = date.fromisoformat(week)
@@ -65,4 +75,7 @@ def first_model_sensor(context: dg.SensorEvaluationContext):
     has_model = bool(instance.get_materialized_partitions(dg.AssetKey("failure_model")))
     has_labels = bool(instance.get_materialized_partitions(dg.AssetKey("raw_labels")))
     online = set(instance.get_materialized_partitions(dg.AssetKey("online_features")))
-    return first_training_request(online, has_labels, has_model, datetime.now().astimezone())
+    busy = 0
+    if not has_model:
+        busy = len(instance.get_run_ids(dg.RunsFilter(statuses=IN_FLIGHT), limit=100))
+    return first_training_request(online, has_labels, has_model, busy, datetime.now().astimezone())

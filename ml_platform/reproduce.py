@@ -1,0 +1,422 @@
+"""``ml-platform reproduce --version N``: rebuild a failure_model version from its records.
+
+Reads what the version recorded (its MLflow run, tags and the week's training-set manifest),
+checks those inputs against the environment now (data versions of the input partitions, the Feast
+registry hash, code versions), rebuilds the week's training set with the asset's own code, retrains
+with the run's search configuration and seed, scores on the version's frozen holdout and compares.
+
+It changes nothing live: no MLflow run or model version, no alias, no object in the lake. The
+rebuilt set and the JSON report go to a folder of their own (``reproductions/`` by default).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+#: Logged on every run, but a duration: never expected to reproduce.
+_TIMINGS = {"train_seconds"}
+
+
+class ReproduceError(Exception):
+    """The version cannot be reproduced at all (unknown version, no manifest, ...)."""
+
+
+def default_out_dir() -> Path:
+    from ml_platform.lib import paths
+
+    return paths.project_root() / "reproductions"
+
+
+def _mlflow_version(mlflow_resource, version: int):
+    """The registered version, its run and the client; ReproduceError when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    from ml_platform.defs.ml.models import MODEL_NAME
+
+    uri = mlflow_resource.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        # Opening it would create an empty store: there is nothing to reproduce.
+        raise ReproduceError(f"no MLflow store at {uri}: no model has been trained here")
+    client = mlflow_resource.client()
+    try:
+        found = client.get_model_version(MODEL_NAME, str(version))
+    except MlflowException as exc:
+        raise ReproduceError(f"{MODEL_NAME} has no version {version} in {uri}") from exc
+    return client, found, client.get_run(found.run_id)
+
+
+def _search_space(client, run_id: str, tmp: Path) -> dict:
+    path = client.download_artifacts(run_id, "search_space.json", str(tmp))
+    return json.loads(Path(path).read_text())
+
+
+def _model_config(params: Mapping[str, str], space: Mapping[str, Any]):
+    """The FailureModelConfig the run trained with, from what failure_model logs."""
+    from ml_platform.defs.ml.models import FailureModelConfig
+
+    return FailureModelConfig(
+        search=params["search"],
+        # Not logged as such: the candidates the search drew is the n_iter it ran with (sampling
+        # a list-only space without replacement caps n_iter at the grid size, with the same draw).
+        n_iter=int(params["candidates"]),
+        cv_splits=int(params["cv_splits"]),
+        param_space=space["space"],
+        holdout_days=int(params["holdout_days"]),
+        threshold=float(params["threshold"]),
+        seed=int(params["seed"]),
+    )
+
+
+def _days(first: str, last: str) -> list[str]:
+    import pandas as pd
+
+    return pd.date_range(first, last, freq="D").strftime("%Y-%m-%d").tolist()
+
+
+def _data_versions(instance, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest's input data versions against the instance's latest materializations."""
+    from ml_platform.defs.ingest.assets import raw_labels
+    from ml_platform.defs.lakehouse.assets import daily_aggregates
+    from ml_platform.defs.ml.assets import latest_versions
+    from ml_platform.lib.reproduce import compare_versions
+
+    if instance is None:
+        return {"skipped": "no Dagster instance ($DAGSTER_HOME is not set or not a folder)"}
+    window = manifest["window"]
+    partitions = {
+        daily_aggregates.key: _days(window["first_day"], window["last_day"]),
+        raw_labels.key: None,  # every label file, as the asset records them
+    }
+    out: dict[str, Any] = {"assets": {}}
+    for key, wanted in partitions.items():
+        name = key.to_user_string()
+        recorded = manifest.get("inputs", {}).get(name, {})
+        diff = compare_versions(recorded, latest_versions(instance, key, wanted))
+        out["assets"][name] = {"checked": len(recorded), **diff}
+    return out
+
+
+def _same(recorded: Any, now: Any) -> dict[str, Any]:
+    return {"recorded": recorded, "now": now, "same": recorded == now}
+
+
+def _features(recorded: Mapping[str, list[str]], now: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The feature service's features, recorded against now (names, not values)."""
+    was = [n for names in recorded.values() for n in names]
+    is_ = [n for names in now.values() for n in names]
+    return {
+        "same": dict(recorded) == dict(now),
+        "recorded_count": len(was),
+        "now_count": len(is_),
+        "only_recorded": [n for n in was if n not in is_],
+        "only_now": [n for n in is_ if n not in was],
+    }
+
+
+def _check_inputs(manifest, run, feast, feature_store, names, instance) -> dict[str, Any]:
+    """The inputs the manifest and the run recorded, against the environment now."""
+    from ml_platform.defs.features.assets import feature_views
+    from ml_platform.defs.ml.assets import training_set
+    from ml_platform.defs.ml.models import TRAINING_CODE_VERSION
+    from ml_platform.lib import feature_store as fs
+
+    code = manifest.get("code_versions", {})
+    return {
+        "code_versions": {
+            "training_set": _same(
+                code.get("training_set"), training_set.code_versions_by_key[training_set.key]
+            ),
+            "feature_views": _same(
+                code.get("feature_views"), feature_views.code_versions_by_key[feature_views.key]
+            ),
+            "failure_model": _same(
+                run.data.tags.get("dagster.code_version"), TRAINING_CODE_VERSION
+            ),
+        },
+        "registry_hash": _same(manifest.get("registry_hash"), fs.registry_hash(feature_store)),
+        "offline_store": _same(manifest.get("offline_store"), feast.profile().offline_type),
+        "features": _features(
+            manifest.get("features", {}), {view: names[view] for view in fs.VIEWS}
+        ),
+        "data_versions": _data_versions(instance, manifest),
+    }
+
+
+def _input_changes(checks: Mapping[str, Any]) -> list[str]:
+    """One line per recorded input that is different now."""
+    changes = [
+        f"code version of {name}: {check['recorded']} -> {check['now']}"
+        for name, check in checks["code_versions"].items()
+        if not check["same"]
+    ]
+    for name in ("registry_hash", "offline_store"):
+        if not checks[name]["same"]:
+            changes.append(
+                f"{name.replace('_', ' ')}: {checks[name]['recorded']} -> {checks[name]['now']}"
+            )
+    features = checks["features"]
+    if not features["same"]:
+        changes.append(
+            "the feature service's features changed since the set was built: "
+            f"removed {features['only_recorded'][:5]}, added {features['only_now'][:5]}"
+        )
+    for asset, diff in checks["data_versions"].get("assets", {}).items():
+        changes += [
+            f"data version of {asset}[{c['partition']}]: {c['recorded']} -> {c['now']}"
+            for c in diff["changed"]
+        ]
+        for kind in ("missing", "added"):
+            if diff[kind]:
+                shown = ", ".join(diff[kind][:5]) + (" ..." if len(diff[kind]) > 5 else "")
+                changes.append(f"{asset} partitions {kind} since: {shown}")
+    return changes
+
+
+def _compare_predictions(mlflow, version: int, x, model, tolerance: float) -> dict[str, Any]:
+    """Largest difference between the registered model's probabilities and ``model``'s."""
+    import numpy as np
+
+    from ml_platform.defs.ml.models import MODEL_NAME
+
+    try:
+        registered = mlflow.mlflow().sklearn.load_model(f"models:/{MODEL_NAME}/{version}")
+    except Exception as exc:  # a missing artifact must not hide the rest of the report
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    gap = float(np.max(np.abs(registered.predict_proba(x)[:, 1] - model.predict_proba(x)[:, 1])))
+    return {"max_abs_diff": gap, "identical": gap <= tolerance}
+
+
+def _roundtrip(frame, path: Path):
+    """``frame`` as the asset stores it and the model reads it: through Parquet."""
+    import pandas as pd
+
+    frame.to_parquet(path, index=False)
+    return pd.read_parquet(path)
+
+
+def reproduce(
+    version: int,
+    *,
+    instance=None,
+    out_dir: Path | None = None,
+    tolerance: float | None = None,
+    strict: bool = False,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Rebuild and retrain ``version`` of failure_model; the report (also written as JSON to
+    ``report["report"]``). ``instance``: the Dagster instance whose materializations the data
+    versions are checked against (None: not checked). Raises ReproduceError when the version
+    cannot be reproduced at all."""
+    from ml_platform.defs.ml.assets import TrainingSetConfig, build_training_frame
+    from ml_platform.defs.ml.models import MODEL_NAME, fit_failure_model, run_metrics
+    from ml_platform.defs.resources import build_resources
+    from ml_platform.lib import feature_store as fs
+    from ml_platform.lib import modeling, paths
+    from ml_platform.lib import reproduce as compare
+    from ml_platform.lib.store import read_frame
+
+    tolerance = compare.TOLERANCE if tolerance is None else tolerance
+    resources = build_resources(env)
+    # Outside a run: EnvVar settings are resolved here, as Dagster would at run start.
+    lake, feast, ingest, mlflow = (
+        resources[k].process_config_and_initialize() for k in ("lake", "feast", "ingest", "mlflow")
+    )
+    client, model_version, run = _mlflow_version(mlflow, version)
+    tags, params = model_version.tags, run.data.params
+    week = tags.get("week") or run.data.tags.get("dagster.partition")
+    holdout_key = tags.get("holdout_key")
+    if not week or not holdout_key:
+        raise ReproduceError(
+            f"{MODEL_NAME} version {version} has no week or frozen holdout in its tags "
+            "(its training run died before writing them)"
+        )
+    store = lake.store()
+    manifest_key = paths.training_manifest_object(week)
+    if not store.exists(manifest_key):
+        raise ReproduceError(
+            f"no training-set manifest for week {week} at {store.uri(manifest_key)}"
+        )
+    if not store.exists(holdout_key):
+        raise ReproduceError(
+            f"the frozen holdout of version {version} is gone: {store.uri(holdout_key)}"
+        )
+    manifest = json.loads(store.read_bytes(manifest_key))
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = (out_dir or default_out_dir()) / f"{MODEL_NAME}-v{version}-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    mismatches: list[str] = []
+    warnings: list[str] = []
+
+    # 1. What the version recorded, against now.
+    feature_store = feast.store()
+    names = fs.feature_names(ingest.contract("readings").columns)
+    checks = _check_inputs(manifest, run, feast, feature_store, names, instance)
+    warnings += _input_changes(checks)
+    built_at = datetime.fromisoformat(manifest["built_at"])
+    run_started = datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC)
+    if built_at > run_started:
+        warnings.append(
+            f"the week's training set was rebuilt at {built_at:%Y-%m-%d %H:%M:%S} UTC, after this "
+            f"version was trained ({run_started:%Y-%m-%d %H:%M:%S} UTC): its manifest and stored "
+            "set may not be the ones the version saw"
+        )
+    if strict:
+        mismatches += warnings
+        warnings = []
+
+    # 2. The week's training set, rebuilt with the asset's code into the scratch folder.
+    window = manifest["window"]
+    first_day, last_day = (date.fromisoformat(window[k]) for k in ("first_day", "last_day"))
+    config = TrainingSetConfig(
+        horizon_days=manifest["horizon_days"],
+        lookback_days=(last_day - first_day).days + 1,
+        require_created_before_cutoff=manifest["leakage_guard"]["require_created_before_cutoff"],
+    )
+    week_end = datetime.fromisoformat(manifest["labels_known_before"])
+    built = build_training_frame(store, feature_store, names, week_end, config)
+    if (built.first_day, built.last_day) != (first_day, last_day):
+        mismatches.append(
+            f"the rebuilt window is {built.first_day}..{built.last_day}, the manifest's "
+            f"{first_day}..{last_day}"
+        )
+    rebuilt_path = folder / "training_set.parquet"
+    rebuilt = _roundtrip(built.frame, rebuilt_path)
+    set_key = paths.training_set_object(week)
+    if store.exists(set_key):
+        stored = read_frame(store, [set_key])
+    else:
+        stored = rebuilt.iloc[0:0]
+        mismatches.append(f"the stored training set is gone: {store.uri(set_key)}")
+    frames = compare.compare_frames(stored, rebuilt)
+    frames.update(stored_uri=store.uri(set_key), rebuilt_path=str(rebuilt_path))
+    if not frames["identical"]:
+        mismatches.append(_describe_frames(frames))
+
+    # 3. Retrained with the run's search configuration and seed, scored on the frozen holdout.
+    with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
+        space = _search_space(client, run.info.run_id, Path(tmp))
+    model_config = _model_config(params, space)
+    fitted = fit_failure_model(rebuilt, manifest["horizon_days"], model_config)
+    if str(fitted.gap_days) != params.get("gap_days"):
+        mismatches.append(f"gap days {fitted.gap_days}, the run used {params.get('gap_days')}")
+    frozen = read_frame(store, [holdout_key])
+    split = _roundtrip(fitted.holdout, folder / "holdout.parquet")
+    holdout = {
+        "key": holdout_key,
+        "rows": len(frozen),
+        "identical": compare.frame_digest(split) == compare.frame_digest(frozen),
+    }
+    if not holdout["identical"]:
+        mismatches.append(
+            f"the rebuilt set's holdout ({len(split)} rows) differs from the frozen one "
+            f"({len(frozen)} rows)"
+        )
+    missing = [f for f in fitted.features if f not in frozen.columns]
+    if missing:
+        raise ReproduceError(f"the frozen holdout lacks features {missing[:5]}: cannot score")
+    threshold = float(tags.get("threshold", model_config.threshold))
+    scores = modeling.evaluate(fitted.search.model, frozen, fitted.features, threshold)
+    base = modeling.evaluate(fitted.baseline, frozen, fitted.features, threshold)
+    recorded_metrics = {k: v for k, v in run.data.metrics.items() if k not in _TIMINGS}
+    metrics = compare.compare_metrics(
+        recorded_metrics, run_metrics(fitted.search.cv_metrics, scores, base), tolerance
+    )
+    off = [row for row in metrics if row["status"] != "identical"]
+    if off:
+        mismatches.append(
+            f"{len(off)} of {len(metrics)} metrics not within {tolerance:g}: "
+            + ", ".join(
+                f"{r['metric']} {r['recorded']:.6g} -> {r['reproduced']:.6g}"
+                if r["status"] == "differs"
+                else f"{r['metric']} {r['status']}"
+                for r in off
+            )
+        )
+    best = {k.removeprefix("model__"): str(v) for k, v in fitted.search.best_params.items()}
+    recorded_best = {k: params.get(k) for k in best}
+    if recorded_best != best:
+        mismatches.append(f"best parameters {best}, the run chose {recorded_best}")
+
+    # The registered model itself, on the same rows: the strongest check that nothing moved.
+    predictions = _compare_predictions(
+        mlflow, version, frozen[fitted.features], fitted.search.model, tolerance
+    )
+    if "error" in predictions:
+        warnings.append(f"the registered model could not be loaded: {predictions['error']}")
+    elif not predictions["identical"]:
+        mismatches.append(
+            "the registered model's holdout probabilities differ from the retrained model's by "
+            f"up to {predictions['max_abs_diff']:.3g}"
+        )
+
+    report = {
+        "model": MODEL_NAME,
+        "version": str(version),
+        "run_id": run.info.run_id,
+        "week": week,
+        "dagster_run_id": tags.get("dagster.run_id") or run.data.tags.get("dagster.run_id"),
+        "reproduced": not mismatches,
+        "strict": strict,
+        "tolerance": tolerance,
+        "mismatches": mismatches,
+        "warnings": warnings,
+        "checks": checks,
+        "training_set": frames,
+        "holdout": holdout,
+        "params": {"recorded": recorded_best, "reproduced": best, "same": recorded_best == best},
+        "metrics": metrics,
+        "predictions": predictions,
+        "manifest": store.uri(manifest_key),
+        "environment": {
+            "store": store.url,
+            "mlflow": mlflow.tracking_uri,
+            "feast_repo": feast.repo_path,
+            "dagster_home": os.environ.get("DAGSTER_HOME") if instance is not None else None,
+        },
+        "reproduced_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "report": str(folder / "report.json"),
+    }
+    Path(report["report"]).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    return report
+
+
+def _describe_frames(frames: Mapping[str, Any]) -> str:
+    """One line naming where the rebuilt training set differs from the stored one."""
+    rows = frames["rows"]
+    parts = [f"training set differs: {rows['stored']} rows stored, {rows['rebuilt']} rebuilt"]
+    if frames["days_differ"]:
+        days = frames["days_differ"]
+        shown = ", ".join(f"{d} ({n} rows)" for d, n in list(days.items())[:5])
+        parts.append(
+            f"values changed on {len(days)} day(s): {shown}" + (" ..." if len(days) > 5 else "")
+        )
+    if frames["cells_differ"]:
+        parts.append("in columns " + ", ".join(list(frames["cells_differ"])[:5]))
+    for side in ("stored", "rebuilt"):
+        count = frames.get(f"rows_only_{side}_count", 0)
+        if count:
+            parts.append(f"{count} sensor-days only in the {side} set")
+    for side in ("stored", "rebuilt"):
+        if frames[f"columns_only_{side}"]:
+            parts.append(f"columns only in the {side} set: {frames[f'columns_only_{side}']}")
+    return "; ".join(parts)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN as null (JSON has no NaN); everything else as is."""
+    import math
+
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
