@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from ml_platform import demo
+from ml_platform.definitions import defs
+from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform_tests.feature_helpers import ROOT, embedded_platform
 
@@ -47,3 +49,14 @@ def test_demo_builds_every_layer_and_is_safe_to_run_twice(tmp_path, monkeypatch,
     assert second["model_version"] == first["model_version"]
     with dg.DagsterInstance.get() as instance:
         assert len(instance.get_runs()) == runs_before
+
+        # `make dev` afterwards: the sensors find everything built and launch nothing.
+        for name in ("readings_landing_sensor", "labels_landing_sensor",
+                     "lakehouse_on_new_readings_sensor"):  # fmt: skip
+            sensor = defs.get_sensor_def(name)
+            context = dg.build_sensor_context(
+                instance=instance, resources=build_resources(), definitions=defs
+            )
+            result = sensor(context)
+            requests = getattr(result, "run_requests", None) or []
+            assert requests == [], name

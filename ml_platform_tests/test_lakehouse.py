@@ -203,9 +203,24 @@ def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_qua
         (DAYS[0], DAYS[-1])
     ]
     assert result.run_requests[0].run_key.startswith("raw_readings:")
+    # Before the Feast registry is applied the run builds chunks and aggregates only.
+    assert {k.to_user_string() for k in result.run_requests[0].asset_selection} == {
+        "sensor_chunks",
+        "daily_aggregates",
+    }
     # Exactly once: the next tick with the returned cursor has nothing to do.
     again = sensor(dg.build_sensor_context(instance=instance, cursor=result.cursor))
     assert isinstance(again, dg.SkipReason)
+
+    # Once feature_views has materialized, the same run also publishes the days' online features.
+    instance.report_runless_asset_event(dg.AssetMaterialization("feature_views"))
+    with_online = sensor(dg.build_sensor_context(instance=instance)).run_requests
+    assert "online_features" in {k.to_user_string() for k in with_online[0].asset_selection}
+
+    # Days rebuilt after the file landed (a manual or demo run) need no run for it.
+    assert run_range(instance, DAYS[0], DAYS[-1]).success
+    rebuilt = sensor(dg.build_sensor_context(instance=instance))
+    assert not getattr(rebuilt, "run_requests", None)
 
 
 def test_a_failing_blocking_check_stops_only_its_own_days_downstream(

@@ -15,8 +15,14 @@ from datetime import timedelta
 import dagster as dg
 
 AC = dg.AutomationCondition
-#: No parent requested in this tick, none running: what a child needs before it starts.
-PARENTS_SETTLED = ~AC.any_deps_match(AC.will_be_requested()) & ~AC.any_deps_in_progress()
+#: No parent requested in this tick, none running, none whose latest run failed: what a child
+#: needs before it starts (a failed drift measurement must not let predictions through on the
+#: previous report).
+PARENTS_SETTLED = (
+    ~AC.any_deps_match(AC.will_be_requested())
+    & ~AC.any_deps_in_progress()
+    & ~AC.any_deps_match(AC.execution_failed())
+)
 
 
 def eager_after_parents(days: int | None = None) -> dg.AutomationCondition:

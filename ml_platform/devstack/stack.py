@@ -24,6 +24,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,15 @@ def _wait_for(what: str, probe, stack: Stack, timeout: float) -> None:
     raise TimeoutError(f"{what} not ready after {timeout:.0f} s")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as response:
         return response.status == 200
@@ -152,7 +162,9 @@ def prod_stack(
     """Start the whole production profile, yield it, and tear it all down (every process group,
     the PostgreSQL cluster, the state folder). ``ports`` values of 0 mean a free port."""
     wanted = {**DEFAULT_PORTS, **(ports or {})}
-    wanted = {k: v or free_port() for k, v in wanted.items()}
+    # A port already taken (a system PostgreSQL on 5432, say) falls back to a free one; the
+    # URLs printed at start-up and env.sh say which.
+    wanted = {k: v if v and _port_free(v) else free_port() for k, v in wanted.items()}
     owned = state is None
     state = Path(tempfile.mkdtemp(prefix="ml-platform-prod-")) if owned else state
     (state / "logs").mkdir(parents=True, exist_ok=True)

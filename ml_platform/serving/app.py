@@ -292,10 +292,11 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
             # up again on every tick until it exists, and no model is loaded before it.
             if hasattr(store.registry, "cached_registry_proto_ttl"):
                 store.refresh_registry()
-            if "service" not in state:
-                service = store.get_feature_service(fs.FEATURE_SERVICE)
-                holder.available_features = set(fs.service_features(service))
-                state["service"] = service
+            # Looked up on every tick (a cached registry read): a registry change that adds
+            # features lets a champion trained on them in without a restart.
+            service = store.get_feature_service(fs.FEATURE_SERVICE)
+            holder.available_features = set(fs.service_features(service))
+            state["service"] = service
 
         # A registry cache that expires is refreshed inside whichever request comes next (tens
         # of ms on the event loop); here it never expires and the watcher refreshes it instead.

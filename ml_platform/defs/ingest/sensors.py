@@ -61,6 +61,24 @@ def build_landing_sensor(
     )
 
 
+#: The asset each landing sensor's job materializes, one partition per object version.
+ASSETS = {"readings": "raw_readings", "labels": "raw_labels", "scoring": "scored_files"}
+
+
+def _not_built(
+    context: dg.SensorEvaluationContext, dataset: str, requests: list[dg.RunRequest]
+) -> list[dg.RunRequest]:
+    """Leave out object versions already materialized by other means (``make demo``, a manual
+    ``land --register`` + materialize): exactly once holds across sensors and people too."""
+    if not requests:
+        return requests
+    built = context.instance.get_materialized_partitions(dg.AssetKey(ASSETS[dataset]))
+    kept = [r for r in requests if r.partition_key not in built]
+    if len(kept) < len(requests):
+        context.log.info(f"{len(requests) - len(kept)} object version(s) already materialized")
+    return kept
+
+
 def _run_request(store: ObjectStore, prefix: str, key: str, etag: str) -> dg.RunRequest:
     partition = paths.partition_key(key.removeprefix(prefix), etag)
     return dg.RunRequest(
@@ -103,6 +121,12 @@ def _listing_sensor(
             except FileNotFoundError:
                 continue  # deleted between listing and now: nothing to do
             requests.append(_run_request(store, prefix, obj.key, etag))
+        requests = _not_built(context, dataset, requests)
+        if not requests:
+            return dg.SensorResult(
+                skip_reason=f"nothing new to ingest under {store.uri(prefix)}",
+                cursor=next_cursor.to_json(),
+            )
         context.log.info(f"{len(requests)} new object(s) under {store.uri(prefix)}")
         return dg.SensorResult(
             run_requests=requests,
@@ -217,6 +241,7 @@ def _event_sensor(
             )
 
         cursor = _EventModeCursor(event_cursor, listing, reconciled_at).to_json()
+        requests = {r.run_key: r for r in _not_built(context, dataset, list(requests.values()))}
         if not requests:  # the cursor still moves past the events read
             return dg.SensorResult(
                 skip_reason=f"no new objects under {store.uri(prefix)} "

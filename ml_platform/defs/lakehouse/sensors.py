@@ -36,6 +36,11 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
         selection = [dg.AssetKey("sensor_chunks"), dg.AssetKey("daily_aggregates")]
         if context.instance.get_latest_materialization_event(dg.AssetKey("feature_views")):
             selection.append(dg.AssetKey("online_features"))
+        # Days rebuilt after a file's materialization (a manual or demo run, a backfill) need no
+        # run for that file: compare storage ids of the file and of each day's aggregates.
+        rebuilt = context.instance.get_latest_storage_id_by_partition(
+            dg.AssetKey("daily_aggregates"), dg.DagsterEventType.ASSET_MATERIALIZATION
+        )
         requests = []
         for record in result.records:
             materialization = record.asset_materialization
@@ -43,6 +48,9 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
             days = sorted(set(entry.value if entry else []) & known)
             if not days:
                 context.log.info(f"{materialization.partition}: no day inside the partitions")
+                continue
+            if all(rebuilt.get(day, -1) > record.storage_id for day in days):
+                context.log.info(f"{materialization.partition}: its days were rebuilt since")
                 continue
             requests.append(
                 dg.RunRequest(

@@ -9,10 +9,11 @@ good once any failure_model version exists.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
+from ml_platform.defs.lakehouse.assets import LAKEHOUSE_TAGS
 from ml_platform.defs.ml.schedules import weekly_training_job
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import settings
@@ -72,10 +73,22 @@ def first_training_request(
 )
 def first_model_sensor(context: dg.SensorEvaluationContext):
     instance = context.instance
-    has_model = bool(instance.get_materialized_partitions(dg.AssetKey("failure_model")))
+    # A champion, not merely a trained version: a first version that failed its quality gate
+    # leaves the deployment without a model, and the next complete week is tried.
+    champion = instance.get_latest_materialization_event(dg.AssetKey("champion_model"))
+    meta = champion.asset_materialization.metadata if champion else {}
+    has_model = "champion_version" in meta and meta["champion_version"].value >= 0
     has_labels = bool(instance.get_materialized_partitions(dg.AssetKey("raw_labels")))
     online = set(instance.get_materialized_partitions(dg.AssetKey("online_features")))
     busy = 0
     if not has_model:
-        busy = len(instance.get_run_ids(dg.RunsFilter(statuses=IN_FLIGHT), limit=100))
-    return first_training_request(online, has_labels, has_model, busy, datetime.now().astimezone())
+        # Only the work that builds the history counts; scoring or monitoring runs do not.
+        for tags in (
+            {"ml_platform/kind": "ingest"},
+            LAKEHOUSE_TAGS,
+            {"ml_platform/kind": "training"},
+        ):
+            busy += len(
+                instance.get_run_ids(dg.RunsFilter(statuses=IN_FLIGHT, tags=tags), limit=100)
+            )
+    return first_training_request(online, has_labels, has_model, busy, datetime.now(UTC))
