@@ -10,11 +10,9 @@ from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore
 
 
-def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> str:
-    name = name or file.name
-    key = paths.landing_object("readings", name)
-    store.put_file(file, key)
-    partition = paths.partition_key(name, store.etag(key))
+def ingest_landed(instance, store: LocalStore, name: str) -> tuple[str, dg.ExecuteInProcessResult]:
+    """Register and materialize ``raw_readings`` for the object already at landing/readings/name."""
+    partition = paths.partition_key(name, store.etag(paths.landing_object("readings", name)))
     instance.add_dynamic_partitions("reading_files", [partition])
     result = dg.materialize(
         [raw_readings],
@@ -23,4 +21,11 @@ def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> 
         resources=build_resources(),
         raise_on_error=False,
     )
+    return partition, result
+
+
+def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> str:
+    name = name or file.name
+    store.put_file(file, paths.landing_object("readings", name))
+    partition, result = ingest_landed(instance, store, name)
     return partition if result.success else ""

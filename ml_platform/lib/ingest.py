@@ -10,7 +10,9 @@ Nothing here touches the object store: the caller hands in a local file and publ
 
 from __future__ import annotations
 
+import gzip
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -89,8 +91,40 @@ def detect_format(path: Path) -> tuple[str, str]:
     return "csv", "none"
 
 
-def _short(exc: BaseException, limit: int = 600) -> str:
-    text = " ".join(str(exc).split())
+#: Bounds on a CSV's first line, checked before DuckDB sniffs it: one 10 MB line of numbers made
+#: the sniffer plan 2.6 million columns and run out of its 1 GB budget after 5 s (issue 8, #4).
+MAX_FIRST_LINE_BYTES = 1 << 20
+MAX_COLUMNS = 10_000
+
+
+def _check_first_line(path: Path, compression: str, delimiter: str) -> None:
+    """Reject a CSV whose first line has no end within 1 MiB or too many columns to be a table."""
+    try:
+        with gzip.open(path) if compression == "gzip" else path.open("rb") as fh:
+            head = fh.read(MAX_FIRST_LINE_BYTES + 1)
+    except (OSError, EOFError, zlib.error):
+        return  # a broken gzip stream: DuckDB's read rejects it with its own message
+    line, newline, _ = head.partition(b"\n")
+    if not newline and len(head) > MAX_FIRST_LINE_BYTES:
+        raise RejectedFileError(
+            "line_too_long",
+            f"the first line does not end within {MAX_FIRST_LINE_BYTES} bytes",
+            {"limit_bytes": MAX_FIRST_LINE_BYTES},
+        )
+    columns = line.count(delimiter.encode()) + 1
+    if columns > MAX_COLUMNS:
+        raise RejectedFileError(
+            "too_many_columns",
+            f"the first line has {columns} columns (at most {MAX_COLUMNS})",
+            {"columns": columns, "limit": MAX_COLUMNS},
+        )
+
+
+def _short(exc: BaseException, path: Path | None = None, limit: int = 600) -> str:
+    """One line; the worker's temporary copy named by its file name only, so the message (kept
+    in the quarantine record) is the same on every run."""
+    text = str(exc).replace(str(path), path.name) if path else str(exc)
+    text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -208,6 +242,8 @@ def ingest_file(
     if size == 0:
         raise RejectedFileError("empty_file", "file is empty (0 bytes)")
     fmt, compression = detect_format(path)
+    if fmt == "csv":
+        _check_first_line(path, compression, contract.delimiter)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ingest-", dir=out_dir) as work:
         # In-memory staging that DuckDB's buffer manager spills to ``work`` past memory_limit:
@@ -258,7 +294,7 @@ def _ingest(
         described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
     except duckdb.Error as exc:
         raise RejectedFileError(
-            "unreadable", f"cannot read the file as {fmt}: {_short(exc)}"
+            "unreadable", f"cannot read the file as {fmt}: {_short(exc, path)}"
         ) from exc
     source_types = {row[0]: row[1] for row in described}
     if fmt == "csv" and list(source_types) == ["column0"] and contract.header:
@@ -339,11 +375,11 @@ def _ingest(
         create_staged(reader, source_types[ts_src])
     except duckdb.ConversionException as exc:
         raise RejectedFileError(
-            "wrong_type", f"a value does not fit the contract: {_short(exc)}"
+            "wrong_type", f"a value does not fit the contract: {_short(exc, path)}"
         ) from exc
     except duckdb.Error as exc:
         raise RejectedFileError(
-            "unreadable", f"cannot read the file as {fmt}: {_short(exc)}"
+            "unreadable", f"cannot read the file as {fmt}: {_short(exc, path)}"
         ) from exc
 
     # 3. What came in: one scan for all counts.
@@ -401,10 +437,11 @@ def _ingest(
 
     for day, target in zip(days, parts.values(), strict=True):
         con.execute(
-            # Row order inside a part is not fixed (parallel hash de-duplication): re-ingesting
-            # gives the same rows, not the same bytes. Sorting here would cost ~10% of ingest
-            # throughput; sensor_chunks sorts, and its objects are byte-identical on re-runs.
-            f"COPY (SELECT DISTINCT {cols} FROM staged WHERE _reject IS NULL AND _day = {day}) "
+            # Sorted by every column: parallel hash de-duplication leaves the order open, and a
+            # re-run must give byte-identical parts (issue 8: idempotent overwrite), not only the
+            # same rows. Measured in test_faults_uploads.py: unsorted 100k-row days differed.
+            f"COPY (SELECT DISTINCT {cols} FROM staged WHERE _reject IS NULL AND _day = {day} "
+            "ORDER BY ALL) "
             # zstd level 1: 6% larger than the default level 3, 7% faster to write.
             f"TO {literal(str(target))} (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)"
         )

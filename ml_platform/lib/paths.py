@@ -100,9 +100,37 @@ def bronze_part(dataset: str, day: str, file_identifier: str) -> str:
     return f"{bronze_day_prefix(dataset, day)}file={file_identifier}.parquet"
 
 
+#: Longest file name kept as is in a derived key: local filesystems allow 255 bytes per path
+#: component (S3 allows 1024-byte keys), and ``.error.json`` or a temporary prefix is added to it.
+MAX_NAME_BYTES = 200
+
+
+def local_name(name: str) -> str:
+    """``name`` (the last segment of an object key) as one safe file name: unchanged when it is
+    one, else a slug of it with a hash (so two names never collide) and its short suffix.
+
+    Unsafe are ``""``, ``.``, ``..``, control characters (NUL), backslashes, and names longer
+    than :data:`MAX_NAME_BYTES` bytes: S3 accepts all of them in a key, a local folder does not,
+    or reads them as another place.
+    """
+    if (
+        name not in {"", ".", ".."}
+        and not _CONTROL.search(name)
+        and "\\" not in name
+        and len(name.encode()) <= MAX_NAME_BYTES
+    ):
+        return name
+    suffix = "".join(Path(name).suffixes[-2:]) if name not in {".", ".."} else ""
+    if len(suffix) > 16 or _UNSAFE.search(suffix):
+        suffix = ""
+    stem = _UNSAFE.sub("-", name.removesuffix(suffix)).strip("-.")[:64] or "file"
+    return f"{stem}-{hashlib.sha256(name.encode()).hexdigest()[:12]}{suffix}"
+
+
 def quarantine_object(dataset: str, file_identifier: str, relative_key: str) -> str:
-    """Where a rejected upload is copied: one folder per object version, original name kept."""
-    name = relative_key.rsplit("/", 1)[-1]
+    """Where a rejected upload is copied: one folder per object version, original name kept
+    when it is a safe file name (else :func:`local_name`), so the copy stays in its folder."""
+    name = local_name(relative_key.rsplit("/", 1)[-1])
     return f"{QUARANTINE}{dataset}/{file_identifier}/{name}"
 
 
@@ -178,10 +206,14 @@ def predictions_object(day: str, suffix: str = "parquet") -> str:
 def scored_object(relative_key: str) -> str:
     """``results/scored/<name>.csv`` for a request uploaded as ``landing/scoring/<name>[.csv]``.
 
-    Sub-folders are kept; ``..`` and other unsafe characters are replaced, so the key stays
-    inside the zone.
+    Sub-folders are kept; ``..`` and other unsafe characters are replaced and over-long names
+    cut, so the key stays inside the zone and each name fits a local filesystem.
     """
-    parts = [_UNSAFE.sub("-", p).strip("-.") or "file" for p in relative_key.split("/") if p]
+    parts = [
+        _UNSAFE.sub("-", p).strip("-.")[:MAX_NAME_BYTES] or "file"
+        for p in relative_key.split("/")
+        if p
+    ]
     name = "/".join(parts).removesuffix(".csv")
     if name + ".csv" != relative_key.strip("/") and name != relative_key.strip("/"):
         # The name was changed to be safe: a short hash keeps different uploads apart.

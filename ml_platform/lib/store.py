@@ -21,7 +21,11 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
+from ml_platform.lib.paths import local_name
+
 _TMP_PREFIX = ".tmp-"
+#: Longest file or folder name of a local filesystem, in bytes (ext4, XFS, APFS, NTFS: 255).
+_NAME_MAX = 255
 
 
 class StoreUnavailableError(RuntimeError):
@@ -81,6 +85,19 @@ class LocalStore:
         self.url = self.root.as_uri()
 
     def _path(self, key: str) -> Path:
+        """The file of ``key``. A key that a folder cannot hold as the same object is refused
+        with ValueError: ``.``/``..`` segments and absolute keys (S3 keeps them literally, a path
+        would resolve them elsewhere), NUL, and segments longer than the filesystem allows."""
+        segments = key.split("/")
+        if key.startswith("/") or any(s in {".", ".."} for s in segments):
+            raise ValueError(f"object key has '.', '..' or a leading '/': {key!r}")
+        if "\x00" in key:
+            raise ValueError(f"object key contains a NUL character: {key!r}")
+        if any(len(os.fsencode(s)) > _NAME_MAX for s in segments):
+            raise ValueError(
+                f"object key has a segment longer than {_NAME_MAX} bytes, the most a local "
+                f"folder store can hold (S3 allows it): {key[:80]!r}..."
+            )
         path = (self.root / key).resolve()
         if path != self.root and self.root not in path.parents:
             raise ValueError(f"object key escapes the store root: {key!r}")
@@ -235,7 +252,7 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         with tempfile.TemporaryDirectory(prefix="ml-platform-") as tmp:
-            path = Path(tmp, key.rsplit("/", 1)[-1] or "object")
+            path = Path(tmp, local_name(key.rsplit("/", 1)[-1]))
             with self._errors(f"downloading {self.uri(key)}"):
                 if if_match is None:
                     self.client.download_file(self.bucket, self._key(key), str(path))
@@ -263,7 +280,7 @@ class S3Store:
         into.mkdir(parents=True, exist_ok=True)
         paths = []
         for i, key in enumerate(keys):
-            path = into / f"{i:06d}-{key.rsplit('/', 1)[-1]}"
+            path = into / f"{i:06d}-{local_name(key.rsplit('/', 1)[-1])}"
             with self._errors(f"downloading {self.uri(key)}"):
                 self.client.download_file(self.bucket, self._key(key), str(path))
             paths.append(path)
