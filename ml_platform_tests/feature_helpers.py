@@ -148,3 +148,32 @@ def local_store(url: str) -> LocalStore:
     store = open_store(url)
     assert isinstance(store, LocalStore)
     return store
+
+
+#: The small served platform of the serving tests: 35 days x 10 sensors, labels up to 02-03, the
+#: online store holding 02-04, and a quickly trained champion (gates relaxed: it is not judged).
+SERVED_DATA = GeneratorConfig(
+    days=35, sensors=10, interval_s=3600, seed=5, failures_per_sensor_month=3
+)
+SERVED_WEEK, SERVED_DAY = "2024-01-29", "2024-02-04"
+SERVED_MODEL = {
+    "n_iter": 1,
+    "cv_splits": 2,
+    "holdout_days": 7,
+    "baseline_margin": -1.0,
+    "f1_floor": 0.0,
+}
+
+
+def build_served_platform(instance, work: Path) -> None:
+    """Lake, Feast registry, the online store for SERVED_DAY and failure_model v1 as champion."""
+    from ml_platform.defs.features.assets import feature_views, online_features
+    from ml_platform.defs.ml.assets import training_set
+    from ml_platform.defs.ml.models import champion_model, failure_model
+
+    build_lake(instance, work, SERVED_DATA)
+    run(instance, [feature_views])
+    run(instance, [online_features], partition_key=SERVED_DAY)
+    run(instance, [training_set], partition_key=SERVED_WEEK)
+    run(instance, [failure_model], partition_key=SERVED_WEEK, config=model_config(**SERVED_MODEL))
+    run(instance, [champion_model])

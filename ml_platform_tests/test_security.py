@@ -144,11 +144,16 @@ def tracked_text_files() -> list[tuple[str, str]]:
     return files
 
 
+SELF = Path(__file__).relative_to(REPO).as_posix()
+
+
 def test_no_credential_in_any_tracked_file():
     files = tracked_text_files()
     assert len(files) > 50, "git ls-files returned too few files: the scan would prove nothing"
     assert any(name == ".env.example" for name, _ in files)
-    findings = [f for name, text in files for f in scan_text(name, text)]
+    # This file is left out: it holds the planted credentials that prove the scanner flags them
+    # (test_the_scanner_flags_planted_credentials) and the names of the variables it looks for.
+    findings = [f for name, text in files if name != SELF for f in scan_text(name, text)]
     assert not findings, "credentials committed:\n" + "\n".join(map(str, findings))
 
 

@@ -12,12 +12,12 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from ml_platform.defs.features.assets import feature_views, online_features
-from ml_platform.defs.ml.assets import training_set
-from ml_platform.defs.ml.models import MODEL_NAME, champion_model, failure_model
-from ml_platform.lib.generator import GeneratorConfig
+from ml_platform.defs.ml.models import MODEL_NAME, failure_model
 from ml_platform_tests.feature_helpers import (
-    build_lake,
+    SERVED_DAY,
+    SERVED_MODEL,
+    SERVED_WEEK,
+    build_served_platform,
     embedded_platform,
     mlflow_client,
     model_config,
@@ -26,11 +26,8 @@ from ml_platform_tests.feature_helpers import (
 
 pytestmark = pytest.mark.integration
 
-GENERATED = GeneratorConfig(
-    days=35, sensors=10, interval_s=3600, seed=5, failures_per_sensor_month=3
-)
-WEEK, DAY = "2024-01-29", "2024-02-04"  # labels up to 02-03; the online store holds 02-04
-SMALL = {"n_iter": 1, "cv_splits": 2, "holdout_days": 7, "baseline_margin": -1.0, "f1_floor": 0.0}
+WEEK, DAY = SERVED_WEEK, SERVED_DAY
+SMALL = SERVED_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +36,7 @@ def platform(tmp_path_factory):
     work = tmp_path_factory.mktemp("serving")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         embedded_platform(mp, work)
-        build_lake(instance, work, GENERATED)
-        run(instance, [feature_views])
-        run(instance, [online_features], partition_key=DAY)
-        run(instance, [training_set], partition_key=WEEK)
-        run(instance, [failure_model], partition_key=WEEK, config=model_config(**SMALL))
-        run(instance, [champion_model])
+        build_served_platform(instance, work)
         from ml_platform.serving.app import create_app
 
         sensors = [f"sensor-{i:03d}" for i in range(1, 11)]

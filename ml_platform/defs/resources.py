@@ -86,6 +86,10 @@ class FeastResource(dg.ConfigurableResource):
         return self._store
 
 
+class AliasUnresolved(LookupError):
+    """A model alias that names no existing version: missing, or dangling after a deletion."""
+
+
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking and model registry (one URI for both).
 
@@ -138,6 +142,34 @@ class MLflowResource(dg.ConfigurableResource):
             return self.client().get_model_version_by_alias(name, alias)
         except MlflowException:
             return None
+
+    def require_alias(self, name: str, alias: str):
+        """The version ``alias`` points at; :class:`AliasUnresolved` naming the alias (and the
+        version it points at, when it dangles) if there is none. Other errors propagate."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            return client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            # A missing alias is INVALID_PARAMETER_VALUE, a dangling one RESOURCE_DOES_NOT_EXIST.
+            if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise
+            try:
+                target = client.get_registered_model(name).aliases.get(alias)
+            except MlflowException:
+                raise AliasUnresolved(f"registered model {name} does not exist") from exc
+            if target is None:
+                raise AliasUnresolved(
+                    f"{name} has no '{alias}' alias (never promoted, or its version was "
+                    "deleted: MLflow drops the alias with it)"
+                ) from exc
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            raise AliasUnresolved(
+                f"alias '{alias}' of {name} points at version {target}, which does not exist "
+                "(deleted?)"
+            ) from exc
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         if self.tracking_uri.startswith("http"):

@@ -11,6 +11,7 @@ Nothing here touches the object store: the caller hands in a local file and publ
 from __future__ import annotations
 
 import gzip
+import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -44,6 +45,11 @@ _NUMERIC = (
     "UBIGINT",
     "UHUGEINT",
 )
+
+
+class OutOfBudgetError(RuntimeError):
+    """DuckDB ran out of its memory budget: a fault of the worker's sizing, not of the file, so
+    the file is not quarantined; the run fails (and is retried) with this message."""
 
 
 class RejectedFileError(Exception):
@@ -128,6 +134,13 @@ def _short(exc: BaseException, path: Path | None = None, limit: int = 600) -> st
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _out_of_budget(exc: BaseException, path: Path, memory_limit: str) -> OutOfBudgetError:
+    return OutOfBudgetError(
+        f"DuckDB ran out of its {memory_limit} memory budget reading {path.name} "
+        f"(ML_PLATFORM_INGEST_MEMORY): {_short(exc, path)}"
+    )
+
+
 class _Plan:
     """How each contract column is produced from the source's columns."""
 
@@ -166,14 +179,41 @@ class _Plan:
         self.renamed = {s: t for t, s in self.source_of.items() if s != t}
 
 
-def _csv_options(contract: Contract, compression: str) -> str:
-    return ", ".join(
-        [
-            f"header={'true' if contract.header else 'false'}",
-            f"delim={literal(contract.delimiter)}",
-            f"compression={literal(compression)}",
-        ]
-    )
+#: DuckDB's CSV reader allocates ~32 MiB buffers (it failed on "could not allocate block of size
+#: 30.5 MiB"); under a small budget (64 MB: issue 8, #9) a good file was quarantined as
+#: "unreadable". Below 256 MiB of budget the buffers are an eighth of it, at least 4 MiB (above
+#: DuckDB's default 2 MiB line limit): 6.5M rows (340 MB) at 64 MB in 7 s, 280 MB peak RSS.
+_CSV_BUFFER_DEFAULT = 32 << 20
+_CSV_BUFFER_MIN = 4 << 20
+_UNITS = {"": 1, "B": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _budget_bytes(limit: str) -> int | None:
+    """``"64MB"``, ``"1GB"``, ``"512MiB"`` as bytes (None if DuckDB's syntax is not recognised)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?)B?\s*", limit.upper().replace("IB", "iB"))
+    if not match:
+        return None
+    number, unit, binary = match.groups()
+    scale = 1024 ** " KMGT".index(unit) if binary and unit else _UNITS[unit]
+    return int(float(number) * scale)
+
+
+def _csv_buffer_size(memory_limit: str) -> int | None:
+    budget = _budget_bytes(memory_limit)
+    if budget is None or budget >= 8 * _CSV_BUFFER_DEFAULT:
+        return None
+    return max(_CSV_BUFFER_MIN, budget // 8)
+
+
+def _csv_options(contract: Contract, compression: str, buffer_size: int | None = None) -> str:
+    options = [
+        f"header={'true' if contract.header else 'false'}",
+        f"delim={literal(contract.delimiter)}",
+        f"compression={literal(compression)}",
+    ]
+    if buffer_size:
+        options.append(f"buffer_size={int(buffer_size)}")
+    return ", ".join(options)
 
 
 def _epoch_expr(number: str, fmt: str) -> str:
@@ -285,13 +325,17 @@ def _ingest(
     if threads:
         con.execute(f"SET threads={int(threads)}")
 
+    buffer = _csv_buffer_size(memory_limit)
+
     # 1. Sniff the source's columns and plan the casts.
     if fmt == "parquet":
         reader = f"read_parquet({literal(str(path))}, hive_partitioning=false)"
     else:
-        reader = f"read_csv({literal(str(path))}, {_csv_options(contract, compression)})"
+        reader = f"read_csv({literal(str(path))}, {_csv_options(contract, compression, buffer)})"
     try:
         described = con.execute(f"DESCRIBE SELECT * FROM {reader}").fetchall()
+    except duckdb.OutOfMemoryException as exc:
+        raise _out_of_budget(exc, path, memory_limit) from exc
     except duckdb.Error as exc:
         raise RejectedFileError(
             "unreadable", f"cannot read the file as {fmt}: {_short(exc, path)}"
@@ -324,7 +368,7 @@ def _ingest(
             types_sql = (
                 "{" + ", ".join(f"{literal(k)}: {literal(v)}" for k, v in types.items()) + "}"
             )
-            return f"read_csv({literal(str(path))}, {_csv_options(contract, compression)}, types={types_sql})"
+            return f"read_csv({literal(str(path))}, {_csv_options(contract, compression, buffer)}, types={types_sql})"
 
         reader = csv_reader(forced)
         source_types = {**source_types, **forced}
@@ -373,6 +417,8 @@ def _ingest(
 
     try:
         create_staged(reader, source_types[ts_src])
+    except duckdb.OutOfMemoryException as exc:
+        raise _out_of_budget(exc, path, memory_limit) from exc
     except duckdb.ConversionException as exc:
         raise RejectedFileError(
             "wrong_type", f"a value does not fit the contract: {_short(exc, path)}"

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -88,8 +89,8 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         """Load the version the alias points at if it is not the one served. True on a swap."""
-        client = self.mlflow.client()
-        version = client.get_model_version_by_alias(self.name, self.alias)
+        # AliasUnresolved names the alias (and the version it dangles at): /ready shows it.
+        version = self.mlflow.require_alias(self.name, self.alias)
         if self.current is not None and self.current.version == str(version.version):
             return False
         model = self.mlflow.mlflow().sklearn.load_model(f"models:/{self.name}/{version.version}")
@@ -171,6 +172,8 @@ class ModelInfo(BaseModel):
     run_id: str
     threshold: float
     features: int
+    # Set while the alias cannot be followed (the loaded version keeps being served).
+    refresh_error: str | None = None
 
 
 class Status(BaseModel):
@@ -247,14 +250,95 @@ class Envelope:
         )
 
 
-def _online_matrix(store, service, features: list[str], sensors: list[str]) -> np.ndarray:
-    """The sensors' latest online values as a float matrix in the model's feature order."""
+def _online_matrix(
+    store, service, features: list[str], sensors: list[str]
+) -> tuple[np.ndarray, list[list[str]]]:
+    """The sensors' latest online values as a float matrix in the model's feature order, and
+    for each sensor the feature views the online store has no row for (judged by the event
+    time: a stored row may hold missing values)."""
     got = store.get_online_features(
         features=service, entity_rows=[{"sensor_id": s} for s in sensors]
-    ).to_dict()
-    return np.array(
+    ).to_dict(include_event_timestamps=True)
+    matrix = np.array(
         [[np.nan if v is None else v for v in got[name]] for name in features], dtype="float64"
     ).T
+    first = {p.name: p.features[0].name for p in service.feature_view_projections if p.features}
+    absent = [
+        [view for view, name in first.items() if not got[f"{name}__ts"][i]]
+        for i in range(len(sensors))
+    ]
+    return matrix, absent
+
+
+def _sqlite_path(store) -> Path | None:
+    """The SQLite online store's file, None for another online store."""
+    config = store.config.online_store
+    if getattr(config, "type", "") != "sqlite":
+        return None
+    path = Path(config.path)
+    return (
+        path if path.is_absolute() or not store.config.repo_path else store.config.repo_path / path
+    )
+
+
+def _online_file_problem(store, seen: dict[str, int]) -> str | None:
+    """A missing SQLite online store file, or None. Feast keeps its connection open: a file that
+    was deleted (and perhaps written again) would still be read through the old one, so a new
+    file (another inode) makes it reconnect. A few microseconds: run on every request."""
+    path = _sqlite_path(store)
+    if path is None:
+        return None
+    try:
+        inode = path.stat().st_ino
+    except FileNotFoundError:
+        return f"the online store file {path.name} is missing: apply the registry (feature_views) and materialize online_features"
+    if seen.setdefault("inode", inode) != inode:
+        seen["inode"] = inode
+        store._get_provider().online_store._conn = None  # the next read opens the new file
+    return None
+
+
+def _online_tables_problem(store) -> str | None:
+    """Feature views whose online table is missing or empty, or None (also None for an online
+    store that is neither SQLite nor PostgreSQL: only a failed read reveals a problem there)."""
+    tables = {view: f"{store.project}_{view}" for view in fs.VIEWS}
+    rows: dict[str, bool | None] = {}  # None: no table
+    path, config = _sqlite_path(store), store.config.online_store
+    if path is not None:
+        import sqlite3
+        from contextlib import closing
+
+        if not path.exists():
+            return f"the online store file {path.name} is missing"
+        # Read-only: never create the file or a table while looking.
+        with closing(sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)) as db:
+            for view, table in tables.items():
+                found = db.execute(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+                ).fetchone()
+                rows[view] = (
+                    None
+                    if not found
+                    else bool(db.execute(f'SELECT 1 FROM "{table}" LIMIT 1').fetchone())
+                )
+    elif getattr(config, "type", "") == "postgres":
+        from feast.infra.utils.postgres.connection_utils import _get_conn
+
+        with _get_conn(config) as conn, conn.cursor() as cur:
+            for view, table in tables.items():
+                cur.execute("SELECT to_regclass(%s)", (f'"{table}"',))
+                if cur.fetchone()[0] is None:
+                    rows[view] = None
+                else:
+                    cur.execute(f'SELECT 1 FROM "{table}" LIMIT 1')
+                    rows[view] = cur.fetchone() is not None
+    missing = [v for v, r in rows.items() if r is None]
+    empty = [v for v, r in rows.items() if r is False]
+    if not missing and not empty:
+        return None
+    parts = [f"no table for {', '.join(missing)}"] * bool(missing)
+    parts += [f"no rows in {', '.join(empty)}"] * bool(empty)
+    return f"online store: {'; '.join(parts)}: materialize online_features"
 
 
 def _as_of_matrix(store, features, sensors, as_of: datetime) -> np.ndarray:
@@ -286,6 +370,8 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         # Rows arrive as arrays in the model's own feature order (checked at load).
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
         state["store"] = store = resources["feast"].store()
+        state["online_file"] = {}
+        _online_file_problem(store, state["online_file"])  # the file Feast will open
 
         def registry_tick() -> None:
             # A fresh deployment starts before the registry is applied: the service is looked
@@ -347,28 +433,48 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         served = holder.current
         return Status(status="ok", model_version=served.version if served else None)
 
+    def online_problem(deep: bool) -> str | None:
+        """Why the online store cannot answer: its file, then (``deep``) a read and its tables."""
+        store = state["store"]
+        problem = _online_file_problem(store, state["online_file"])
+        if problem or not deep:
+            return problem
+        read_error = None
+        try:
+            store.get_online_features(
+                features=[f"{fs.DAILY_STATS_VIEW}:rows"], entity_rows=[{"sensor_id": "-"}]
+            )
+        except Exception as exc:
+            read_error = f"online store: {type(exc).__name__}"
+        return tables_problem() or read_error
+
+    def tables_problem() -> str | None:
+        try:
+            return _online_tables_problem(state["store"])
+        except Exception as exc:  # the inspection itself failed (database down, say)
+            return f"online store: {type(exc).__name__}"
+
     @app.get("/ready", response_model=Status, responses={503: {"model": Status}})
     def ready():
-        """A model is loaded and the online store answers."""
+        """A model is loaded and the online store answers with rows in every feature view.
+        ``degraded`` (200): serving the loaded model while the alias cannot be followed."""
         served = holder.current
         if served is None:
             return JSONResponse(
                 Status(status="not ready", detail=holder.last_error or "no model").model_dump(),
                 status_code=503,
             )
-        try:
-            state["store"].get_online_features(
-                features=[f"{fs.DAILY_STATS_VIEW}:rows"], entity_rows=[{"sensor_id": "-"}]
-            )
-        except Exception as exc:
+        problem = online_problem(deep=True)
+        if problem:
             return JSONResponse(
                 Status(
-                    status="not ready",
-                    model_version=served.version,
-                    detail=f"online store: {type(exc).__name__}",
+                    status="not ready", model_version=served.version, detail=problem
                 ).model_dump(),
                 status_code=503,
             )
+        if holder.last_error:
+            return Status(status="degraded", model_version=served.version,
+                          detail=holder.last_error)  # fmt: skip
         return Status(status="ready", model_version=served.version)
 
     @app.get("/model", response_model=ModelInfo, responses={503: {"model": Status}})
@@ -385,6 +491,7 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
             run_id=served.run_id,
             threshold=served.threshold,
             features=len(served.features),
+            refresh_error=holder.last_error,
         )
 
     @app.post(
@@ -395,7 +502,7 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
             401: {"description": "API key required"},
             404: {"description": "Unknown sensors (no features)"},
             413: {"description": "Body too large"},
-            503: {"description": "No model loaded"},
+            503: {"description": "No model loaded, or the online store missing or empty"},
         },
     )
     async def predict(body: PredictRequest, request: Request) -> PredictResponse:
@@ -403,10 +510,42 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         ``as_of``, from the features known at that time."""
         served = holder.current  # held for the whole request: a swap cannot change it midway
         if served is None:
-            raise HTTPException(status_code=503, detail="no model loaded yet")
+            raise HTTPException(
+                status_code=503, detail=f"no model loaded: {holder.last_error or 'starting'}"
+            )
         sensors = list(dict.fromkeys(body.sensor_ids))
         if body.as_of is None:  # one online-store read, ~1 ms: on the event loop
-            x = _online_matrix(state["store"], state["service"], served.features, sensors)
+            problem = online_problem(deep=False)
+            if problem is None:
+                try:
+                    x, absent = _online_matrix(
+                        state["store"], state["service"], served.features, sensors
+                    )
+                except Exception as exc:  # a missing table, a database down: not the client's
+                    log.warning("online store read failed", extra={"fields": {"error": repr(exc)}})
+                    problem = await run_in_threadpool(online_problem, True)
+                    problem = problem or f"online store read failed: {type(exc).__name__}"
+            if problem is None:
+                # A sensor the store has rows for in some views only would be scored on imputed
+                # medians: a plausible, wrong answer. Refused, as is a store with no rows at all.
+                partial = {s: a for s, a in zip(sensors, absent, strict=True)
+                           if a and len(a) < len(state["service"].feature_view_projections)}  # fmt: skip
+                if partial:
+                    raise HTTPException(
+                        status_code=503,
+                        detail={"message": "incomplete online features: views missing for "
+                                "these sensors; materialize online_features",
+                                "missing_views": dict(list(partial.items())[:50])},
+                    )  # fmt: skip
+                if all(absent):  # unknown sensors, or a store with nothing to answer
+                    empty = await run_in_threadpool(tables_problem)
+                    if empty:
+                        raise HTTPException(
+                            status_code=503,
+                            detail={"message": empty, "without_features": sensors[:50]},
+                        )
+            if problem:
+                raise HTTPException(status_code=503, detail={"message": problem})
         else:  # a point-in-time query of the offline store: off the event loop
             x = await run_in_threadpool(
                 _as_of_matrix, state["store"], served.features, sensors,

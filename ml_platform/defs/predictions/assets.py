@@ -20,7 +20,12 @@ from ml_platform.defs.ml.models import (
 )
 from ml_platform.defs.monitoring.assets import drift_gate, feature_drift
 from ml_platform.defs.partitions import daily, scoring_files
-from ml_platform.defs.resources import FeastResource, LakeResource, MLflowResource
+from ml_platform.defs.resources import (
+    AliasUnresolved,
+    FeastResource,
+    LakeResource,
+    MLflowResource,
+)
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.store import read_prefixes, write_frame
@@ -52,17 +57,29 @@ class Scorer:
 
     @classmethod
     def resolve(cls, mlflow: MLflowResource, pinned: int | None) -> "Scorer":
+        from mlflow.exceptions import MlflowException
+
         client, ml = mlflow.client(), mlflow.mlflow()
         if pinned is not None:
-            version = client.get_model_version(MODEL_NAME, str(pinned))
-        else:
-            version = mlflow.alias_version(MODEL_NAME, CHAMPION)
-            if version is None:
+            try:
+                version = client.get_model_version(MODEL_NAME, str(pinned))
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
                 raise dg.Failure(
-                    f"{MODEL_NAME} has no '{CHAMPION}' version: materialize failure_model and "
-                    "champion_model first, or pin model_version in run config",
+                    f"pinned {MODEL_NAME} version {pinned} does not exist (deleted?)",
                     allow_retries=False,
-                )
+                ) from exc
+        else:
+            try:
+                version = mlflow.require_alias(MODEL_NAME, CHAMPION)
+            except AliasUnresolved as exc:
+                # Never a fallback to another version: the answer would name a model nobody chose.
+                raise dg.Failure(
+                    f"cannot score: {exc}. Promote a version with champion_model (pin_version "
+                    "for a rollback), or pin model_version in run config",
+                    allow_retries=False,
+                ) from exc
         model = ml.sklearn.load_model(f"models:/{MODEL_NAME}/{version.version}")
         clusters = mlflow.alias_version(CLUSTER_MODEL, CLUSTER_ALIAS)
         return cls(
@@ -115,6 +132,16 @@ class Scorer:
         return out
 
 
+def _last_promoted(context) -> int | None:
+    """The version the latest champion_model materialization left as champion, if any."""
+    event = context.instance.get_latest_materialization_event(champion_model.key)
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("champion_version")
+    version = getattr(value, "value", value)
+    return int(version) if isinstance(version, int) and version >= 0 else None
+
+
 @dg.asset(
     partitions_def=daily,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -160,7 +187,17 @@ def daily_predictions(
 
     started = time.perf_counter()
     store, feature_store = lake.store(), feast.store()
-    scorer = Scorer.resolve(mlflow, config.model_version)
+    try:
+        scorer = Scorer.resolve(mlflow, config.model_version)
+    except dg.Failure as failure:
+        promoted = _last_promoted(context)
+        if promoted is None or config.model_version is not None:
+            raise
+        raise dg.Failure(
+            f"{failure.description} (the last champion_model run made version {promoted} "
+            f"'{CHAMPION}')",
+            allow_retries=False,
+        ) from failure
     context.log.info(f"scoring with {MODEL_NAME} version {scorer.version}")
     per_day, uncovered, invalid, preview = {}, [], [], []
     for day in context.partition_keys:
