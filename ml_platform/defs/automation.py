@@ -25,11 +25,26 @@ PARENTS_SETTLED = (
 )
 
 
-def eager_after_parents(days: int | None = None) -> dg.AutomationCondition:
+def eager_after_parents(
+    days: int | None = None, optional: tuple[str, ...] = ()
+) -> dg.AutomationCondition:
     """``eager()`` once its parents are settled, over every partition (``days=None``) or the last
     ``days`` daily partitions: with today's partition open, ``days=2`` keeps the day that just
-    ended (the one a daily report is about) in scope."""
+    ended (the one a daily report is about) in scope. A parent in ``optional`` may be missing
+    (the clusters of a week not trained yet, say) without holding the asset back."""
     condition = AC.eager().without(AC.in_latest_time_window())
+    if optional:
+        condition = condition.replace(
+            "any_deps_missing",
+            AC.any_deps_missing().ignore(dg.AssetSelection.assets(*optional)),
+        )
     if days is not None:
         condition = condition & AC.in_latest_time_window(timedelta(days=days))
     return condition & PARENTS_SETTLED
+
+
+#: A new version of any week's model, whichever weeks are still untrained: no missing-parent
+#: check (most weeks of the history never get a model), only settled parents.
+ON_ANY_NEW_PARENT = (
+    AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress() & ~AC.in_progress()
+)

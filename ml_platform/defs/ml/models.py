@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 
+from ml_platform.defs.automation import ON_ANY_NEW_PARENT
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
@@ -326,12 +327,14 @@ def _who(context: dg.AssetExecutionContext) -> str:
 
 
 @dg.asset(
-    deps=[dg.AssetDep(failure_model, partition_mapping=dg.LastPartitionMapping())],
+    # Every week's version is a challenger, not only the newest week's: a first model, a drift
+    # retraining or a backfill of an older week is judged too, while newer weeks stay untrained.
+    deps=[dg.AssetDep(failure_model, partition_mapping=dg.AllPartitionMapping())],
     group_name="ml",
     kinds={"mlflow"},
     owners=["team:ml"],
     pool=TRAINING_POOL,
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=ON_ANY_NEW_PARENT,
 )
 def champion_model(
     context: dg.AssetExecutionContext,
