@@ -63,10 +63,6 @@ _PLACEHOLDER = re.compile(
 
 #: Test-only literal values, allowed only in the files named. Nothing here is a real credential.
 ALLOWED: dict[tuple[str, str], str] = {
-    # moto's documented dummy keys for the in-process S3 server of `make dev` and the tests.
-    ("ml_platform/devstack/servers.py", "testing"): "moto dummy AWS keys",
-    # The throwaway PostgreSQL cluster of `make dev`/tests: trust auth on 127.0.0.1 only.
-    ("ml_platform/devstack/servers.py", "test-only"): "local test cluster password",
     # DSNs that are parsed or pointed at a closed port, never connected to; "s3cret" is the
     # value the tests check is hidden from reprs and descriptions.
     ("ml_platform_tests/test_notifications.py", "p"): "dummy DSN in unit tests",
@@ -199,8 +195,8 @@ def test_the_scanner_leaves_placeholders_and_references_alone(text):
 
 
 def test_allowlisted_test_values_are_only_allowed_in_their_file():
-    line = 'aws_secret_access_key="testing",'
-    assert scan_text("ml_platform/devstack/servers.py", line) == []
+    line = 'aws_secret_access_key="x",'
+    assert scan_text("ml_platform_tests/test_sensor_s3.py", line) == []
     assert scan_text("ml_platform/lib/store.py", line)
 
 

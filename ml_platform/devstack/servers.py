@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,7 +19,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -41,6 +42,9 @@ def _wait(predicate, timeout: float, what: str) -> None:
 class S3Server:
     endpoint: str
     process: subprocess.Popen
+    # moto accepts any keys: each server gets fresh random ones, so none is written anywhere.
+    access_key: str = field(default_factory=lambda: secrets.token_hex(10))
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
     def reset(self) -> None:
         """Wipe every bucket and object (moto keeps its state in memory)."""
@@ -54,8 +58,8 @@ class S3Server:
             "s3",
             endpoint_url=self.endpoint,
             region_name="us-east-1",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
         )
 
     def env(self, bucket: str) -> dict[str, str]:
@@ -63,8 +67,8 @@ class S3Server:
         return {
             "ML_PLATFORM_STORE_URL": f"s3://{bucket}",
             "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
             "AWS_REGION": "us-east-1",
             # The deployed instance config (dagster.yaml) keeps step logs in the same bucket.
             "DAGSTER_COMPUTE_LOGS_BUCKET": bucket,
@@ -188,7 +192,8 @@ def postgres_cluster(port: int | None = None) -> Iterator[Postgres]:
     if as_postgres:
         shutil.chown(base, "postgres", "postgres")
     data, port = base / "data", port or free_port()
-    password = "test-only"  # trust auth on loopback; Feast and SQLAlchemy still want a password
+    # Trust auth on loopback, but Feast and SQLAlchemy still want a password: a random one.
+    password = secrets.token_urlsafe(16)
     pg = Postgres("127.0.0.1", port, "postgres", password, bin_dir, data, as_postgres)
     try:
         _run_pg(

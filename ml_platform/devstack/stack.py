@@ -262,7 +262,7 @@ def main() -> int:
                 f"  Dagster UI      {stack.url('ui')}\n"
                 f"  MLflow          {stack.url('mlflow')}\n"
                 f"  prediction API  {stack.url('api')}/docs\n"
-                f"  S3 API          {stack.s3.endpoint} (bucket {BUCKET}, keys testing/testing)\n"
+                f"  S3 API          {stack.s3.endpoint} (bucket {BUCKET}, keys in env.sh)\n"
                 f"  PostgreSQL      127.0.0.1:{stack.ports['postgres']} (user postgres)\n"
                 f"  logs            {stack.state / 'logs'}\n"
                 f"  environment     source {stack.state / 'env.sh'}   (then e.g. "
