@@ -165,8 +165,9 @@ SERVED_MODEL = {
 }
 
 
-def build_served_platform(instance, work: Path) -> None:
-    """Lake, Feast registry, the online store for SERVED_DAY and failure_model v1 as champion."""
+def build_served_platform(instance, work: Path, **model) -> dg.ExecuteInProcessResult:
+    """Lake, Feast registry, the online store for SERVED_DAY and failure_model v1 as champion
+    (``model``: overrides of SERVED_MODEL). Returns the failure_model run's result."""
     from ml_platform.defs.features.assets import feature_views, online_features
     from ml_platform.defs.ml.assets import training_set
     from ml_platform.defs.ml.models import champion_model, failure_model
@@ -175,5 +176,7 @@ def build_served_platform(instance, work: Path) -> None:
     run(instance, [feature_views])
     run(instance, [online_features], partition_key=SERVED_DAY)
     run(instance, [training_set], partition_key=SERVED_WEEK)
-    run(instance, [failure_model], partition_key=SERVED_WEEK, config=model_config(**SERVED_MODEL))
+    config = model_config(**{**SERVED_MODEL, **model})
+    result = run(instance, [failure_model], partition_key=SERVED_WEEK, config=config)
     run(instance, [champion_model])
+    return result

@@ -10,9 +10,10 @@ from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore
 
 
-def ingest_landed(instance, store: LocalStore, name: str) -> tuple[str, dg.ExecuteInProcessResult]:
-    """Register and materialize ``raw_readings`` for the object already at landing/readings/name."""
-    partition = paths.partition_key(name, store.etag(paths.landing_object("readings", name)))
+def ingest_landed(instance, name: str, etag: str) -> tuple[str, dg.ExecuteInProcessResult]:
+    """Register and materialize ``raw_readings`` for the object version already landed at
+    landing/readings/<name> (any store: the environment's resources are used)."""
+    partition = paths.partition_key(name, etag)
     instance.add_dynamic_partitions("reading_files", [partition])
     result = dg.materialize(
         [raw_readings],
@@ -26,6 +27,7 @@ def ingest_landed(instance, store: LocalStore, name: str) -> tuple[str, dg.Execu
 
 def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> str:
     name = name or file.name
-    store.put_file(file, paths.landing_object("readings", name))
-    partition, result = ingest_landed(instance, store, name)
+    key = paths.landing_object("readings", name)
+    store.put_file(file, key)
+    partition, result = ingest_landed(instance, name, store.etag(key))
     return partition if result.success else ""

@@ -237,11 +237,13 @@ WORKER = """
 import json, os, sys, time
 started = time.perf_counter()
 import dagster as dg
+from ml_platform.lib import paths
 from ml_platform.lib.store import open_store
 from ml_platform_tests.helpers import ingest_landed
 store = open_store(os.environ["ML_PLATFORM_STORE_URL"])
+etag = store.etag(paths.landing_object("readings", sys.argv[1]))
 with dg.instance_for_test() as instance:
-    partition, result = ingest_landed(instance, store, sys.argv[1])
+    partition, result = ingest_landed(instance, sys.argv[1], etag)
     out = {"success": result.success, "seconds": round(time.perf_counter() - started, 1)}
     if result.success:
         [m] = result.asset_materializations_for_node("raw_readings")

@@ -14,28 +14,20 @@ import pandas as pd
 import pytest
 
 from ml_platform import cli
-from ml_platform.defs.features.assets import feature_views
-from ml_platform.defs.ml.assets import training_set
-from ml_platform.defs.ml.models import MODEL_NAME, champion_model, failure_model
+from ml_platform.defs.ml.models import MODEL_NAME
 from ml_platform.lib import paths
-from ml_platform.lib.generator import GeneratorConfig
 from ml_platform.lib.reproduce import compare_frames, compare_metrics, compare_versions
 from ml_platform.lib.store import LocalStore
 from ml_platform_tests.feature_helpers import (
-    build_lake,
+    SERVED_WEEK,
+    build_served_platform,
     embedded_platform,
     land_and_ingest,
     metadata,
     mlflow_client,
-    model_config,
-    run,
 )
 
-#: The smallest lake that trains: five weeks of 10 sensors with frequent failures.
-GENERATED = GeneratorConfig(
-    days=35, sensors=10, interval_s=3600, seed=11, failures_per_sensor_month=3.0
-)
-WEEK = "2024-01-29"  # labels the days up to 2024-02-03
+WEEK = SERVED_WEEK  # labels the days up to 2024-02-03
 TAMPERED_DAY = "2024-01-10"
 #: Two short candidates: every reproduction retrains, so the search is kept small. Not the default
 #: space, so the run's recorded space (not the default) must be what the reproduction searches.
@@ -53,13 +45,8 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("reproduce")
     with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
         embedded_platform(mp, work)
-        build_lake(instance, work, GENERATED)
-        run(instance, [feature_views])
-        run(instance, [training_set], partition_key=WEEK)
         # A tiny lake: the quality gate is not what is tested here.
-        lenient = model_config(param_space=SMALL_SPACE, baseline_margin=-1.0, f1_floor=0.0)
-        result = run(instance, [failure_model], partition_key=WEEK, config=lenient)
-        run(instance, [champion_model])
+        result = build_served_platform(instance, work, param_space=SMALL_SPACE, n_iter=2)
         yield SimpleNamespace(
             work=work,
             instance=instance,

@@ -23,8 +23,6 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from ml_platform.defs.ingest.assets import raw_readings
-from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore, S3Store
 from ml_platform_tests.helpers import ingest_landed
@@ -469,8 +467,9 @@ BAD = b"not,the,contract\n1,2,3\n"  # required columns missing: rejected
 
 
 def _land_and_ingest(instance, store: LocalStore, relative: str, body: bytes):
-    store.put_bytes(body, paths.landing_object("readings", relative))
-    return ingest_landed(instance, store, relative)
+    key = paths.landing_object("readings", relative)
+    store.put_bytes(body, key)
+    return ingest_landed(instance, relative, store.etag(key))
 
 
 @pytest.mark.parametrize(
@@ -529,15 +528,7 @@ def test_s3_only_keys_are_ingested_or_quarantined_under_their_literal_key(
     client, bucket = s3_server.client(), s3_env["ML_PLATFORM_STORE_URL"][5:]
     landed = paths.landing_object("readings", relative)
     etag = client.put_object(Bucket=bucket, Key=landed, Body=body)["ETag"]
-    partition = paths.partition_key(relative, etag)
-    instance.add_dynamic_partitions("reading_files", [partition])
-    result = dg.materialize(
-        [raw_readings],
-        instance=instance,
-        partition_key=partition,
-        resources=build_resources(),
-        raise_on_error=False,
-    )
+    partition, result = ingest_landed(instance, relative, etag)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
     file_id = paths.file_id(partition)
