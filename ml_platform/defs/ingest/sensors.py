@@ -65,18 +65,33 @@ def build_landing_sensor(
 ASSETS = {"readings": "raw_readings", "labels": "raw_labels", "scoring": "scored_files"}
 
 
-def _not_built(
-    context: dg.SensorEvaluationContext, dataset: str, requests: list[dg.RunRequest]
-) -> list[dg.RunRequest]:
-    """Leave out object versions already materialized by other means (``make demo``, a manual
-    ``land --register`` + materialize): exactly once holds across sensors and people too."""
-    if not requests:
-        return requests
-    built = context.instance.get_materialized_partitions(dg.AssetKey(ASSETS[dataset]))
-    kept = [r for r in requests if r.partition_key not in built]
-    if len(kept) < len(requests):
-        context.log.info(f"{len(requests) - len(kept)} object version(s) already materialized")
-    return kept
+def _tick_result(
+    context: dg.SensorEvaluationContext,
+    dataset: str,
+    partitions_def: dg.DynamicPartitionsDefinition,
+    requests: list[dg.RunRequest],
+    cursor: str,
+    what: str,
+) -> dg.SensorResult:
+    """The tick's runs and partitions, both modes. Object versions already materialized by other
+    means (``make demo``, a manual ``land --register`` + materialize) are left out: exactly once
+    holds across sensors and people too. ``what`` says what the tick looked at."""
+    if requests:
+        built = context.instance.get_materialized_partitions(dg.AssetKey(ASSETS[dataset]))
+        kept = [r for r in requests if r.partition_key not in built]
+        if len(kept) < len(requests):
+            context.log.info(f"{len(requests) - len(kept)} object version(s) already built")
+        requests = kept
+    if not requests:  # the cursor still moves past what was looked at
+        return dg.SensorResult(skip_reason=f"nothing new to ingest: {what}", cursor=cursor)
+    context.log.info(f"{len(requests)} new object(s): {what}")
+    return dg.SensorResult(
+        run_requests=requests,
+        dynamic_partitions_requests=[
+            partitions_def.build_add_request([r.partition_key for r in requests])
+        ],
+        cursor=cursor,
+    )
 
 
 def _run_request(store: ObjectStore, prefix: str, key: str, etag: str) -> dg.RunRequest:
@@ -121,19 +136,8 @@ def _listing_sensor(
             except FileNotFoundError:
                 continue  # deleted between listing and now: nothing to do
             requests.append(_run_request(store, prefix, obj.key, etag))
-        requests = _not_built(context, dataset, requests)
-        if not requests:
-            return dg.SensorResult(
-                skip_reason=f"nothing new to ingest under {store.uri(prefix)}",
-                cursor=next_cursor.to_json(),
-            )
-        context.log.info(f"{len(requests)} new object(s) under {store.uri(prefix)}")
-        return dg.SensorResult(
-            run_requests=requests,
-            dynamic_partitions_requests=[
-                partitions_def.build_add_request([r.partition_key for r in requests])
-            ],
-            cursor=next_cursor.to_json(),
+        return _tick_result(
+            context, dataset, partitions_def, requests, next_cursor.to_json(), store.uri(prefix)
         )
 
     return _sensor
@@ -240,24 +244,14 @@ def _event_sensor(
                 f"reconciled {store.uri(prefix)}: {len(missed)} object(s) no event announced"
             )
 
-        cursor = _EventModeCursor(event_cursor, listing, reconciled_at).to_json()
-        requests = {r.run_key: r for r in _not_built(context, dataset, list(requests.values()))}
-        if not requests:  # the cursor still moves past the events read
-            return dg.SensorResult(
-                skip_reason=f"no new objects under {store.uri(prefix)} "
-                f"({handled} event(s) read, up to id {event_cursor.top})",
-                cursor=cursor,
-            )
-        context.log.info(
-            f"{len(requests)} new object(s) under {store.uri(prefix)} "
-            f"({from_events} from {handled} event(s))"
-        )
-        return dg.SensorResult(
-            run_requests=list(requests.values()),
-            dynamic_partitions_requests=[
-                partitions_def.build_add_request([r.partition_key for r in requests.values()])
-            ],
-            cursor=cursor,
+        return _tick_result(
+            context,
+            dataset,
+            partitions_def,
+            list(requests.values()),
+            _EventModeCursor(event_cursor, listing, reconciled_at).to_json(),
+            f"{store.uri(prefix)} ({from_events} from {handled} event(s), up to id "
+            f"{event_cursor.top})",
         )
 
     return _sensor
