@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install dev dev-prod demo serve mlflow reproduce materialize test bench lint format clean
+.PHONY: help install dev dev-prod demo serve mlflow reproduce materialize test soak bench lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ serve: install  ## prediction API on http://127.0.0.1:8000 (docs at /docs): cham
 
 test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemon end to end
 	$(BIN)/python -m pytest
+
+soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S=30)
+	ML_PLATFORM_FAULT_ROUNDS=$(or $(ROUNDS),5) ML_PLATFORM_FAULT_OUTAGE_S=$(or $(OUTAGE_S),30) \
+		$(BIN)/python -m pytest ml_platform_tests/test_faults_daemon.py -p no:cacheprovider
 
 bench: install  ## benchmarks -> benchmarks/results.json and RESULTS.md (BENCH=name for one)
 	$(BIN)/python -m benchmarks.run $(if $(BENCH),--only $(BENCH))
