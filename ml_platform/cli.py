@@ -1,5 +1,5 @@
-"""Command line: ``python -m ml_platform generate|land|reproduce`` (also installed as
-``ml-platform``)."""
+"""Command line: ``python -m ml_platform generate|land|reproduce|check-credentials`` (also
+installed as ``ml-platform``)."""
 
 from __future__ import annotations
 
@@ -123,6 +123,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0 if report["reproduced"] else 1
 
 
+def cmd_check_credentials(args: argparse.Namespace) -> int:
+    from ml_platform.lib import credentials
+
+    names = args.names or None
+    checked = sorted(set(names)) if names else credentials.checked_names(os.environ)
+    problems = credentials.check(os.environ, names, distinct=args.distinct)
+    if problems:
+        print(credentials.report(problems), file=sys.stderr)
+        return 1
+    if not checked:
+        print("no credential found in the environment: nothing was checked", file=sys.stderr)
+        return 1
+    print(f"{len(checked)} credentials checked: none is empty, a default, a placeholder, short"
+          f"{' or reused' if args.distinct else ''} ({', '.join(checked)})")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +197,21 @@ def main(argv: list[str] | None = None) -> int:
         help="also fail when recorded inputs changed (data versions, registry hash, code versions)",
     )
     rep.set_defaults(func=cmd_reproduce)
+
+    cred = sub.add_parser(
+        "check-credentials",
+        help="exit 1 naming every credential of the environment that is empty, a well-known "
+        "default or placeholder, or short (never printing a value)",
+    )
+    cred.add_argument(
+        "names", nargs="*", help="variables to check, each required (default: every secret, "
+        "access key, user and password-bearing URL of the environment)",
+    )  # fmt: skip
+    cred.add_argument(
+        "--distinct", action="store_true",
+        help="also refuse two variables holding the same value (one credential per principal)",
+    )  # fmt: skip
+    cred.set_defaults(func=cmd_check_credentials)
 
     args = parser.parse_args(argv)
     return args.func(args)

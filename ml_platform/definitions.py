@@ -1,5 +1,7 @@
 """The code location: the only place that builds the project's ``Definitions``."""
 
+import os
+
 import dagster as dg
 
 from ml_platform.defs.features.assets import feature_views, online_features
@@ -30,7 +32,11 @@ from ml_platform.defs.monitoring.feedback import (
 from ml_platform.defs.partitions import label_files, reading_files, scoring_files
 from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources, settings
+from ml_platform.lib.credentials import require_safe_environment
 
+# ML_PLATFORM_PROFILE=deployed (compose, Helm): no definitions with a default, placeholder,
+# empty or short credential; the load error names each variable (lib/credentials.py).
+require_safe_environment(os.environ)
 _settings = settings()
 
 defs = dg.Definitions(

@@ -1,9 +1,11 @@
-"""Real servers for tests (from :mod:`ml_platform.devstack.servers`) and a Dagster daemon on the
-repository's own instance config."""
+"""Real servers for tests (from :mod:`ml_platform.devstack.servers`), a Dagster daemon on the
+repository's own instance config, and the Docker deployment's PostgreSQL bootstrap (init.sql and
+roles.sh) run against a throwaway cluster."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -55,3 +57,54 @@ def dagster_daemon(
         instance.dispose()
         if log:
             out.close()
+
+
+#: The PostgreSQL bootstrap of the Docker deployment (docker/compose.yaml mounts both into the
+#: image's docker-entrypoint-initdb.d) and the role password each role reads.
+INIT_SQL = ROOT / "docker" / "postgres" / "init.sql"
+ROLES_SH = ROOT / "docker" / "postgres" / "roles.sh"
+ROLE_PASSWORDS = {
+    "dagster": "DAGSTER_DB_PASSWORD",
+    "mlflow": "MLFLOW_DB_PASSWORD",
+    "feast": "FEAST_DB_PASSWORD",
+    "events": "EVENTS_DB_PASSWORD",
+    "minio": "MINIO_DB_PASSWORD",
+    "api": "API_DB_PASSWORD",
+}
+
+
+def psql_env(pg: Postgres) -> dict[str, str]:
+    """What psql (and roles.sh) need to reach ``pg`` as the superuser."""
+    return {**os.environ, "PGHOST": pg.host, "PGPORT": str(pg.port), "PGUSER": pg.user,
+            "PGPASSWORD": pg.password}  # fmt: skip
+
+
+def run_init_sql(pg: Postgres) -> subprocess.CompletedProcess:
+    psql = pg.bin_dir / "psql"
+    return subprocess.run(
+        [str(psql) if psql.exists() else "psql", "-d", "postgres", "--no-psqlrc",
+         "-v", "ON_ERROR_STOP=1", "-f", str(INIT_SQL)],
+        capture_output=True, text=True, timeout=60, check=False, env=psql_env(pg),
+    )  # fmt: skip
+
+
+def run_roles_sh(pg: Postgres, passwords: dict[str, str]) -> subprocess.CompletedProcess:
+    """docker/postgres/roles.sh as the postgres image runs it: ``passwords`` maps each
+    *_DB_PASSWORD variable to its value. psql from the cluster's own binaries comes first."""
+    env = psql_env(pg)
+    env["PATH"] = f"{pg.bin_dir}:{env.get('PATH', '/usr/bin:/bin')}"
+    return subprocess.run(
+        ["sh", str(ROLES_SH)], capture_output=True, text=True, timeout=120, check=False,
+        env={**env, **passwords},
+    )  # fmt: skip
+
+
+def require_passwords(pg: Postgres) -> None:
+    """Every role but the superuser must now authenticate with its password (SCRAM) over TCP, as
+    in the postgres image (the throwaway cluster starts with trust for everyone)."""
+    (pg.data_dir / "pg_hba.conf").write_text(
+        "local all postgres trust\n"
+        "host all postgres 127.0.0.1/32 trust\n"
+        "host all all 127.0.0.1/32 scram-sha-256\n"
+    )
+    pg.pg_ctl("reload")

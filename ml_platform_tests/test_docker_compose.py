@@ -4,9 +4,13 @@ the lock files, the MinIO/PostgreSQL bootstrap, the Kubernetes Helm values and .
 Debian's ``docker-compose`` 1.29 (``apt-get install docker-compose``) validates and renders the
 compose file offline. The tests prove that the deployment starts only with every credential
 supplied, binds every published port to 127.0.0.1, runs the platform images as a non-root user,
-gates start-up on health checks and carries no default secrets. ``docker/postgres/init.sql`` is
-run with psql against a throwaway PostgreSQL, and the statements MinIO's notification target
-issues are replayed against the table it creates.
+gates start-up on health checks and on the credential check, carries no default secrets, and
+gives each service only its own credentials (one MinIO user and one PostgreSQL role per service,
+with the policies and grants claimed in docker/README.md). ``docker/postgres/init.sql`` and
+``roles.sh`` are run against a throwaway PostgreSQL with password authentication; what each role
+can and cannot do is tried there, every connection string compose renders authenticates as its
+role, and the statements MinIO's notification target issues are replayed as MinIO's role.
+``docker/minio/init.sh`` runs against a recording stand-in for ``mc``.
 
 docker-compose 1.29 quirks handled here:
 - it reads ``.env`` from the project directory (the compose file's folder, i.e. ``docker/.env``)
@@ -28,6 +32,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,12 +44,23 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from ml_platform.lib import paths
+from ml_platform_tests.servers import (
+    ROLE_PASSWORDS,
+    ROLES_SH,
+    require_passwords,
+    run_init_sql,
+    run_roles_sh,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER_DIR = ROOT / "docker"
 COMPOSE = DOCKER_DIR / "compose.yaml"
 DOCKERFILE = DOCKER_DIR / "Dockerfile"
 WORKSPACE = DOCKER_DIR / "workspace.docker.yaml"
 POLICY = DOCKER_DIR / "minio" / "platform-policy.json"
+MLFLOW_POLICY = DOCKER_DIR / "minio" / "mlflow-policy.json"
+API_POLICY = DOCKER_DIR / "minio" / "api-policy.json"
 MINIO_INIT = DOCKER_DIR / "minio" / "init.sh"
 INIT_SQL = DOCKER_DIR / "postgres" / "init.sql"
 LOCK = DOCKER_DIR / "requirements.lock"
@@ -52,6 +68,7 @@ LOCK_DAGSTER = DOCKER_DIR / "requirements-dagster.lock"
 LOCK_K8S = DOCKER_DIR / "requirements-k8s.lock"
 HELM_VALUES = DOCKER_DIR / "k8s" / "values.yaml"
 HELM_README = DOCKER_DIR / "k8s" / "README.md"
+DOCKER_README = DOCKER_DIR / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
 INSTANCE = ROOT / "dagster.yaml"
@@ -62,10 +79,35 @@ CREDENTIALS = (
     "MINIO_ROOT_PASSWORD",
     "PLATFORM_S3_ACCESS_KEY",
     "PLATFORM_S3_SECRET_KEY",
+    "MLFLOW_S3_ACCESS_KEY",
+    "MLFLOW_S3_SECRET_KEY",
+    "API_S3_ACCESS_KEY",
+    "API_S3_SECRET_KEY",
     "POSTGRES_PASSWORD",
+    *ROLE_PASSWORDS.values(),
 )
-# Placeholder values only; long enough for MinIO's minimum lengths.
+# Placeholder values only; long enough for MinIO's minimum lengths. None is part of another, so
+# finding one in a rendered string identifies the credential.
 PLACEHOLDERS = {name: f"test-{name.lower().replace('_', '-')}" for name in CREDENTIALS}
+#: What each service may hold, and nothing more (the API key aside).
+S3_KEYS = {
+    "platform": ("PLATFORM_S3_ACCESS_KEY", "PLATFORM_S3_SECRET_KEY"),
+    "mlflow": ("MLFLOW_S3_ACCESS_KEY", "MLFLOW_S3_SECRET_KEY"),
+    "api": ("API_S3_ACCESS_KEY", "API_S3_SECRET_KEY"),
+}
+MINIO_ROOT = ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD")
+SERVICE_CREDENTIALS = {
+    "credentials-check": set(CREDENTIALS),
+    "postgres": {"POSTGRES_PASSWORD", *ROLE_PASSWORDS.values()},
+    "minio": {*MINIO_ROOT, "MINIO_DB_PASSWORD"},
+    "minio-init": {*MINIO_ROOT, *S3_KEYS["platform"], *S3_KEYS["mlflow"], *S3_KEYS["api"]},
+    "mlflow": {*S3_KEYS["mlflow"], "MLFLOW_DB_PASSWORD"},
+    "code-location": {*S3_KEYS["platform"], "DAGSTER_DB_PASSWORD", "FEAST_DB_PASSWORD",
+                      "EVENTS_DB_PASSWORD"},
+    "webserver": {*S3_KEYS["platform"], "DAGSTER_DB_PASSWORD"},
+    "daemon": {*S3_KEYS["platform"], "DAGSTER_DB_PASSWORD"},
+    "api": {*S3_KEYS["api"], "API_DB_PASSWORD"},
+}  # fmt: skip
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|API_KEY|TOKEN|ROOT_USER")
 #: Secrets that may be absent: ${VAR:-} (empty default), never a non-empty default.
 OPTIONAL_SECRETS = {"ML_PLATFORM_API_KEY"}
@@ -78,10 +120,11 @@ FULL_IMAGE, SLIM_IMAGE = (
     ("ml-platform-dagster:local", "dagster"),
 )
 IMAGES = {"code-location": FULL_IMAGE, "api": FULL_IMAGE, "mlflow": FULL_IMAGE,
-          "webserver": SLIM_IMAGE, "daemon": SLIM_IMAGE}  # fmt: skip
+          "credentials-check": FULL_IMAGE, "webserver": SLIM_IMAGE,
+          "daemon": SLIM_IMAGE}  # fmt: skip
 DAGSTER_SERVICES = ("code-location", "webserver", "daemon")
-PROJECT_SERVICES = ("code-location", "api", "mlflow")  # import ml_platform
-ONE_SHOT = {"minio-init"}
+PROJECT_SERVICES = ("code-location", "api")  # import ml_platform (mlflow runs `mlflow server`)
+ONE_SHOT = {"minio-init", "credentials-check"}
 EVENTS_TABLE = "minio_events"
 EVENT_ARN = "arn:minio:sqs::PRIMARY:postgresql"
 
@@ -99,7 +142,8 @@ needs_compose = pytest.mark.skipif(
 class Run:
     args: tuple[str, ...]
     env: dict[str, str]
-    env_file: str = ""  # "" an empty file, "example" .env.example, "filled" a filled-in copy
+    env_file: str = ""  # "" an empty file, "example" .env.example, "filled" a filled-in copy,
+    # "generated" the one docker/README.md's command writes
 
 
 #: The credential whose empty value is tried for real (one call each costs 1-2 s; that ${VAR:?}
@@ -113,6 +157,7 @@ def _scenarios() -> dict[str, Run]:
         "rendered": Run(("config",), {**PLACEHOLDERS, "ML_PLATFORM_API_KEY": API_KEY}),
         "example": Run(("config", "-q"), {}, "example"),
         "example-filled": Run(("config", "-q"), {}, "filled"),
+        "generated": Run(("config", "-q"), {}, "generated"),
         f"empty {EMPTY_SAMPLE}": Run(("config", "-q"), {**PLACEHOLDERS, EMPTY_SAMPLE: ""}),
     }
     for name in CREDENTIALS:
@@ -132,6 +177,26 @@ def _filled_env_example(path: Path) -> Path:
     return path
 
 
+#: The documented way to write docker/.env (docker/README.md, "Start").
+GENERATE_SUFFIX = " > docker/.env"
+
+
+def _generate_command() -> str:
+    [command] = [ln for ln in DOCKER_README.read_text().splitlines() if ln.startswith("awk ")]
+    assert command.endswith(GENERATE_SUFFIX), command
+    return command.removesuffix(GENERATE_SUFFIX)
+
+
+def _generated_env_file(path: Path) -> Path:
+    """docker/README.md's command, run from the repository root with its output to ``path``
+    (never to the real docker/.env)."""
+    result = subprocess.run(["sh", "-c", _generate_command()], cwd=ROOT, capture_output=True,
+                            text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    path.write_text(result.stdout)
+    return path
+
+
 @pytest.fixture(scope="module")
 def compose_runs(
     tmp_path_factory: pytest.TempPathFactory,
@@ -145,6 +210,7 @@ def compose_runs(
         "": tmp / "empty.env",
         "example": ENV_EXAMPLE,
         "filled": _filled_env_example(tmp / "filled.env"),
+        "generated": _generated_env_file(tmp / "generated.env"),
     }
     env_files[""].write_text("")
     base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp), "LANG": "C.UTF-8"}
@@ -191,6 +257,34 @@ def test_config_is_valid_with_a_filled_env_file(compose_runs: dict) -> None:
     result = compose_runs["example-filled"]
     assert result.returncode == 0, result.stderr
     assert result.stdout == "", "config -q prints nothing on success"
+
+
+@needs_compose
+def test_the_documented_env_file_is_accepted_and_passes_the_credential_check(
+    compose_runs: dict, tmp_path: Path
+) -> None:
+    """docker/README.md's one-liner (also in README.md and .env.example) gives every credential
+    its own random value: compose accepts the file and the credentials-check command passes."""
+    command = _generate_command()
+    assert command + GENERATE_SUFFIX in (ROOT / "README.md").read_text()
+    assert command + GENERATE_SUFFIX in ENV_EXAMPLE.read_text()
+    result = compose_runs["generated"]
+    assert result.returncode == 0, result.stderr
+    values = dict(
+        line.split("=", 1)
+        for line in _generated_env_file(tmp_path / "env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(values) == set(CREDENTIALS)
+    assert all(re.fullmatch(r"[0-9a-f]{48}", v) for v in values.values())
+    assert len(set(values.values())) == len(values), "each credential gets its own value"
+    check = subprocess.run(
+        [sys.executable, "-m", "ml_platform", "check-credentials", "--distinct"], cwd=ROOT,
+        env={"PATH": os.environ.get("PATH", ""), **values}, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stderr
+    assert f"{len(CREDENTIALS)} credentials checked" in check.stdout
 
 
 @needs_compose
@@ -246,11 +340,49 @@ def test_secret_values_come_only_from_the_environment(rendered: dict) -> None:
             elif SECRET_NAME.search(key):
                 assert value in PLACEHOLDERS.values(), f"{name}: {key} is not from the env file"
                 seen.add(value)
-            # Connection strings embed the PostgreSQL password: it must be the placeholder.
-            for match in re.findall(r"(?:://[^:/@\s]+:([^@\s]+)@)|(?:password=(\S+))", str(value)):
-                assert PLACEHOLDERS["POSTGRES_PASSWORD"] in match, f"{name}: {key} = {value}"
+            # Connection strings embed a role's password: the placeholder of that very role.
+            for user, password in _connection_credentials(str(value)):
+                assert user in ROLE_PASSWORDS, f"{name}: {key} connects as {user}"
+                assert password == PLACEHOLDERS[ROLE_PASSWORDS[user]], f"{name}: {key}"
     assert seen == set(PLACEHOLDERS.values())
     assert rendered["services"]["api"]["environment"]["ML_PLATFORM_API_KEY"] == API_KEY
+
+
+def _connection_credentials(value: str) -> list[tuple[str, str]]:
+    """(user, password) of every ``scheme://user:password@`` URL and libpq ``user=... password=...``
+    string in ``value``."""
+    found = re.findall(r"://([^:/@\s]+):([^@\s]+)@", value)
+    libpq = dict(re.findall(r"\b(user|password)=(\S+)", value))
+    if libpq:
+        found.append((libpq.get("user", ""), libpq.get("password", "")))
+    return found
+
+
+def _service_text(service: dict) -> str:
+    """Everything of a rendered service a credential could hide in: environment and command."""
+    return json.dumps([service.get("environment") or {}, service.get("command") or []])
+
+
+@needs_compose
+def test_each_service_gets_only_its_own_credentials(rendered: dict) -> None:
+    """Per-service least privilege: every credential a service receives (in its environment or
+    its command) is in its row of SERVICE_CREDENTIALS and every one of the row is used; in
+    particular the API and MLflow never see the PostgreSQL superuser's password, the MinIO root
+    user or the platform's read-write keys."""
+    placeholders = list(PLACEHOLDERS.values())
+    assert not [a for a in placeholders for b in placeholders if a != b and a in b]
+    services = rendered["services"]
+    assert set(services) == set(SERVICE_CREDENTIALS), set(services) ^ set(SERVICE_CREDENTIALS)
+    for name, service in services.items():
+        text = _service_text(service)
+        holds = {cred for cred, value in PLACEHOLDERS.items() if value in text}
+        assert holds == SERVICE_CREDENTIALS[name], (name, holds ^ SERVICE_CREDENTIALS[name])
+    for name in ("api", "mlflow"):
+        text = _service_text(services[name])
+        for forbidden in ("POSTGRES_PASSWORD", "PLATFORM_S3_SECRET_KEY", *MINIO_ROOT):
+            assert PLACEHOLDERS[forbidden] not in text, (name, forbidden)
+    assert API_KEY in _service_text(services["api"])
+    assert API_KEY not in _service_text(services["code-location"])
 
 
 #: Every ${VAR} of the Feast profiles in feature_repo/profiles/.
@@ -300,7 +432,7 @@ def test_env_example_documents_every_variable() -> None:
         "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION",
         "DAGSTER_HOME", "ML_PLATFORM_FEAST_REPO", "FEAST_FS_YAML_FILE_PATH",
         "ML_PLATFORM_EVENTS_URL", "ML_PLATFORM_EVENTS_TABLE", "ML_PLATFORM_API_KEY",
-        *_instance_env_names(), *FEAST_PROFILE_VARIABLES,
+        "ML_PLATFORM_PROFILE", *_instance_env_names(), *FEAST_PROFILE_VARIABLES,
     }  # fmt: skip
     assert {"DAGSTER_COMPUTE_LOGS_BUCKET", "DAGSTER_PG_PASSWORD"} <= project
     assert not (referenced | project) - documented, (referenced | project) - documented
@@ -602,6 +734,46 @@ def test_start_order_is_gated_by_health_checks(rendered: dict) -> None:
         assert _condition(services, name, "code-location") == "service_healthy"
     assert _condition(services, "api", "mlflow") == "service_healthy"
     assert _condition(services, "api", "postgres") == "service_healthy"
+    for name in ("postgres", "minio"):
+        assert _condition(services, name, "credentials-check") == "service_completed_successfully"
+
+
+def _dependencies(services: dict, name: str) -> set[str]:
+    """Every service ``name`` waits for, directly or not."""
+    found: set[str] = set()
+    todo = list(services[name].get("depends_on") or {})
+    while todo:
+        dependency = todo.pop()
+        if dependency not in found:
+            found.add(dependency)
+            todo += list(services[dependency].get("depends_on") or {})
+    return found
+
+
+@needs_compose
+def test_nothing_starts_before_the_credential_check_passed(rendered: dict) -> None:
+    """The one-shot check (python -m ml_platform check-credentials --distinct) gets every
+    credential of the env file and no network; every other service waits for it."""
+    services = rendered["services"]
+    check = services["credentials-check"]
+    assert [str(c) for c in check["command"]] == [
+        "python", "-m", "ml_platform", "check-credentials", "--distinct"]  # fmt: skip
+    assert check.get("network_mode") == "none"
+    assert check.get("restart") == "no"
+    assert not check.get("ports") and not check.get("depends_on")
+    assert set(check["environment"]) == set(CREDENTIALS) | OPTIONAL_SECRETS
+    for name in set(services) - {"credentials-check"}:
+        assert "credentials-check" in _dependencies(services, name), name
+
+
+@needs_compose
+def test_project_services_run_the_deployed_profile(rendered: dict) -> None:
+    """The code location and the API check their own credentials again at start-up (a process
+    started without compose, e.g. `docker compose run --no-deps`, or under Kubernetes)."""
+    for name in PROJECT_SERVICES:
+        assert rendered["services"][name]["environment"]["ML_PLATFORM_PROFILE"] == "deployed"
+    deployment = _helm_values()["dagster-user-deployments"]["deployments"][0]
+    assert deployment["env"]["ML_PLATFORM_PROFILE"] == "deployed"
 
 
 @needs_compose
@@ -616,45 +788,110 @@ def test_api_service(rendered: dict) -> None:
     assert "urllib" in probe and "http://127.0.0.1:8000/health" in probe, probe
     env = api["environment"]
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
-    for name in FEAST_PROFILE_VARIABLES:
-        assert env[name] == rendered["services"]["code-location"]["environment"][name], name
+    platform = rendered["services"]["code-location"]["environment"]
+    assert not set(FEAST_PROFILE_VARIABLES) - set(env), set(FEAST_PROFILE_VARIABLES) - set(env)
+    # The same feature store, read as the read-only role api; point-in-time queries put their
+    # entity table in the API's own schema.
+    for name in ("FEAST_FS_YAML_FILE_PATH", "ML_PLATFORM_FEAST_PG_HOST", "ML_PLATFORM_FEAST_PG_PORT",
+                 "ML_PLATFORM_FEAST_PG_DB", "ML_PLATFORM_FEAST_PG_SSLMODE",
+                 "ML_PLATFORM_FEAST_ONLINE_SCHEMA"):  # fmt: skip
+        assert env[name] == platform[name], name
+    assert env["ML_PLATFORM_FEAST_PG_USER"] == "api"
+    assert env["ML_PLATFORM_FEAST_PG_PASSWORD"] == PLACEHOLDERS["API_DB_PASSWORD"]
+    assert env["ML_PLATFORM_FEAST_REGISTRY_URL"] == platform[
+        "ML_PLATFORM_FEAST_REGISTRY_URL"
+    ].replace(
+        f"feast:{PLACEHOLDERS['FEAST_DB_PASSWORD']}@", f"api:{PLACEHOLDERS['API_DB_PASSWORD']}@"
+    )
+    assert env["ML_PLATFORM_FEAST_OFFLINE_SCHEMA"] == "api_scratch"
+    assert "api_scratch" in ROLES_SH.read_text()
+    # Nothing of Dagster, the events table or the lake: the API serves, it does not run assets.
+    assert not [k for k in env if k.startswith(("DAGSTER_", "ML_PLATFORM_EVENTS"))], env
 
 
 @needs_compose
-def test_platform_env_uses_the_least_privilege_user(rendered: dict) -> None:
-    for name in (*DAGSTER_SERVICES, "api", "mlflow"):
+def test_each_service_uses_its_own_minio_user_and_postgres_role(rendered: dict) -> None:
+    users = {**dict.fromkeys(DAGSTER_SERVICES, "platform"), "mlflow": "mlflow", "api": "api"}
+    for name, user in users.items():
         env = rendered["services"][name]["environment"]
-        assert env["AWS_ACCESS_KEY_ID"] == PLACEHOLDERS["PLATFORM_S3_ACCESS_KEY"], name
-        assert env["AWS_SECRET_ACCESS_KEY"] == PLACEHOLDERS["PLATFORM_S3_SECRET_KEY"], name
+        access, secret = S3_KEYS[user]
+        assert env["AWS_ACCESS_KEY_ID"] == PLACEHOLDERS[access], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == PLACEHOLDERS[secret], name
         assert env["AWS_ENDPOINT_URL_S3"] == "http://minio:9000"
-        assert env["DAGSTER_PG_HOST"] == "postgres"
-        assert not {"MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"} & set(env), name
-    for name in PROJECT_SERVICES:
-        assert (
-            rendered["services"][name]["environment"]["ML_PLATFORM_STORE_URL"] == "s3://ml-platform"
-        )
+        assert not set(MINIO_ROOT) & set(env), name
+    for name in DAGSTER_SERVICES:
+        env = rendered["services"][name]["environment"]
+        assert (env["DAGSTER_PG_HOST"], env["DAGSTER_PG_USER"]) == ("postgres", "dagster"), name
+        assert env["DAGSTER_PG_PASSWORD"] == PLACEHOLDERS["DAGSTER_DB_PASSWORD"], name
+    platform = rendered["services"]["code-location"]["environment"]
+    assert platform["ML_PLATFORM_STORE_URL"] == "s3://ml-platform"
+    assert platform["ML_PLATFORM_FEAST_PG_USER"] == "feast"
+    mlflow = rendered["services"]["mlflow"]
+    assert mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"] == (
+        f"postgresql+psycopg2://mlflow:{PLACEHOLDERS['MLFLOW_DB_PASSWORD']}@postgres:5432/mlflow"
+    )
+    assert "--backend-store-uri" not in mlflow["command"], "no password in the process list"
+    # The MLflow server runs no project code: none of the platform's settings.
+    assert not [k for k in mlflow["environment"] if k.startswith(("ML_PLATFORM_", "FEAST_",
+                                                                  "DAGSTER_"))]  # fmt: skip
     for name in ("webserver", "daemon"):  # never import the project: no project settings
         env = rendered["services"][name]["environment"]
         assert not [k for k in env if k.startswith(("ML_PLATFORM_", "FEAST_", "MLFLOW_"))], name
 
 
+def _grants(path: Path) -> set[tuple[str, str, str]]:
+    """(action, resource, condition as JSON) of every statement of a MinIO policy; Allow only."""
+    grants = set()
+    for statement in json.loads(path.read_text())["Statement"]:
+        assert statement["Effect"] == "Allow", statement
+        assert set(statement) <= {"Sid", "Effect", "Action", "Resource", "Condition"}, statement
+        condition = json.dumps(statement.get("Condition"), sort_keys=True)
+        for action in statement["Action"]:
+            assert "*" not in action, action
+            grants |= {(action, resource, condition) for resource in statement["Resource"]}
+    return grants
+
+
+#: Object read/write, listing, and cleaning up the multipart uploads boto3 makes for large files.
+READ_WRITE_BUCKET = ("s3:GetBucketLocation", "s3:ListBucket", "s3:ListBucketMultipartUploads")
+READ_WRITE_OBJECTS = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject",
+                      "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts")  # fmt: skip
+NO_CONDITION = json.dumps(None)
+
+
+def _read_write(bucket: str) -> set[tuple[str, str, str]]:
+    arn = f"arn:aws:s3:::{bucket}"
+    return {(a, arn, NO_CONDITION) for a in READ_WRITE_BUCKET} | {
+        (a, f"{arn}/*", NO_CONDITION) for a in READ_WRITE_OBJECTS
+    }
+
+
 def test_platform_policy_is_least_privilege() -> None:
-    policy = json.loads(POLICY.read_text())
-    # Object read/write, listing, and cleaning up the multipart uploads boto3 makes for large files.
-    allowed = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:ListBucket",
-               "s3:GetBucketLocation", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts",
-               "s3:ListBucketMultipartUploads"}  # fmt: skip
-    buckets = {"ml-platform", "mlflow-artifacts"}
-    actions, resources = set(), set()
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow"
-        actions |= set(statement["Action"])
-        resources |= set(statement["Resource"])
-    assert actions == allowed
-    assert not any("*" in a for a in actions)
-    for resource in resources:
-        bucket = resource.removeprefix("arn:aws:s3:::").split("/", 1)[0]
-        assert bucket in buckets, resource
+    """The platform (code location, webserver, daemon) reads and writes bucket ml-platform only:
+    it reaches models through the MLflow server's artifact proxy, never the artifact bucket."""
+    assert _grants(POLICY) == _read_write("ml-platform")
+
+
+def test_mlflow_policy_covers_the_artifact_bucket_only() -> None:
+    assert _grants(MLFLOW_POLICY) == _read_write("mlflow-artifacts")
+
+
+def test_api_policy_reads_models_and_gold_features_only() -> None:
+    """The API's MinIO user: GetObject and listing on the model artifacts and on the gold zone
+    Feast's s3 profile reads; no write, no delete, nothing else of ml-platform."""
+    gold = paths.GOLD_AGGREGATES.split("daily_aggregates")[0]  # lake/gold/
+    assert gold == "lake/gold/"
+    prefix = json.dumps({"StringLike": {"s3:prefix": [f"{gold}*"]}}, sort_keys=True)
+    assert _grants(API_POLICY) == {
+        ("s3:GetBucketLocation", "arn:aws:s3:::mlflow-artifacts", NO_CONDITION),
+        ("s3:GetBucketLocation", "arn:aws:s3:::ml-platform", NO_CONDITION),
+        ("s3:ListBucket", "arn:aws:s3:::mlflow-artifacts", NO_CONDITION),
+        ("s3:GetObject", "arn:aws:s3:::mlflow-artifacts/*", NO_CONDITION),
+        ("s3:ListBucket", "arn:aws:s3:::ml-platform", prefix),
+        ("s3:GetObject", f"arn:aws:s3:::ml-platform/{gold}*", NO_CONDITION),
+    }
+    assert {action for action, _, _ in _grants(API_POLICY)} <= {
+        "s3:GetObject", "s3:ListBucket", "s3:GetBucketLocation"}  # fmt: skip
 
 
 def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None:
@@ -727,8 +964,8 @@ def test_minio_publishes_landing_puts_to_postgres(rendered: dict) -> None:
     assert env["MINIO_NOTIFY_POSTGRES_TABLE_PRIMARY"] == EVENTS_TABLE
     assert env["MINIO_NOTIFY_POSTGRES_FORMAT_PRIMARY"] == "access"
     assert _libpq_params(env["MINIO_NOTIFY_POSTGRES_CONNECTION_STRING_PRIMARY"]) == {
-        "host": "postgres", "port": "5432", "dbname": "events", "user": "postgres",
-        "password": PLACEHOLDERS["POSTGRES_PASSWORD"], "sslmode": "disable",
+        "host": "postgres", "port": "5432", "dbname": "events", "user": "minio",
+        "password": PLACEHOLDERS["MINIO_DB_PASSWORD"], "sslmode": "disable",
     }  # fmt: skip
     queue = env.get("MINIO_NOTIFY_POSTGRES_QUEUE_DIR_PRIMARY")
     if queue:  # the undelivered-event queue must survive a container restart
@@ -742,12 +979,13 @@ def test_minio_publishes_landing_puts_to_postgres(rendered: dict) -> None:
 
 @needs_compose
 def test_platform_services_follow_the_events_table(rendered: dict) -> None:
-    for name in PROJECT_SERVICES:
-        env = rendered["services"][name]["environment"]
-        assert env["ML_PLATFORM_EVENTS_URL"] == (
-            f"postgresql://postgres:{PLACEHOLDERS['POSTGRES_PASSWORD']}@postgres:5432/events"
-        ), name
-        assert env["ML_PLATFORM_EVENTS_TABLE"] == EVENTS_TABLE, name
+    env = rendered["services"]["code-location"]["environment"]
+    assert env["ML_PLATFORM_EVENTS_URL"] == (
+        f"postgresql://events:{PLACEHOLDERS['EVENTS_DB_PASSWORD']}@postgres:5432/events"
+    )
+    assert env["ML_PLATFORM_EVENTS_TABLE"] == EVENTS_TABLE
+    for name in ("api", "mlflow", "webserver", "daemon"):
+        assert "ML_PLATFORM_EVENTS_URL" not in rendered["services"][name]["environment"], name
 
 
 def test_minio_init_adds_the_notification_rule() -> None:
@@ -758,6 +996,75 @@ def test_minio_init_adds_the_notification_rule() -> None:
     assert "already exists" in script, "a re-run must not fail on the existing rule"
     syntax = subprocess.run(["sh", "-n", str(MINIO_INIT)], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr
+
+
+#: A stand-in for `mc` that records its arguments (one call per line, tab-separated).
+FAKE_MC = """#!/bin/sh
+printf '%s\t' "$@" >> "$MC_LOG"
+printf '\n' >> "$MC_LOG"
+"""
+
+
+def _run_minio_init(
+    tmp_path: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess, list]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "mc").write_text(FAKE_MC)
+    (bin_dir / "mc").chmod(0o755)
+    log = tmp_path / "mc.log"
+    log.write_text("")
+    result = subprocess.run(
+        ["sh", str(MINIO_INIT)], capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "MC_LOG": str(log), **env},
+    )  # fmt: skip
+    calls = [line.rstrip("\t").split("\t") for line in log.read_text().splitlines()]
+    return result, calls
+
+
+def _random_minio_env() -> dict[str, str]:
+    import secrets
+
+    return {name: secrets.token_hex(12) for name in (*MINIO_ROOT, *S3_KEYS["platform"],
+                                                     *S3_KEYS["mlflow"], *S3_KEYS["api"])}  # fmt: skip
+
+
+def test_minio_init_creates_one_user_per_service_with_its_policy(tmp_path) -> None:
+    """init.sh against a recording `mc`: it logs in as root, then gives each service's access key
+    its own secret and exactly its own policy file; no service gets the root user."""
+    env = _random_minio_env()
+    result, calls = _run_minio_init(tmp_path, env)
+    assert result.returncode == 0, result.stderr
+    assert calls[0] == ["alias", "set", "local", "http://minio:9000", env["MINIO_ROOT_USER"],
+                        env["MINIO_ROOT_PASSWORD"]]  # fmt: skip
+    policies = {
+        call[4]: Path(call[5]) for call in calls if call[:3] == ["admin", "policy", "create"]
+    }
+    users = {call[4]: call[5] for call in calls if call[:3] == ["admin", "user", "add"]}
+    attached = {call[6]: call[4] for call in calls if call[:3] == ["admin", "policy", "attach"]}
+    expected = {"platform": ("ml-platform-rw", POLICY), "mlflow": ("mlflow-artifacts-rw", MLFLOW_POLICY),
+                "api": ("ml-platform-api-read", API_POLICY)}  # fmt: skip
+    assert set(policies) == {name for name, _ in expected.values()}
+    for service, (policy, path) in expected.items():
+        access, secret = (env[k] for k in S3_KEYS[service])
+        assert policies[policy].resolve() == path.resolve(), service
+        assert users[access] == secret, service
+        assert attached[access] == policy, service
+    assert env["MINIO_ROOT_USER"] not in users
+    assert ["mb", "--ignore-existing", "local/mlflow-artifacts"] in calls
+
+
+@pytest.mark.parametrize("variable", [*S3_KEYS["mlflow"][:1], *S3_KEYS["api"][:1]])
+def test_minio_init_refuses_a_service_user_equal_to_root_or_another(tmp_path, variable) -> None:
+    env = _random_minio_env()
+    for other in ("MINIO_ROOT_USER", "PLATFORM_S3_ACCESS_KEY"):
+        result, calls = _run_minio_init(tmp_path, {**env, variable: env[other]})
+        assert result.returncode != 0 and variable in result.stderr, result.stderr
+        assert calls == [], "nothing is done with a shared user"
+    missing = {k: v for k, v in env.items() if k != variable}
+    result, calls = _run_minio_init(tmp_path, missing)
+    assert result.returncode != 0 and f"{variable} is not set" in result.stderr
+    assert calls == []
 
 
 def test_init_sql_declares_the_events_table() -> None:
@@ -773,27 +1080,282 @@ def test_init_sql_declares_the_events_table() -> None:
     ), "table contract: id bigserial pk, event_time timestamptz not null, event_data jsonb not null"
 
 
+ROLE_PASSWORD_PLACEHOLDERS = {v: PLACEHOLDERS[v] for v in ROLE_PASSWORDS.values()}
+
+
 @pytest.fixture(scope="module")
 def initialised_postgres():
     """A throwaway PostgreSQL cluster of its own (init.sql creates fixed database names, which
     must not collide with the session-wide cluster of the other tests), initialised with
-    docker/postgres/init.sql the way the postgres image's entrypoint runs it, twice (idempotent)."""
+    docker/postgres/init.sql and roles.sh the way the postgres image's entrypoint runs them, each
+    twice (idempotent), with the placeholder passwords compose renders; then every role but the
+    superuser must authenticate with its password, as in the image."""
     from ml_platform_tests.servers import postgres_bin_dir, postgres_cluster
 
     if postgres_bin_dir() is None:
         pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
     with postgres_cluster() as pg:
-        psql = pg.bin_dir / "psql"
-        command = [str(psql) if psql.exists() else "psql", "-h", pg.host, "-p", str(pg.port),
-                   "-U", "postgres", "-d", "postgres", "--no-psqlrc", "-v", "ON_ERROR_STOP=1",
-                   "-f", str(INIT_SQL)]  # fmt: skip
         for attempt in ("first start", "re-run"):
-            result = subprocess.run(
-                command, capture_output=True, text=True, timeout=60, check=False,
-                env={**os.environ, "PGPASSWORD": pg.password},
-            )  # fmt: skip
-            assert result.returncode == 0, f"{attempt}: {result.stderr}"
+            result = run_init_sql(pg)
+            assert result.returncode == 0, f"init.sql, {attempt}: {result.stderr}"
+            result = run_roles_sh(pg, ROLE_PASSWORD_PLACEHOLDERS)
+            assert result.returncode == 0, f"roles.sh, {attempt}: {result.stderr}"
+            assert result.stderr == "", result.stderr
+        require_passwords(pg)
         yield pg
+
+
+def _connect(pg, role: str, database: str, password: str | None = None):
+    import psycopg2
+
+    if role == "postgres":
+        password = None  # trust, as the image's own socket
+    elif password is None:
+        password = PLACEHOLDERS[ROLE_PASSWORDS[role]]
+    return psycopg2.connect(host=pg.host, port=pg.port, user=role, password=password,
+                            dbname=database, connect_timeout=10)  # fmt: skip
+
+
+def _run(pg, role: str, database: str, *statements: str) -> list:
+    """Run ``statements`` in one autocommit session as ``role``; the last one's rows (or None)."""
+    conn = _connect(pg, role, database)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+            return cur.fetchall() if cur.description else None
+    finally:
+        conn.close()
+
+
+def _refused(pg, role: str, database: str, statement: str) -> str:
+    """The error of ``statement`` as ``role``, which must be a missing privilege."""
+    import psycopg2
+
+    with pytest.raises(psycopg2.Error) as caught:
+        _run(pg, role, database, statement)
+    assert caught.value.pgcode == "42501", (role, statement, caught.value)  # insufficient_privilege
+    return str(caught.value)
+
+
+#: Databases each role may connect to; every other connection is refused.
+ROLE_DATABASES = {"dagster": {"dagster"}, "mlflow": {"mlflow"}, "feast": {"feast"},
+                  "events": {"events"}, "minio": {"events"}, "api": {"feast"}}  # fmt: skip
+DATABASES = ("postgres", "dagster", "mlflow", "feast", "events")
+
+
+def test_roles_connect_only_to_their_own_database_with_their_password(initialised_postgres):
+    import psycopg2
+
+    pg = initialised_postgres
+    for role, allowed in ROLE_DATABASES.items():
+        for database in DATABASES:
+            if database in allowed:
+                assert _run(pg, role, database, "SELECT current_user")[0][0] == role
+                continue
+            with pytest.raises(psycopg2.OperationalError, match="permission denied for database"):
+                _connect(pg, role, database)
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            _connect(
+                pg, role, next(iter(allowed)), password=PLACEHOLDERS[ROLE_PASSWORDS[role]] + "x"
+            )
+    attributes = _run(pg, "postgres", "postgres",
+                      "SELECT rolname, rolsuper, rolcreatedb, rolcreaterole, rolreplication, "
+                      "rolbypassrls FROM pg_roles WHERE rolname = ANY(ARRAY"
+                      f"{sorted(ROLE_PASSWORDS)!r})")  # fmt: skip
+    assert sorted(attributes) == [(role, False, False, False, False, False)
+                                  for role in sorted(ROLE_PASSWORDS)]  # fmt: skip
+
+
+def test_component_roles_own_their_database(initialised_postgres):
+    """Dagster, MLflow and Feast create and migrate their own schema: each role may run DDL in
+    its database (tables in public, and schemas for Feast's offline and online tables)."""
+    pg = initialised_postgres
+    for role in ("dagster", "mlflow", "feast"):
+        table = f"probe_{role}"
+        rows = _run(pg, role, role, f"CREATE TABLE {table} (id serial PRIMARY KEY, v text)",
+                    f"INSERT INTO {table} (v) VALUES ('x')", f"ALTER TABLE {table} ADD w int",
+                    f"SELECT count(*) FROM {table}")  # fmt: skip
+        assert rows == [(1,)], role
+        _run(pg, role, role, f"DROP TABLE {table}")
+    _run(pg, "feast", "feast", "CREATE SCHEMA IF NOT EXISTS probe_schema",
+         "CREATE TABLE probe_schema.t (x int)", "DROP SCHEMA probe_schema CASCADE")  # fmt: skip
+    _refused(pg, "feast", "feast", "CREATE DATABASE another")
+
+
+def test_api_role_reads_the_feature_store_and_writes_nothing(initialised_postgres):
+    """What role feast creates (registry tables in public, tables in schemas it creates later,
+    as Feast's online store does) the API can read, never change; the only tables it can create
+    are in its own schema api_scratch."""
+    pg = initialised_postgres
+    _run(pg, "feast", "feast",
+         "CREATE TABLE IF NOT EXISTS public.probe_registry (name text PRIMARY KEY)",
+         "CREATE SCHEMA IF NOT EXISTS probe_online",
+         "CREATE TABLE IF NOT EXISTS probe_online.probe_view (entity_key bytea, v double precision)",
+         "INSERT INTO public.probe_registry VALUES ('view') ON CONFLICT DO NOTHING",
+         "INSERT INTO probe_online.probe_view VALUES ('\\x01', 1.5)")  # fmt: skip
+    try:
+        assert _run(pg, "api", "feast", "SELECT name FROM public.probe_registry") == [("view",)]
+        assert _run(pg, "api", "feast", "SELECT v FROM probe_online.probe_view")[0] == (1.5,)
+        for statement in (
+            "INSERT INTO probe_online.probe_view VALUES ('\\x02', 2)",
+            "UPDATE probe_online.probe_view SET v = 0",
+            "DELETE FROM public.probe_registry",
+            "TRUNCATE probe_online.probe_view",
+            "CREATE TABLE public.api_table (x int)",
+            "CREATE TABLE probe_online.api_table (x int)",
+            "CREATE SCHEMA api_own",
+            "ALTER TABLE public.probe_registry ADD x int",
+            "DROP TABLE probe_online.probe_view",
+            "CREATE TEMPORARY TABLE api_temp (x int)",
+        ):
+            _refused(pg, "api", "feast", statement)
+        _run(
+            pg,
+            "api",
+            "feast",
+            "CREATE TABLE api_scratch.entity_df (sensor_id text)",
+            "INSERT INTO api_scratch.entity_df VALUES ('s1')",
+            "DROP TABLE api_scratch.entity_df",
+        )
+    finally:
+        _run(pg, "feast", "feast", "DROP SCHEMA probe_online CASCADE",
+             "DROP TABLE public.probe_registry")  # fmt: skip
+
+
+def test_events_roles_append_and_read_only(initialised_postgres):
+    """MinIO (role minio) appends events and the landing sensors (role events) read them;
+    neither can change or remove one, or create anything."""
+    pg = initialised_postgres
+    _run(pg, "minio", "events", f"SELECT 1 FROM {EVENTS_TABLE}")
+    for statement in (f"UPDATE {EVENTS_TABLE} SET event_data = '{{}}'", f"DELETE FROM {EVENTS_TABLE}",
+                      f"TRUNCATE {EVENTS_TABLE}", "CREATE TABLE public.other (x int)"):  # fmt: skip
+        _refused(pg, "minio", "events", statement)
+    _run(pg, "events", "events", f"SELECT max(id) FROM {EVENTS_TABLE}")
+    for statement in (f"INSERT INTO {EVENTS_TABLE} (event_time, event_data) VALUES (now(), '{{}}')",
+                      f"DELETE FROM {EVENTS_TABLE}", "CREATE TABLE public.other (x int)"):  # fmt: skip
+        _refused(pg, "events", "events", statement)
+
+
+def test_roles_sh_reapplies_passwords_and_hands_over_superuser_objects(initialised_postgres):
+    """A re-run (upgrade of an existing volume): a changed password takes effect, the old one no
+    longer works, and what the superuser created in a component's database before the roles
+    existed now belongs to the component's role."""
+    import secrets
+
+    import psycopg2
+
+    pg = initialised_postgres
+    _run(pg, "postgres", "mlflow", "CREATE TABLE legacy_runs (id serial PRIMARY KEY)",
+         "CREATE SCHEMA legacy", "CREATE TABLE legacy.t (x int)")  # fmt: skip
+    changed = {**ROLE_PASSWORD_PLACEHOLDERS, "MLFLOW_DB_PASSWORD": secrets.token_hex(16)}
+    try:
+        result = run_roles_sh(pg, changed)
+        assert result.returncode == 0, result.stderr
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            _connect(pg, "mlflow", "mlflow")
+        _connect(pg, "mlflow", "mlflow", password=changed["MLFLOW_DB_PASSWORD"]).close()
+        owners = _run(pg, "postgres", "mlflow",
+                      "SELECT c.relname, c.relowner::regrole::text FROM pg_class c "
+                      "WHERE c.relname IN ('legacy_runs', 'legacy_runs_id_seq', 't') "
+                      "UNION ALL SELECT nspname, nspowner::regrole::text FROM pg_namespace "
+                      "WHERE nspname = 'legacy' ORDER BY 1")  # fmt: skip
+        assert owners == [("legacy", "mlflow"), ("legacy_runs", "mlflow"),
+                          ("legacy_runs_id_seq", "mlflow"), ("t", "mlflow")]  # fmt: skip
+    finally:
+        assert run_roles_sh(pg, ROLE_PASSWORD_PLACEHOLDERS).returncode == 0
+        _run(pg, "mlflow", "mlflow", "DROP TABLE legacy_runs", "DROP SCHEMA legacy CASCADE")
+
+
+@pytest.mark.parametrize("variable", sorted(ROLE_PASSWORDS.values()))
+def test_roles_sh_refuses_a_missing_password(initialised_postgres, variable):
+    result = run_roles_sh(initialised_postgres, {**ROLE_PASSWORD_PLACEHOLDERS, variable: ""})
+    assert result.returncode != 0 and variable in result.stderr, result.stderr
+    # Nothing changed: the role still authenticates with its old password.
+    role = next(r for r, v in ROLE_PASSWORDS.items() if v == variable)
+    _connect(initialised_postgres, role, next(iter(ROLE_DATABASES[role]))).close()
+
+
+def test_roles_sh_keeps_passwords_off_command_lines() -> None:
+    """Passwords reach psql through \\getenv inside a quoted here-document, never as arguments or
+    shell-expanded text (the process list and `set -x` would show them)."""
+    script = ROLES_SH.read_text()
+    for role, variable in ROLE_PASSWORDS.items():
+        assert f"\\getenv {role}_password {variable}" in script, variable
+        assert f"('{role}', :'{role}_password')" in script, role
+        assert f"${variable}" not in script and f"${{{variable}" not in script, variable
+    assert all(line.rstrip().endswith("<<'SQL'") for line in script.splitlines()
+               if "<<" in line), "every here-document is quoted"  # fmt: skip
+    assert os.access(ROLES_SH, os.X_OK), "executable: the entrypoint runs it instead of sourcing it"
+    syntax = subprocess.run(["sh", "-n", str(ROLES_SH)], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+
+
+@needs_compose
+def test_postgres_service_runs_both_init_files_in_order(rendered: dict) -> None:
+    postgres = rendered["services"]["postgres"]
+    mounts = {str(m).split(":")[1]: Path(str(m).split(":")[0]) for m in postgres["volumes"]
+              if str(m).startswith("/")}  # fmt: skip
+    init = "/docker-entrypoint-initdb.d/"
+    assert mounts[f"{init}10-databases.sql"] == INIT_SQL
+    assert mounts[f"{init}20-roles.sh"] == ROLES_SH
+    assert set(ROLE_PASSWORDS.values()) <= set(postgres["environment"])
+
+
+@needs_compose
+def test_every_rendered_connection_authenticates_as_its_role(initialised_postgres, rendered):
+    """Each PostgreSQL connection compose renders (host and port swapped for the throwaway
+    server) logs in, with the password roles.sh set, as the role the service should use, in the
+    database it should reach."""
+    import psycopg2
+
+    pg = initialised_postgres
+    services = rendered["services"]
+    local = f"@{pg.host}:{pg.port}/"
+
+    def url(value: str) -> str:  # SQLAlchemy URL -> libpq URL
+        return re.sub(r"^postgresql\+\w+://", "postgresql://", value).replace(
+            "@postgres:5432/", local
+        )
+
+    expected = {  # (service, what) -> (role, database)
+        ("minio", "notifications"): ("minio", "events"),
+        ("code-location", "events"): ("events", "events"),
+        ("code-location", "feast registry"): ("feast", "feast"),
+        ("code-location", "feast stores"): ("feast", "feast"),
+        ("api", "feast registry"): ("api", "feast"),
+        ("api", "feast stores"): ("api", "feast"),
+        ("mlflow", "backend store"): ("mlflow", "mlflow"),
+        **{(name, "instance"): ("dagster", "dagster") for name in DAGSTER_SERVICES},
+    }
+    for (name, what), (role, database) in expected.items():
+        env = services[name]["environment"]
+        if what == "notifications":
+            dsn = env["MINIO_NOTIFY_POSTGRES_CONNECTION_STRING_PRIMARY"].replace(
+                "host=postgres port=5432", f"host={pg.host} port={pg.port}")  # fmt: skip
+            conn = psycopg2.connect(dsn)
+        elif what == "events":
+            conn = psycopg2.connect(url(env["ML_PLATFORM_EVENTS_URL"]))
+        elif what == "feast registry":
+            conn = psycopg2.connect(url(env["ML_PLATFORM_FEAST_REGISTRY_URL"]))
+        elif what == "backend store":
+            conn = psycopg2.connect(url(env["MLFLOW_BACKEND_STORE_URI"]))
+        elif what == "feast stores":
+            conn = psycopg2.connect(host=pg.host, port=pg.port,
+                                    user=env["ML_PLATFORM_FEAST_PG_USER"],
+                                    password=env["ML_PLATFORM_FEAST_PG_PASSWORD"],
+                                    dbname=env["ML_PLATFORM_FEAST_PG_DB"])  # fmt: skip
+        else:
+            conn = psycopg2.connect(host=pg.host, port=pg.port, user=env["DAGSTER_PG_USER"],
+                                    password=env["DAGSTER_PG_PASSWORD"],
+                                    dbname=env["DAGSTER_PG_DB"])  # fmt: skip
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT current_user, current_database()")
+                assert cur.fetchone() == (role, database), (name, what)
+        finally:
+            conn.close()
 
 
 def _minio_record(key: str, sequencer: str) -> dict:
@@ -817,8 +1379,9 @@ def _minio_record(key: str, sequencer: str) -> dict:
 
 
 def test_init_sql_events_table_accepts_minio_inserts(initialised_postgres) -> None:
-    """Replays what MinIO's PostgreSQL target (access format) does: the table-exists probe, then
-    its prepared INSERT; readers get the events back in insertion order by id."""
+    """Replays what MinIO's PostgreSQL target (access format) does, as MinIO's role `minio`: the
+    table-exists probe, then its prepared INSERT; readers (role `events`) get the events back in
+    insertion order by id."""
     import psycopg2
 
     pg = initialised_postgres
@@ -831,7 +1394,8 @@ def test_init_sql_events_table_accepts_minio_inserts(initialised_postgres) -> No
         admin.close()
 
     keys = ["landing%2Freadings%2Fday+1.csv", "landing%2Flabels%2Flabels.csv", "landing%2Fx.csv"]
-    conn = psycopg2.connect(host=pg.host, port=pg.port, user="postgres", dbname="events")
+    _run(pg, "postgres", "events", f"TRUNCATE {EVENTS_TABLE}")  # this test's rows only
+    conn = _connect(pg, "minio", "events")
     conn.autocommit = True  # MinIO's statements run outside transactions
     try:
         with conn.cursor() as cur:
@@ -851,11 +1415,14 @@ def test_init_sql_events_table_accepts_minio_inserts(initialised_postgres) -> No
                 f"INSERT INTO {EVENTS_TABLE} (event_time, event_data) VALUES (now(), %s)",
                 (json.dumps({"Records": [_minio_record("landing%2Flast.csv", "Z")]}),),
             )
-            cur.execute(
+    finally:
+        conn.close()
+    rows = _run(pg, "events", "events",
                 f"SELECT id, event_data->'Records'->0->'s3'->'object'->>'key' FROM {EVENTS_TABLE} "
-                "ORDER BY id"
-            )
-            rows = cur.fetchall()
+                "ORDER BY id")  # fmt: skip
+    conn = _connect(pg, "events", "events")
+    try:
+        with conn.cursor() as cur:
             cur.execute(
                 "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                 "WHERE table_schema = 'public' AND table_name = %s ORDER BY ordinal_position",
@@ -874,7 +1441,8 @@ def test_init_sql_events_table_accepts_minio_inserts(initialised_postgres) -> No
 @needs_compose
 def test_compose_connection_strings_reach_the_events_table(initialised_postgres, rendered) -> None:
     """MinIO's libpq string and the platform's URL, as compose renders them (host and port
-    swapped for the throwaway server), connect to the `events` database holding the table."""
+    swapped for the throwaway server), authenticate and reach the `events` database holding the
+    table."""
     import psycopg2
 
     pg = initialised_postgres
@@ -887,7 +1455,7 @@ def test_compose_connection_strings_reach_the_events_table(initialised_postgres,
     )
     table = rendered["services"]["code-location"]["environment"]["ML_PLATFORM_EVENTS_TABLE"]
     for target in (dsn, url):
-        conn = psycopg2.connect(target)  # trust auth: the placeholder password is not checked
+        conn = psycopg2.connect(target)  # the password roles.sh set from the placeholders
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT current_database(), to_regclass(%s) IS NOT NULL", (table,))

@@ -330,7 +330,6 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
     postgres.create_database(db)
     s3_server.client().create_bucket(Bucket=bucket)
     replace = {
-        "--backend-store-uri": postgres.url(db),
         "--artifacts-destination": f"s3://{bucket}",
         "--host": "127.0.0.1",
         "--port": str(port),
@@ -340,10 +339,16 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
         if arg in replace:
             command[i + 1] = replace[arg]
     assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    # The backend store comes from the environment (no password in the process list), as the
+    # MLflow database's own role.
+    compose_env = compose["services"]["mlflow"]["environment"]
+    assert "--backend-store-uri" not in command
+    assert compose_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://mlflow:")
     server_env = {
         **{k: v for k, v in s3_server.env(bucket).items() if k.startswith("AWS_")},
-        **{k: v for k, v in compose["services"]["mlflow"]["environment"].items()
+        **{k: v for k, v in compose_env.items()
            if k.startswith("MLFLOW_") and k != "MLFLOW_TRACKING_URI"},
+        "MLFLOW_BACKEND_STORE_URI": postgres.url(db),
         "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
     }  # fmt: skip
     exe = str(Path(sys.executable).with_name("mlflow"))

@@ -353,7 +353,10 @@ def _as_of_matrix(store, features, sensors, as_of: datetime) -> np.ndarray:
 def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
     """The application; resources come from the platform's environment (``build_resources``)."""
     from ml_platform.defs.resources import build_resources
+    from ml_platform.lib.credentials import require_safe_environment
 
+    # ML_PLATFORM_PROFILE=deployed: refuse to start with a default or weak credential.
+    require_safe_environment(os.environ)
     _configure_logging()
     interval = reload_interval_s or float(os.environ.get("ML_PLATFORM_API_RELOAD_S", "10"))
     api_key = os.environ.get("ML_PLATFORM_API_KEY") or None
@@ -369,13 +372,28 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
         state["limits"] = threadpool_limits(limits=1)
         # Rows arrive as arrays in the model's own feature order (checked at load).
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
-        state["store"] = store = resources["feast"].store()
-        state["online_file"] = {}
-        _online_file_problem(store, state["online_file"])  # the file Feast will open
+
+        def feature_store():
+            # Opened on the first tick that succeeds: in the deployed profile the API's database
+            # role may only read, so it cannot create the SQL registry's tables of a fresh
+            # deployment (the code location does); until then /ready says why. No model is
+            # loaded before the store opens, so every request path after that finds it here.
+            if "store" not in state:
+                store = resources["feast"].store()
+                # A registry cache that expires is refreshed inside whichever request comes next
+                # (tens of ms on the event loop); here it never expires and the watcher
+                # refreshes it instead.
+                if hasattr(store.registry, "cached_registry_proto_ttl"):
+                    store.registry.cached_registry_proto_ttl = timedelta(0)
+                state["online_file"] = {}
+                _online_file_problem(store, state["online_file"])  # the file Feast will open
+                state["store"] = store
+            return state["store"]
 
         def registry_tick() -> None:
             # A fresh deployment starts before the registry is applied: the service is looked
             # up again on every tick until it exists, and no model is loaded before it.
+            store = feature_store()
             if hasattr(store.registry, "cached_registry_proto_ttl"):
                 store.refresh_registry()
             # Looked up on every tick (a cached registry read): a registry change that adds
@@ -384,10 +402,6 @@ def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
             holder.available_features = set(fs.service_features(service))
             state["service"] = service
 
-        # A registry cache that expires is refreshed inside whichever request comes next (tens
-        # of ms on the event loop); here it never expires and the watcher refreshes it instead.
-        if hasattr(store.registry, "cached_registry_proto_ttl"):
-            store.registry.cached_registry_proto_ttl = timedelta(0)
         holder.on_tick = registry_tick
         try:
             registry_tick()
