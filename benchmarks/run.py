@@ -327,6 +327,31 @@ def bench_api() -> list[dict]:
     ]
 
 
+def bench_faults() -> list[dict]:
+    """The daemon fault scenarios of issue 8 (ml_platform_tests/test_faults_daemon.py): recovery
+    after each fault against a file landed and ingested with no fault, on the same stack."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "faults.json"
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+             "ml_platform_tests/test_faults_daemon.py"],
+            cwd=ROOT, env={**os.environ, "ML_PLATFORM_FAULT_RESULTS": str(out)}, check=True,
+        )  # fmt: skip
+        results = json.loads(out.read_text())
+    clean = results.pop("no_fault")["upload_to_ingested_s"]
+    records = [
+        record(f"fault_{name}_recovery_s", numbers["recovery_s"], "s",
+               "no_fault_upload_to_ingested_s", clean)
+        for name, numbers in results.items()
+    ]  # fmt: skip
+    # One effective run per object: one root run (a killed worker's retry is a child of it).
+    roots = [o["root_runs"] for n in results.values() for o in n["outcome"].values()]
+    return records + [
+        record("fault_s3_outage_s", results["s3_outage"]["outage_s"], "s"),
+        record("fault_max_root_runs_per_object", max(roots), "runs", rows=len(roots)),
+    ]
+
+
 def bench_demo() -> list[dict]:
     """``make demo`` after install: a fresh embedded profile in a temporary folder, then a second
     run over what the first one built (the demo must be safe to run twice)."""
@@ -396,6 +421,7 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "features": bench_features,
     "models": bench_models,
     "api": bench_api,
+    "faults": bench_faults,
     "demo": bench_demo,
     "prod": bench_prod,
 }

@@ -96,6 +96,20 @@ def test_short_empty_and_padded_secrets_are_refused():
     assert cr.check({"POSTGRES_PASSWORD": secrets.token_hex(cr.MIN_SECRET_LENGTH // 2)}) == []
 
 
+@pytest.mark.parametrize(
+    "value", ["mysecretpassword", "Password1234!", "minioadmin2024", "123456789012",
+              "testtesttest", "abcabcabcabc"],
+)  # fmt: skip
+def test_defaults_with_digits_appended_repeats_and_only_digits_are_refused(value):
+    [problem] = cr.check({"POSTGRES_PASSWORD": value})
+    assert problem.name == "POSTGRES_PASSWORD"
+
+
+def test_an_inherited_empty_token_is_not_a_credential_of_the_platform():
+    assert cr.check({"GITHUB_TOKEN": "", "POSTGRES_PASSWORD": strong()}) == []
+    assert [p.name for p in cr.check({"DAGSTER_PG_PASSWORD": ""})] == ["DAGSTER_PG_PASSWORD"]
+
+
 def test_identities_may_be_short_but_not_defaults():
     assert cr.check(dict.fromkeys(["MINIO_ROOT_USER", "PLATFORM_S3_ACCESS_KEY"], "ops")) == []
     assert [p.name for p in cr.check({"MINIO_ROOT_USER": "admin"})] == ["MINIO_ROOT_USER"]
@@ -244,9 +258,12 @@ def test_the_code_location_and_the_api_refuse_to_start_with_unsafe_credentials(t
     load = [sys.executable, "-c", "import ml_platform.definitions"]
     serve = [str(Path(sys.executable).with_name("uvicorn")), "--factory",
              "ml_platform.serving.app:create_app", "--host", "127.0.0.1", "--port", "0"]  # fmt: skip
-    with ThreadPoolExecutor(3) as pool:
-        code, api, local = pool.map(lambda a: _run(*a), [(load, deployed), (serve, deployed),
-                                                         (load, weak)])  # fmt: skip
+    strong_env = {**weak, **{name: strong() for name in names}, cr.PROFILE_ENV: "deployed"}
+    strong_env["ML_PLATFORM_EVENTS_URL"] = f"postgresql://events:{strong()}@127.0.0.1:9/events"
+    with ThreadPoolExecutor(4) as pool:
+        code, api, local, safe = pool.map(lambda a: _run(*a), [
+            (load, deployed), (serve, deployed), (load, weak), (load, strong_env)
+        ])  # fmt: skip
     for result in (code, api):
         assert result.returncode != 0, result.stdout[-2000:]
         assert "InsecureCredentialsError" in result.stderr, result.stderr[-3000:]
@@ -254,3 +271,5 @@ def test_the_code_location_and_the_api_refuse_to_start_with_unsafe_credentials(t
             assert name in result.stderr, name
         assert weak["AWS_SECRET_ACCESS_KEY"] not in result.stderr
     assert local.returncode == 0, local.stderr[-3000:]
+    # The deployed profile with random credentials loads.
+    assert safe.returncode == 0, safe.stderr[-3000:]

@@ -6,8 +6,8 @@ run monitoring, S3 compute logs).
 Every process of the stack reaches S3 and PostgreSQL through a TCP proxy in this file, and each
 fault is fired by the proxy when it sees the exact request the scenario is about, never after a
 sleep: "during a run's writes" is the moment the ingest step sends its second bronze part (the
-first one is already in the bucket), "during a sensor tick" is the landing sensor's listing of
-the landing zone, and "mid-tick" for the daemon is its third ``INSERT INTO runs`` for the batch
+first one is already in the bucket), "during a sensor tick" is the listing response that shows
+the landing sensor the new files, and "mid-tick" for the daemon is its third ``INSERT INTO runs`` for the batch
 the tick is submitting. The request is held while the fault happens (the S3 server is cut off, or
 PostgreSQL restarts, or a process is SIGKILLed) and then forwarded or dropped. So the faults land
 where they are meant to however loaded the machine is; only the waits for recovery depend on
@@ -19,7 +19,8 @@ Invariants checked after each fault, over every object version the scenario land
   success;
 - the bronze parts are byte-identical to those of a clean run of the same object version (an
   in-process run on a separate bucket that no fault touches);
-- nothing partial anywhere in the bucket (no ``.tmp-`` keys);
+- nothing partial anywhere in the bucket (no open multipart upload, every Parquet object of the
+  lake readable to its footer);
 - the landing sensor's cursor is past every landed object and every object got a run or a
   quarantine record (the cursor never skipped one).
 The measurements (recovery time, runs, step retries, failed ticks, ...) are printed as
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -39,10 +41,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorType, TickStatus
@@ -52,7 +57,7 @@ from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import open_store
 from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.helpers import ingest_landed
-from ml_platform_tests.servers import dagster_daemon
+from ml_platform_tests.servers import dagster_daemon, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,20 +85,26 @@ def reading_file(n: int, tag: str) -> bytes:
 # --- the proxy ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Trap:
+    pattern: re.Pattern[bytes]
+    remaining: int  # matching chunks still to let through before the fault fires
+    fault: Callable[[], None]
+    from_server: bool  # match what the server sends (a response) instead of a request
+    fired: threading.Event = field(default_factory=threading.Event)
+
+
 class Proxy:
     """A TCP proxy on a loopback port that can cut every connection (:meth:`down`) and fire a
-    fault when a client sends a matching request (:meth:`arm`)."""
+    fault when a matching request or response passes (:meth:`arm`)."""
 
     def __init__(self, upstream: tuple[str, int]) -> None:
         self.upstream = upstream
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.lock = threading.Lock()
         self.conns: set[socket.socket] = set()
         self.listener: socket.socket | None = None
-        self.trap: tuple[re.Pattern[bytes], list[int], Callable[[], None], threading.Event] | None
-        self.trap = None
+        self.trap: Trap | None = None
         self.up()
 
     def up(self) -> None:
@@ -101,43 +112,45 @@ class Proxy:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", self.port))
         s.listen(256)
-        self.listener = s
+        with self.lock:
+            self.listener = s
         threading.Thread(target=self._accept, args=(s,), daemon=True).start()
 
     def down(self) -> None:
         """Refuse new connections and cut the open ones (the upstream server keeps its state)."""
-        listener, self.listener = self.listener, None
+        with self.lock:
+            listener, self.listener = self.listener, None
+            conns, self.conns = self.conns, set()
         if listener is not None:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)  # wakes accept() (close alone does not)
             listener.close()
-        with self.lock:
-            conns, self.conns = self.conns, set()
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
 
-    def arm(self, pattern: bytes, fault: Callable[[], None], nth: int = 1) -> threading.Event:
-        """Run ``fault`` when the ``nth`` client chunk matching ``pattern`` arrives, holding that
-        request until ``fault`` returns (then it is forwarded, if its connection is still up).
-        The returned event is set once the fault has run."""
-        fired = threading.Event()
-        self.trap = (re.compile(pattern, re.DOTALL), [nth], fault, fired)
-        return fired
+    def arm(
+        self, pattern: bytes, fault: Callable[[], None], nth: int = 1, from_server: bool = False
+    ) -> threading.Event:
+        """Run ``fault`` when the ``nth`` chunk matching ``pattern`` passes (a client's request,
+        or with ``from_server`` a server's response), holding it until ``fault`` returns; then it
+        is forwarded if its connection is still up. Returns an event set once the fault ran."""
+        self.trap = Trap(re.compile(pattern, re.DOTALL), nth, fault, from_server)
+        return self.trap.fired
 
-    def _spring(self, data: bytes) -> None:
+    def _spring(self, data: bytes, from_server: bool) -> None:
         with self.lock:
             trap = self.trap
-            if trap is None or not trap[0].search(data):
+            if trap is None or trap.from_server != from_server or not trap.pattern.search(data):
                 return
-            trap[1][0] -= 1
-            if trap[1][0] > 0:
+            trap.remaining -= 1
+            if trap.remaining > 0:
                 return
             self.trap = None
         try:
-            trap[2]()
+            trap.fault()
         finally:
-            trap[3].set()
+            trap.fired.set()
 
     def _accept(self, listener: socket.socket) -> None:
         while True:
@@ -152,15 +165,23 @@ class Proxy:
                 client.close()
                 continue
             with self.lock:
+                if self.listener is not listener:  # went down meanwhile: no connection survives
+                    client.close()
+                    upstream.close()
+                    return
                 self.conns |= {client, upstream}
-            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+            running = [2]  # pipes of this pair still running: the last one closes the sockets
+            for src, dst, from_server in ((client, upstream, False), (upstream, client, True)):
+                threading.Thread(
+                    target=self._pipe, args=(src, dst, from_server, running), daemon=True
+                ).start()
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, from_server: bool, running: list[int]
+    ) -> None:
         try:
             while data := src.recv(65536):
-                if from_client:
-                    self._spring(data)
+                self._spring(data, from_server)
                 dst.sendall(data)
         except OSError:
             pass
@@ -170,6 +191,11 @@ class Proxy:
                     s.shutdown(socket.SHUT_RDWR)
             with self.lock:
                 self.conns -= {src, dst}
+                running[0] -= 1
+                last = running[0] == 0
+            if last:
+                src.close()
+                dst.close()
 
 
 # --- the stack ----------------------------------------------------------------------------------
@@ -245,12 +271,13 @@ class Stack:
         indexed = self.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}))
         return len(self.runs(partition)) - len(indexed)
 
-    def record(self, partition: str) -> dict | None:
+    def record(self, partition: str, bucket: str | None = None) -> dict | None:
         key = paths.quarantine_record(
             "readings", paths.file_id(partition), self.landed[partition][0]
         )
         try:
-            return json.loads(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            body = self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
+            return json.loads(body)
         except self.client.exceptions.NoSuchKey:
             return None
 
@@ -333,6 +360,7 @@ class Stack:
             )
             outcome[partition] = {
                 "runs": len(runs),
+                "root_runs": len(roots),
                 "step_retries": retries,
                 "statuses": [r.status.value for r in reversed(runs)],
                 "parts": len(parts),
@@ -340,9 +368,14 @@ class Stack:
                 "runs_missing_from_tag_index": self.untagged(partition),
                 "quarantined": record["reason"] if record else None,
             }
-        everything = self.keys()
-        partial = [k for k in everything if ".tmp-" in k]
-        assert not partial, partial
+        # No partial object anywhere: no multipart upload left open, and every Parquet object
+        # of the lake (bronze, silver, gold, whoever wrote it) is whole (its footer reads).
+        uploads = self.client.list_multipart_uploads(Bucket=self.bucket).get("Uploads", [])
+        assert not uploads, [u["Key"] for u in uploads]
+        for key in self.keys("lake/"):
+            if key.endswith(".parquet"):
+                body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                pq.ParquetFile(io.BytesIO(body))
         # The cursor is past every landed object version, and each of them has a run.
         left, _ = select_new(
             self.store.list(PREFIX), LandingCursor.from_json(self.cursor()), 1_000_000
@@ -360,8 +393,8 @@ class Stack:
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
-    host, port = endpoint.removeprefix("http://").split(":")
-    return host, int(port)
+    url = urlsplit(endpoint)
+    return url.hostname, url.port
 
 
 def clean_run(stack: Stack, partition: str) -> dict[str, str]:
@@ -371,12 +404,17 @@ def clean_run(stack: Stack, partition: str) -> dict[str, str]:
     bucket = f"clean-{uuid.uuid4().hex[:10]}"
     stack.client.create_bucket(Bucket=bucket)
     etag = stack.client.put_object(Bucket=bucket, Key=PREFIX + name, Body=body)["ETag"]
-    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
-        mp.setenv("ML_PLATFORM_STORE_URL", f"s3://{bucket}")
-        same, result = ingest_landed(instance, name, etag)
-    assert same == partition
-    assert result.success or stack.record(partition), f"the clean run of {name} failed"
-    return stack.parts(partition, bucket)
+    try:
+        with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+            mp.setenv("ML_PLATFORM_STORE_URL", f"s3://{bucket}")
+            same, result = ingest_landed(instance, name, etag)
+        assert same == partition
+        assert result.success or stack.record(partition, bucket), f"the clean run of {name} failed"
+        return stack.parts(partition, bucket)
+    finally:
+        for key in stack.keys(bucket=bucket):
+            stack.client.delete_object(Bucket=bucket, Key=key)
+        stack.client.delete_bucket(Bucket=bucket)
 
 
 def bronze_put(stack: Stack) -> bytes:
@@ -384,9 +422,9 @@ def bronze_put(stack: Stack) -> bytes:
     return rb"(PUT|POST) /" + stack.bucket.encode() + rb"/lake/bronze/readings/"
 
 
-def landing_list(stack: Stack) -> bytes:
-    """The landing sensor listing the readings landing zone."""
-    return rb"GET /" + stack.bucket.encode() + rb"\?[^ ]*prefix=landing%2Freadings%2F"
+def listed(key: str) -> bytes:
+    """A listing response naming ``key`` (URL-encoded or not)."""
+    return rb"<Key>" + re.escape(key.encode()).replace(b"/", b"(?:/|%2F)") + rb"</Key>"
 
 
 @pytest.fixture(scope="module")
@@ -412,6 +450,11 @@ def stack(tmp_path_factory, s3_server, postgres):
             first = s.put("faults/warmup.csv", reading_file(0, "warm"))
             s.settle([first], timeout=180)
             s.check([first])
+            # The reference for the recovery times: one file, no fault, landed to ingested.
+            start = time.monotonic()
+            clean = s.put("faults/clean.csv", reading_file(0, "clean"))
+            s.settle([clean])
+            report("no_fault", tag="", upload_to_ingested_s=round(time.monotonic() - start, 1))
             yield s
         finally:
             s.stop_daemon()
@@ -420,6 +463,8 @@ def stack(tmp_path_factory, s3_server, postgres):
             s.s3.down()
             s.pg.down()
             print(f"\nFAULTS_DAEMON summary: {json.dumps(RESULTS, indent=1)}")
+            if out := os.environ.get("ML_PLATFORM_FAULT_RESULTS"):  # make bench BENCH=faults
+                Path(out).write_text(json.dumps(RESULTS, indent=1))
 
 
 @pytest.fixture(params=range(ROUNDS), ids=lambda r: f"round{r}")
@@ -517,16 +562,26 @@ def test_postgres_restarted_during_a_run(stack: Stack, tag: str):
 
 @pytest.mark.timeout(240)
 def test_postgres_restarted_during_a_sensor_tick(stack: Stack, tag: str):
+    """PostgreSQL restarts while the landing sensor holds the listing that shows it the new
+    files (the response is held): the tick requests their runs after the restart."""
+    names = [f"faults/{tag}/pg/tick-{i}.csv" for i in range(2)]
     downtime: list[float] = []
-    landed = [
-        stack.put(f"faults/{tag}/pg/tick-{i}.csv", reading_file(i, f"pgtick{tag}"))
-        for i in range(2)
-    ]
-    restarted = stack.s3.arm(landing_list(stack), lambda: downtime.append(restart_postgres(stack)))
-    wait(restarted, "landing listing")
+    restarted_at: list[float] = []
+
+    def restart() -> None:
+        restarted_at.append(time.time())
+        downtime.append(restart_postgres(stack))
+
+    restarted = stack.s3.arm(listed(PREFIX + names[0]), restart, from_server=True)
+    landed = [stack.put(name, reading_file(i, f"pgtick{tag}")) for i, name in enumerate(names)]
+    wait(restarted, "a listing naming the new file")
     back = time.monotonic()
     stack.settle(landed)
     recovery = time.monotonic() - back
+    for partition in landed:
+        record = stack.instance.get_run_record_by_id(stack.runs(partition)[-1].run_id)
+        created = record.create_timestamp.replace(tzinfo=record.create_timestamp.tzinfo or UTC)
+        assert created.timestamp() > restarted_at[0], f"{partition}: run created before restart"
     outcome = stack.check(landed)
     assert all(o["parts"] == 2 for o in outcome.values()), outcome
     report("pg_restart_tick", tag=tag, pg_restart_s=round(downtime[0], 1), recovery_s=round(recovery, 1),
@@ -540,28 +595,29 @@ def test_postgres_restarted_during_a_sensor_tick(stack: Stack, tag: str):
 def test_run_worker_sigkilled_mid_write(stack: Stack, tag: str):
     """SIGKILL to the run worker and its step process while the second bronze part is on its way
     (the first is already written): run monitoring fails the run, the retry rewrites both."""
-    partition_box: list[str] = []
+    body = reading_file(3, f"kill{tag}")
+    partition = paths.partition_key(f"faults/{tag}/kill/worker.csv", hashlib.md5(body).hexdigest())
     killed: list[int] = []
 
     def kill_worker() -> None:
-        run = stack.runs(partition_box[0])[0]
+        run = stack.runs(partition)[0]
         killed.extend(run_pids(stack.instance, run.run_id))
         for pid in killed:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
     fired = stack.s3.arm(bronze_put(stack), kill_worker, nth=2)
-    partition_box.append(stack.put(f"faults/{tag}/kill/worker.csv", reading_file(3, f"kill{tag}")))
+    assert stack.put(f"faults/{tag}/kill/worker.csv", body) == partition
     wait(fired, "second bronze PUT")
     assert killed, "no process found for the run"
     at = time.monotonic()
-    stack.settle(partition_box)
+    stack.settle([partition])
     recovery = time.monotonic() - at
-    outcome = stack.check(partition_box)
-    runs = stack.runs(partition_box[0])
+    outcome = stack.check([partition])
+    runs = stack.runs(partition)
     assert len(runs) >= 2, "the killed run was not retried"
     assert runs[-1].status == dg.DagsterRunStatus.FAILURE, runs[-1].status
-    assert outcome[partition_box[0]]["parts"] == 2, outcome
+    assert outcome[partition]["parts"] == 2, outcome
     report("sigkill_worker", tag=tag, killed_pids=len(killed), recovery_s=round(recovery, 1),
            outcome=outcome)  # fmt: skip
 
@@ -596,5 +652,5 @@ def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str
     assert all(o["parts"] == 2 for o in outcome.values()), outcome
     report("sigkill_daemon", tag=tag, runs_before_kill=f"{before}/{len(landed)}",
            recovery_s=round(recovery, 1),
-           runs_per_object=sorted({o["runs"] for o in outcome.values()}),
+           runs_per_object=sorted({o["runs"] for o in outcome.values()}), outcome=outcome,
            runs_missing_from_tag_index=sum(stack.untagged(p) for p in landed))  # fmt: skip

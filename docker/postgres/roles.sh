@@ -17,7 +17,8 @@
 #                                 of a point-in-time query); nothing else
 #
 # None is a superuser or may create databases or roles; no role may connect to a database it
-# does not use (CONNECT and TEMPORARY are revoked from PUBLIC on every database). The superuser
+# does not use (CONNECT and TEMPORARY are revoked from PUBLIC on the platform's databases
+# dagster, mlflow, feast and events). The superuser
 # `postgres` is used by nobody but this container.
 #
 # Passwords travel from the environment to psql with \getenv (psql 15+), never on a command line

@@ -46,6 +46,7 @@ WELL_KNOWN = frozenset(
         "default", "test", "testing", "example", "guest", "user", "username", "letmein",
         "qwerty", "123456", "12345678", "123456789", "1234567890", "dagster", "mlflow",
         "feast", "api", "platform", "events", "none", "null", "empty", "token", "apikey",
+        "mysecretpassword",  # the postgres image's documented example
     }
 )  # fmt: skip
 #: Placeholder shapes: ``change-me``, ``<password>``, ``xxx``, ``your-secret``, ``${VAR}``,
@@ -55,8 +56,14 @@ _PLACEHOLDER = re.compile(
     change[\W_]*me | example | placeholder | replace[\W_]*me | fill[\W_]*in | ^todo$ | ^fixme$
     | ^<.*>$ | ^\$\{.*\}$ | ^\$[A-Z_]+$ | ^[.]{3,}$ | ^(.)\1*$
     | ^your[\W_]*(?:password|secret|key|token|user)
+    | ^(.+?)\2+$
     """
 )
+#: What is left of a value once trailing digits and symbols are taken off (``password1234!``).
+_TRAILING = "0123456789!@#$%^&*?._-"
+#: Variables of this platform and its services: an empty one is a missing credential. Other
+#: variables a container inherits (``GITHUB_TOKEN=`` ...) are skipped when empty.
+_OWN = re.compile(r"^(?:ML_PLATFORM|DAGSTER|AWS|MLFLOW|MINIO|POSTGRES|PLATFORM|API|FEAST|EVENTS)_")
 
 
 class InsecureCredentialsError(RuntimeError):
@@ -87,7 +94,7 @@ def checked_names(env: Mapping[str, str]) -> list[str]:
         name
         for name, value in env.items()
         if (is_secret(name) or is_identity(name) or _URL_PASSWORD.match(value or ""))
-        and not (name in OPTIONAL and not value)
+        and not (not value and (name in OPTIONAL or not _OWN.match(name)))
     )
 
 
@@ -107,8 +114,15 @@ def weakness(value: str, *, secret: bool) -> str | None:
     stripped = value.strip()
     if not stripped:
         return "is empty"
-    if stripped.lower() in WELL_KNOWN or _PLACEHOLDER.search(stripped):
+    lowered = stripped.lower()
+    if (
+        lowered in WELL_KNOWN
+        or lowered.rstrip(_TRAILING) in WELL_KNOWN
+        or _PLACEHOLDER.search(stripped)
+    ):
         return "is a well-known default or a placeholder"
+    if secret and stripped.isdigit():
+        return "is only digits"
     if stripped != value:
         return "starts or ends with whitespace"
     if secret and len(value) < MIN_SECRET_LENGTH:

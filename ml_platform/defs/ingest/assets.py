@@ -16,8 +16,9 @@ from ml_platform.lib.ingest import IngestReport, RejectedFileError, ingest_file
 from ml_platform.lib.store import ObjectChangedError, ObjectStore, content_etag, sha256_file
 from ml_platform.lib.tables import markdown_table
 
-#: Store outages and the like are retried after 10, 30 and 70 s, so an S3 or PostgreSQL outage of
-#: up to about 110 s costs no run; rejected files raise Failure(allow_retries=False).
+#: Errors raised by the asset code (an unreachable object store and the like) are retried after
+#: 10, 30 and 70 s, so an S3 outage of up to about 110 s costs no run; rejected files raise
+#: Failure(allow_retries=False).
 TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL)
 
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
