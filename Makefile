@@ -50,8 +50,8 @@ materialize: install  ## `dagster asset materialize` over the whole graph on a s
 serve: install  ## prediction API on http://127.0.0.1:8000 (docs at /docs): champion + Feast online store
 	$(BIN)/uvicorn --factory ml_platform.serving.app:create_app --host 127.0.0.1 --port 8000 --workers 1
 
-test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemon end to end
-	$(BIN)/python -m pytest
+test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemon end to end (JOBS=2 processes)
+	$(BIN)/python -m pytest -n $(or $(JOBS),2) --dist loadfile --durations=15
 
 soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S=30) -> soak-results.json
 	ML_PLATFORM_FAULT_ROUNDS=$(or $(ROUNDS),5) ML_PLATFORM_FAULT_OUTAGE_S=$(or $(OUTAGE_S),30) \

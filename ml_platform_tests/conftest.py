@@ -19,6 +19,24 @@ from ml_platform_tests.servers import (
     postgres_cluster,
 )
 
+#: The longest modules go first, so that under ``pytest -n 2 --dist loadfile`` (``make test``)
+#: the two processes finish together instead of one waiting on a long module started last.
+SLOW_FIRST = (
+    "test_prod_profile.py",
+    "test_models.py",
+    "test_e2e_daemon.py",
+    "test_faults_daemon.py",
+    "test_faults_load.py",
+    "test_reproduce.py",
+    "test_serving.py",
+    "test_features.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable sort
+
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
