@@ -9,6 +9,9 @@ from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore
 
+#: Header row of a readings file in the bundled contract's column order.
+READINGS_HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
+
 
 def ingest_landed(instance, name: str, etag: str) -> tuple[str, dg.ExecuteInProcessResult]:
     """Register and materialize ``raw_readings`` for the object version already landed at

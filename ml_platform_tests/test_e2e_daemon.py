@@ -15,11 +15,11 @@ import pytest
 
 from ml_platform.lib import paths
 from ml_platform_tests.feature_helpers import copy_feature_repo
+from ml_platform_tests.helpers import READINGS_HEADER as HEADER
 from ml_platform_tests.servers import dagster_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[1]
-HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
 GOOD = (HEADER + "2024-05-01T10:00:00Z,s1,50,2,5,20\n2024-05-02T10:00:00Z,s2,51,2,5,21\n").encode()
 
 

@@ -56,6 +56,7 @@ from ml_platform.lib import paths
 from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import open_store
 from ml_platform_tests.feature_helpers import copy_feature_repo
+from ml_platform_tests.helpers import READINGS_HEADER as HEADER
 from ml_platform_tests.helpers import ingest_landed
 from ml_platform_tests.servers import dagster_daemon, free_port
 
@@ -63,7 +64,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = paths.LANDING_PREFIXES["readings"]
 SENSOR = "readings_landing_sensor"
-HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
 #: How long the S3 server stays unreachable (the issue's 30 s).
 OUTAGE_S = float(os.environ.get("ML_PLATFORM_FAULT_OUTAGE_S", "30"))
 #: Each scenario runs this many times on the same stack (``make soak`` sets more).

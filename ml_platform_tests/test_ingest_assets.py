@@ -8,9 +8,9 @@ import pytest
 from ml_platform.defs.ingest.assets import raw_labels, raw_readings
 from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
+from ml_platform_tests.helpers import READINGS_HEADER as HEADER
 
 pytestmark = pytest.mark.integration
-HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
 THREE_DAYS = HEADER + (
     "2024-03-01T10:00:00Z,s1,50,2,5,20\n"
     "2024-03-02T10:00:00Z,s1,51,2,5,20\n"

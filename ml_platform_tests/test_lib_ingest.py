@@ -9,9 +9,9 @@ import pytest
 
 from ml_platform.lib.contract import ContractError, load_contract, parse_contract
 from ml_platform.lib.ingest import RejectedFileError, ingest_file
+from ml_platform_tests.helpers import READINGS_HEADER as HEADER
 
 NOW = datetime(2024, 2, 1, tzinfo=UTC)
-HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
 
 
 @pytest.fixture
