@@ -412,6 +412,81 @@ def bench_prod() -> list[dict]:
     ]
 
 
+def _python(*args: str) -> tuple[dict, float]:
+    """``python -W ignore *args`` in a fresh process: its last JSON line and its wall time."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-W", "ignore", *args], cwd=ROOT, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    wall = time.monotonic() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), wall
+
+
+def _per_day_ms(year: dict, day: dict, steps: tuple[str, ...]) -> float:
+    """Marginal milliseconds per day of ``steps``: (365-day run - 1-day run) / 364."""
+    total = sum(year["steps"].get(s, 0) - day["steps"].get(s, 0) for s in steps)
+    return 1000 * total / 364
+
+
+def bench_backfill() -> list[dict]:
+    """A year of history through the lakehouse, checks included, as one `dagster asset
+    materialize --partition-range` from a fresh process (benchmarks/backfill.py)."""
+    from benchmarks.backfill import END, START, materialize
+
+    checks = tuple(f"{a}_{c}" for a, c in (
+        ("sensor_chunks", "sensor_chunks_pass_quality_suite"),
+        ("sensor_chunks", "sensor_chunks_values_within_contract_ranges"),
+        ("daily_aggregates", "daily_aggregates_pass_quality_suite")))  # fmt: skip
+    records = []
+    DATA.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        out = Path(tmp) / "small"
+        small, _ = _python("-m", "benchmarks.backfill", "setup", "2", "3600", str(out))
+        year = materialize(small["store_url"], out / "home-year", START, END)
+        day = materialize(small["store_url"], out / "home-day", START, START)
+        assert year["blocking_passed"] and year["evaluations"], year
+        records += [
+            record("backfill_365d_2_sensors_s", year["wall_s"], "s", "backfill_1d_2_sensors_s",
+                   day["wall_s"], small["rows"]),
+            record("backfill_1d_2_sensors_s", day["wall_s"], "s"),
+            record("checks_per_day_ms", _per_day_ms(year, day, checks), "ms",
+                   rows=small["rows"]),
+            record("lakehouse_assets_per_day_ms",
+                   _per_day_ms(year, day, ("sensor_chunks", "daily_aggregates")), "ms",
+                   rows=small["rows"]),
+        ]  # fmt: skip
+        out = Path(tmp) / "large"
+        large, _ = _python("-m", "benchmarks.backfill", "setup", "50", "300", str(out))
+        year = materialize(large["store_url"], out / "home-year", START, END)
+        assert year["blocking_passed"], year
+        reference, reference_s = _python("-m", "benchmarks.backfill", "duckdb", str(out))
+        assert reference["failing_days"] == 0 and reference["rows"] > 0, reference
+        records += [
+            record("backfill_365d_50_sensors_s", year["wall_s"], "s", "duckdb_365d_50_sensors_s",
+                   reference_s, large["rows"]),
+            record("duckdb_365d_50_sensors_s", reference_s, "s", rows=reference["rows"]),
+        ]  # fmt: skip
+    return records
+
+
+def bench_partitions() -> list[dict]:
+    """Partitions the raw assets hold after 100,000 landed files: by design one per landing day,
+    whatever the number of files; measured on the definitions for a year of landing."""
+    from datetime import datetime, timedelta
+
+    from ml_platform.defs.partitions import landing_days
+
+    start = datetime.fromisoformat(landing_days.start.isoformat())
+    # 100,000 files at one gateway's 288 uploads a day land over 348 days; at 2,500 a day, 40.
+    days_for_100k = -(-100_000 // 288)
+    keys = landing_days.get_partition_keys(current_time=start + timedelta(days=days_for_100k))
+    return [
+        record("raw_partitions_per_100k_files", len(keys), "partitions",
+               "one_partition_per_file", 100_000, 100_000),
+    ]  # fmt: skip
+
+
 BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "ingest": bench_ingest,
     "ingest_5x": bench_ingest_5x,
@@ -424,6 +499,8 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "faults": bench_faults,
     "demo": bench_demo,
     "prod": bench_prod,
+    "backfill": bench_backfill,
+    "partitions": bench_partitions,
 }
 
 

@@ -72,22 +72,19 @@ def cmd_land(args: argparse.Namespace) -> int:
         store.put_file(path, key)
         partition = paths.partition_key(sub + path.name, store.etag(key))
         keys.append(partition)
-        print(f"landed {path} -> {store.uri(key)}\n  partition: {partition}")
-    if args.register:
+        print(f"landed {path} -> {store.uri(key)}\n  version: {partition}")
+    if keys:
         # What the landing sensor does, for people who run `dagster asset materialize` by hand.
-        import dagster as dg
+        import json
+        from datetime import UTC, datetime
 
-        from ml_platform.defs.partitions import label_files, reading_files
-
-        partitions = {"readings": reading_files, "labels": label_files}[args.dataset]
-        with dg.DagsterInstance.get() as instance:
-            instance.add_dynamic_partitions(partitions.name, keys)
         asset = f"raw_{args.dataset}"
-        for key in keys:
-            print(
-                f"registered; materialize with:\n  dagster asset materialize -m "
-                f"ml_platform.definitions --select {asset} --partition '{key}'"
-            )
+        config = {"ops": {asset: {"config": {"versions": keys}}}}
+        print(
+            f"ingest now (the landing sensor does it too) with:\n  dagster asset materialize "
+            f"-m ml_platform.definitions --select {asset} "
+            f"--partition {paths.landing_day(datetime.now(UTC))} --config-json '{json.dumps(config)}'"
+        )
     return 0
 
 
@@ -171,11 +168,6 @@ def main(argv: list[str] | None = None) -> int:
     land.add_argument("--prefix", default="", help="sub-folder below landing/<dataset>/")
     land.add_argument(
         "--store", default="", help="store URL (default: $ML_PLATFORM_STORE_URL or .lake)"
-    )
-    land.add_argument(
-        "--register",
-        action="store_true",
-        help="also add the partitions to the Dagster instance ($DAGSTER_HOME), as the sensor would",
     )
     land.set_defaults(func=cmd_land)
 

@@ -11,7 +11,7 @@ from ml_platform.defs.ingest.assets import (
     raw_labels,
     raw_readings,
 )
-from ml_platform.defs.ingest.sensors import build_landing_sensor
+from ml_platform.defs.ingest.sensors import BatchLimits, build_landing_sensor
 from ml_platform.defs.lakehouse.assets import daily_aggregates, lakehouse_job, sensor_chunks
 from ml_platform.defs.lakehouse.checks import (
     daily_aggregates_pass_quality_suite,
@@ -29,7 +29,7 @@ from ml_platform.defs.monitoring.feedback import (
     label_queue,
     live_performance,
 )
-from ml_platform.defs.partitions import label_files, reading_files, scoring_files
+from ml_platform.defs.partitions import landing_days, scoring_files
 from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
 from ml_platform.defs.resources import build_resources, settings
 from ml_platform.lib.credentials import require_safe_environment
@@ -38,6 +38,11 @@ from ml_platform.lib.credentials import require_safe_environment
 # empty or short credential; the load error names each variable (lib/credentials.py).
 require_safe_environment(os.environ)
 _settings = settings()
+_batch = BatchLimits(
+    max_files=_settings.batch_max_files,
+    max_bytes=_settings.batch_max_bytes,
+    runs_per_tick=_settings.batches_per_tick,
+)
 
 defs = dg.Definitions(
     assets=[
@@ -68,20 +73,22 @@ defs = dg.Definitions(
         build_landing_sensor(
             "readings",
             ingest_readings_job,
-            reading_files,
+            landing_days,
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
             events=_settings.events,
             reconcile_interval_s=_settings.reconcile_interval_s,
+            batch=_batch,
         ),
         build_landing_sensor(
             "labels",
             ingest_labels_job,
-            label_files,
+            landing_days,
             interval_s=_settings.sensor_interval_s,
             max_requests_per_tick=_settings.max_requests_per_tick,
             events=_settings.events,
             reconcile_interval_s=_settings.reconcile_interval_s,
+            batch=_batch,
         ),
         build_landing_sensor(
             "scoring",

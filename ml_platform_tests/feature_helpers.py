@@ -9,7 +9,6 @@ from pathlib import Path
 import dagster as dg
 
 from ml_platform.definitions import defs
-from ml_platform.defs.ingest.assets import raw_labels, raw_readings
 from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 from ml_platform.defs.lakehouse.sensors import RANGE_END, RANGE_START
 from ml_platform.defs.resources import build_resources
@@ -17,6 +16,7 @@ from ml_platform.lib import paths
 from ml_platform.lib.feature_store import YAML_ENV
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore, open_store
+from ml_platform_tests.helpers import ingest_versions, outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Every asset of the code location: tests select from the real definitions.
@@ -67,19 +67,15 @@ def one_file(files: list[Path], target: Path) -> Path:
 
 def land_and_ingest(instance, dataset: str, file: Path) -> str:
     """Put ``file`` in the landing zone, register its partition and ingest it."""
-    resources = build_resources()
     store = open_store(os.environ["ML_PLATFORM_STORE_URL"], **s3_options())
     name = file.name
     key = paths.landing_object(dataset, name)
     store.put_file(file, key)
     partition = paths.partition_key(name, store.etag(key))
-    asset = raw_readings if dataset == "readings" else raw_labels
-    definition = "reading_files" if dataset == "readings" else "label_files"
-    instance.add_dynamic_partitions(definition, [partition])
-    result = dg.materialize(
-        [asset], instance=instance, partition_key=partition, resources=resources
-    )
+    result = ingest_versions(instance, dataset, [partition])
     assert result.success
+    asset = "raw_readings" if dataset == "readings" else "raw_labels"
+    assert outcomes(result, asset)[partition] == "ingested"
     return partition
 
 

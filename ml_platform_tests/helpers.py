@@ -1,10 +1,11 @@
 """Helpers shared by test modules."""
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs.ingest.assets import raw_readings
+from ml_platform.defs.ingest.assets import raw_labels, raw_readings
 from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore
@@ -13,24 +14,41 @@ from ml_platform.lib.store import LocalStore
 READINGS_HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
 
 
-def ingest_landed(instance, name: str, etag: str) -> tuple[str, dg.ExecuteInProcessResult]:
-    """Register and materialize ``raw_readings`` for the object version already landed at
-    landing/readings/<name> (any store: the environment's resources are used)."""
-    partition = paths.partition_key(name, etag)
-    instance.add_dynamic_partitions("reading_files", [partition])
-    result = dg.materialize(
-        [raw_readings],
+def ingest_versions(
+    instance, dataset: str, versions: list[str], *, reingest: bool = False
+) -> dg.ExecuteInProcessResult:
+    """One ingest run (a batch) of ``versions`` already landed under landing/<dataset>/, in
+    today's landing-day partition (any store: the environment's resources are used)."""
+    asset = raw_readings if dataset == "readings" else raw_labels
+    return dg.materialize(
+        [asset],
         instance=instance,
-        partition_key=partition,
+        partition_key=paths.landing_day(datetime.now(UTC)),
+        run_config={"ops": {asset.key.path[-1]: {"config": {"versions": versions,
+                                                            "reingest": reingest}}}},
         resources=build_resources(),
         raise_on_error=False,
-    )
-    return partition, result
+    )  # fmt: skip
+
+
+def outcomes(result: dg.ExecuteInProcessResult, asset: str = "raw_readings") -> dict[str, str]:
+    """Version id -> outcome, from the run's per-file metadata."""
+    [event] = result.asset_materializations_for_node(asset)
+    table = event.metadata["file_outcomes"].value
+    return {r.data["version"]: r.data["outcome"] for r in table.records}
+
+
+def ingest_landed(instance, name: str, etag: str) -> tuple[str, dg.ExecuteInProcessResult]:
+    """Ingest the readings version already landed at landing/readings/<name>."""
+    version = paths.partition_key(name, etag)
+    return version, ingest_versions(instance, "readings", [version])
 
 
 def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> str:
+    """Land ``file`` and ingest it; its version id if it was ingested, "" if quarantined."""
     name = name or file.name
     key = paths.landing_object("readings", name)
     store.put_file(file, key)
-    partition, result = ingest_landed(instance, name, store.etag(key))
-    return partition if result.success else ""
+    version, result = ingest_landed(instance, name, store.etag(key))
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    return version if outcomes(result)[version] in ("ingested", "already_ingested") else ""

@@ -1,9 +1,12 @@
 """The command-line path a user (and CI) takes: generate -> land -> `dagster asset materialize`."""
 
+import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -41,24 +44,22 @@ def test_generate_land_and_materialize_a_partition_with_the_dagster_cli(tmp_path
     readings = sorted((tmp_path / "generated" / "readings").glob("readings_*.csv"))
     assert len(readings) == 3
 
-    out = run(python, "-m", "ml_platform", "land", "--register", str(readings[1]), env=env)
-    key = re.search(r"partition: (\S+)", out).group(1)
-    dagster = str(Path(python).with_name("dagster"))
-    run(
-        dagster,
-        "asset",
-        "materialize",
-        "-m",
-        "ml_platform.definitions",
-        "--select",
-        "raw_readings",
-        "--partition",
-        key,
-        env=env,
-    )
+    out = run(python, "-m", "ml_platform", "land", str(readings[1]), env=env)
+    version = re.search(r"version: (\S+)", out).group(1)
+    assert version.startswith(readings[1].name + "@")
+    # The printed command, run as a person would paste it: today's landing day, this version.
+    command = shlex.split(re.search(r"^  (dagster asset materialize .*)$", out, re.M).group(1))
+    landing_day = datetime.now(UTC).date().isoformat()
+    assert command[command.index("--partition") + 1] == landing_day
+    config = json.loads(command[command.index("--config-json") + 1])
+    assert config == {"ops": {"raw_readings": {"config": {"versions": [version]}}}}
+    run(str(Path(python).with_name("dagster")), *command[1:], env=env)
 
     parts = sorted((lake / "lake" / "bronze" / "readings").glob("date=*/file=*.parquet"))
     # The second day's file holds that day plus a few late rows of the first day.
     assert [p.parent.name for p in parts] == ["date=2024-01-01", "date=2024-01-02"]
     day = pd.read_parquet(parts[1])
     assert day["sensor_id"].nunique() == 4 and len(day) > 4 * 1000
+    [entry] = [json.loads(p.read_text()) for p in (lake / "lake" / "_ledger").rglob("*.json")]
+    assert (entry["version"], entry["outcome"]) == (version, "ingested")
+    assert sorted(entry["parts"]) == [p.relative_to(lake).as_posix() for p in parts]

@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+from datetime import UTC, date, datetime
 
 import dagster as dg
 
 from ml_platform.definitions import defs
+from ml_platform.defs.partitions import landing_days
+from ml_platform.defs.resources import settings
 
 
 def test_definitions_load_with_the_ingest_graph():
@@ -14,14 +17,66 @@ def test_definitions_load_with_the_ingest_graph():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert {"raw_readings", "raw_labels"} <= keys
+    start = settings().start_date
     for key in ("raw_readings", "raw_labels"):
         node = graph.get(dg.AssetKey(key))
         assert node.group_name == "ingest"
-        assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition)
+        # One partition per landing day (today's included), not one per file.
+        assert node.partitions_def == landing_days
+        assert isinstance(node.partitions_def, dg.DailyPartitionsDefinition)
+        assert node.partitions_def.get_first_partition_window().start.date().isoformat() == start
+        assert node.partitions_def.end_offset == 1
+        # A quarantined file warns, it blocks nothing downstream.
+        check = graph.get_check_spec(dg.AssetCheckKey(node.key, "landed_files_pass_their_contract"))
+        assert not check.blocking
     sensors = {s.name: s for s in defs.sensors}
-    assert sensors["readings_landing_sensor"].default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensors["labels_landing_sensor"].job_name == "ingest_labels_job"
+    for dataset in ("readings", "labels"):
+        sensor = sensors[f"{dataset}_landing_sensor"]
+        assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+        assert sensor.job_name == f"ingest_{dataset}_job"
+        job = defs.resolve_job_def(f"ingest_{dataset}_job")
+        assert job.tags == {"ml_platform/kind": "ingest", "ml_platform/ingest": dataset}
+        assert [k.to_user_string() for k in job.asset_layer.selected_asset_keys] == [
+            f"raw_{dataset}"
+        ]
     assert sensors["lakehouse_on_new_readings_sensor"].job_name == "lakehouse_job"
+
+
+def test_raw_partitions_do_not_grow_with_the_files_landed(tmp_path, store):
+    """Issue: fewer than 5,000 partitions after 100,000 files. Partitions are landing days, so
+    their number is the number of days since the start date, whatever the number of files."""
+    from ml_platform.lib import paths
+    from ml_platform_tests.helpers import READINGS_HEADER, ingest_versions, outcomes
+
+    start = date.fromisoformat(settings().start_date)
+    today = datetime.now(UTC).date()
+    days = (today - start).days + 1  # from the start date to today, both included
+    assert days < 5_000
+    with dg.instance_for_test() as instance:
+
+        def partition_count() -> int:
+            return len(landing_days.get_partition_keys(dynamic_partitions_store=instance))
+
+        before = partition_count()
+        assert before == days
+        versions = []
+        for i in range(20):
+            key = paths.landing_object("readings", f"f{i:02d}.csv")
+            store.put_bytes(
+                (READINGS_HEADER + f"2024-03-01T{i:02d}:00:00Z,s{i},50,2,5,20\n").encode(), key
+            )
+            versions.append(paths.partition_key(f"f{i:02d}.csv", store.etag(key)))
+        result = ingest_versions(instance, "readings", versions)
+        assert result.success
+        assert set(outcomes(result).values()) == {"ingested"} and len(outcomes(result)) == 20
+        assert partition_count() == before
+        # Nothing was registered per file, and the 20 files are one run of one partition.
+        for name in ("reading_files", "label_files", "scoring_files"):
+            assert instance.get_dynamic_partitions(name) == []
+        assert len(instance.get_runs()) == 1
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_readings")) == {
+            today.isoformat()
+        }
 
 
 def test_the_lakehouse_is_daily_single_run_and_checked():

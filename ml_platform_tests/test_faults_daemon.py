@@ -7,24 +7,32 @@ Every process of the stack reaches S3 and PostgreSQL through a TCP proxy in this
 fault is fired by the proxy when it sees the exact request the scenario is about, never after a
 sleep: "during a run's writes" is the moment the ingest step sends its second bronze part (the
 first one is already in the bucket), "during a sensor tick" is the listing response that shows
-the landing sensor the new files, and "mid-tick" for the daemon is its third ``INSERT INTO runs`` for the batch
-the tick is submitting. The request is held while the fault happens (the S3 server is cut off, or
-PostgreSQL restarts, or a process is SIGKILLed) and then forwarded or dropped. So the faults land
+the landing sensor the new files, and "mid-tick" for the daemon is its third ``INSERT INTO runs``
+of the batches the tick is submitting. The request is held while the fault happens (the S3 server
+is cut off, or PostgreSQL restarts, or a process is SIGKILLed) and then forwarded or dropped. So the faults land
 where they are meant to however loaded the machine is; only the waits for recovery depend on
 speed, and they are generous.
 
+Ingest runs are micro-batches (the object versions in the run config); the stack caps them at
+two files (ML_PLATFORM_BATCH_MAX_FILES=2) so that a tick of a few files submits several runs and
+a batch holds several files. A rejected file no longer fails its run: it is quarantined, the run
+succeeds and its WARN check ``landed_files_pass_their_contract`` fails.
+
 Invariants checked after each fault, over every object version the scenario landed:
-- processed (bronze parts) xor quarantined (a record), matching how its run ended;
-- one effective run: exactly one root run per partition (retries of it are allowed), at most one
-  success;
+- processed (bronze parts) xor quarantined (a record), as its ledger entry says;
+- exactly once: the version is in the batch of exactly one root run (retries of it are allowed)
+  and a successful run; across the successful runs whose batch holds it, "ingested" or
+  "quarantined" is reported once, by the run its ledger entry names (others report
+  ``already_*``); every successful run's metadata lists exactly the files of its batch, and its
+  WARN check fails exactly when one of them was quarantined;
 - the bronze parts are byte-identical to those of a clean run of the same object version (an
-  in-process run on a separate bucket that no fault touches);
+  in-process run on a separate bucket that no fault touches), with the same ledger outcome;
 - nothing partial anywhere in the bucket (no open multipart upload, every Parquet object of the
   lake readable to its footer);
-- the landing sensor's cursor is past every landed object and every object got a run or a
-  quarantine record (the cursor never skipped one).
-The measurements (recovery time, runs, step retries, failed ticks, ...) are printed as
-``FAULTS_DAEMON`` lines and summarised at the end of the module.
+- the landing sensor's cursor is past every landed object and every object is in a run's batch
+  (the cursor never skipped one).
+The measurements (recovery time, root runs (batches), runs, step retries, failed ticks, ...) are
+printed as ``FAULTS_DAEMON`` lines and summarised at the end of the module.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import signal
@@ -69,6 +78,10 @@ OUTAGE_S = float(os.environ.get("ML_PLATFORM_FAULT_OUTAGE_S", "30"))
 #: Each scenario runs this many times on the same stack (``make soak`` sets more).
 ROUNDS = int(os.environ.get("ML_PLATFORM_FAULT_ROUNDS", "1"))
 SETTLE_S = 150.0
+#: Files per ingest run on this stack (the default is 500).
+BATCH_MAX_FILES = 2
+INGEST_JOB = "ingest_readings_job"
+CHECK = "landed_files_pass_their_contract"
 RESULTS: dict[str, dict] = {}
 
 
@@ -254,8 +267,8 @@ class Stack:
         self.landed[partition] = (name, body)
         return partition
 
-    def runs(self, partition: str) -> list[dg.DagsterRun]:
-        """The partition's runs, newest first, read from the run bodies.
+    def runs(self, version: str) -> list[dg.DagsterRun]:
+        """The ingest runs whose batch holds ``version``, newest first, read from the run bodies.
 
         Not through the tag index: Dagster writes a run's row and its tag rows in two statements,
         so a daemon killed between them leaves a run the index does not know (see
@@ -263,13 +276,57 @@ class Stack:
         return [
             run
             for run in self.instance.get_runs(dg.RunsFilter(created_after=self.since))
-            if run.tags.get("dagster/partition") == partition
+            if run.job_name == INGEST_JOB and version in batch(run)
         ]
 
-    def untagged(self, partition: str) -> int:
-        """How many of the partition's runs the tag index misses."""
-        indexed = self.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": partition}))
-        return len(self.runs(partition)) - len(indexed)
+    def untagged(self, version: str) -> int:
+        """How many of the version's runs the tag index misses."""
+        indexed = self.instance.get_runs(
+            dg.RunsFilter(tags={"ml_platform/ingest": "readings"}, created_after=self.since)
+        )
+        known = {r.run_id for r in indexed}
+        return sum(r.run_id not in known for r in self.runs(version))
+
+    def roots(self, versions: list[str]) -> list[dg.DagsterRun]:
+        """The root runs (batches, not retries) holding any of ``versions``, oldest first."""
+        found = {r.run_id: r for v in versions for r in self.runs(v)}
+        roots = [r for r in found.values() if "dagster/parent_run_id" not in r.tags]
+        return sorted(
+            roots, key=lambda r: self.instance.get_run_record_by_id(r.run_id).create_timestamp
+        )
+
+    def reported(self, run: dg.DagsterRun) -> dict[str, str]:
+        """A successful run's outcome per version, from its metadata table, which must list
+        exactly the run's batch; its WARN check fails exactly when one was quarantined."""
+        [record] = self.instance.get_records_for_run(
+            run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION
+        ).records
+        metadata = record.event_log_entry.asset_materialization.metadata
+        rows = [r.data for r in metadata["file_outcomes"].value.records]
+        assert [r["version"] for r in rows] == batch(run), f"{run.run_id}: {rows} vs {batch(run)}"
+        assert metadata["files"].value == len(rows)
+        outcomes = {r["version"]: r["outcome"] for r in rows}
+        [evaluation] = [
+            r.event_log_entry.dagster_event.event_specific_data
+            for r in self.instance.get_records_for_run(
+                run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+            ).records
+            if r.event_log_entry.dagster_event.event_specific_data.check_name == CHECK
+        ]
+        quarantined = sum(o == "quarantined" for o in outcomes.values())
+        assert evaluation.passed == (not quarantined), (run.run_id, outcomes)
+        assert evaluation.severity == dg.AssetCheckSeverity.WARN
+        assert evaluation.metadata["quarantined_count"].value == quarantined
+        return outcomes
+
+    def ledger(self, version: str, bucket: str | None = None) -> dict | None:
+        key = paths.ledger_object("readings", paths.file_id(version))
+        try:
+            return json.loads(
+                self.client.get_object(Bucket=bucket or self.bucket, Key=key)["Body"].read()
+            )
+        except self.client.exceptions.NoSuchKey:
+            return None
 
     def record(self, partition: str, bucket: str | None = None) -> dict | None:
         key = paths.quarantine_record(
@@ -288,7 +345,7 @@ class Stack:
         return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
     def parts(self, partition: str, bucket: str | None = None) -> dict[str, str]:
-        """The partition's bronze parts: key -> sha256 of the bytes."""
+        """The version's bronze parts: key -> sha256 of the bytes."""
         suffix = f"/file={paths.file_id(partition)}.parquet"
         bucket = bucket or self.bucket
         return {
@@ -343,35 +400,61 @@ class Stack:
         )
         return sum(t.status == TickStatus.FAILURE for t in ticks)
 
-    def check(self, partitions: list[str]) -> dict:
+    def check(self, versions: list[str]) -> dict:
         """The invariants over the scenario's object versions (and the whole bucket)."""
         outcome = {}
-        for partition in partitions:
-            runs, parts, record = (
-                self.runs(partition),
-                self.parts(partition),
-                self.record(partition),
+        for version in versions:
+            runs, parts, record, entry = (
+                self.runs(version),
+                self.parts(version),
+                self.record(version),
+                self.ledger(version),
             )
             roots = [r for r in runs if "dagster/parent_run_id" not in r.tags]
             successes = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
-            assert len(roots) == 1, f"{partition}: {len(roots)} root runs"
-            assert len(successes) <= 1, f"{partition}: {len(successes)} successful runs"
-            assert bool(parts) != bool(record), f"{partition}: parts={parts} record={record}"
-            assert bool(successes) == bool(parts), f"{partition}: {[r.status for r in runs]}"
-            clean = clean_run(self, partition)
-            assert parts == clean, f"{partition}: bronze differs from a clean run: {parts} {clean}"
+            assert len(roots) == 1, f"{version}: {len(roots)} root runs"
+            assert successes, f"{version}: no successful run: {[r.status for r in runs]}"
+            assert entry is not None, f"{version}: no ledger entry"
+            done = entry["outcome"]
+            assert done in ("ingested", "quarantined"), entry
+            assert entry["version"] == version and entry["run_id"] in {r.run_id for r in runs}
+            # Exactly once by what the runs report: one successful run says "ingested" (or
+            # "quarantined"), the one the ledger names; any other says "already_...".
+            reported = {r.run_id: self.reported(r)[version] for r in successes}
+            fresh = [(run_id, o) for run_id, o in reported.items() if not o.startswith("already_")]
+            assert set(reported.values()) <= {done, f"already_{done}"}, (version, reported, entry)
+            if fresh:
+                assert fresh == [(entry["run_id"], done)], (version, reported, entry)
+            else:
+                # Decided by an attempt that failed after writing the ledger: a step retry of the
+                # same run, or the parent of a run retry, then reported it as already done.
+                writer = next(r for r in runs if r.run_id == entry["run_id"])
+                assert writer.status != dg.DagsterRunStatus.SUCCESS or self.instance.all_logs(
+                    writer.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY
+                ), (version, reported, entry)
+            assert bool(parts) != bool(record), f"{version}: parts={parts} record={record}"
+            assert bool(parts) == (done == "ingested"), f"{version}: parts={parts} {entry}"
+            assert sorted(entry["parts"]) == sorted(parts), (entry["parts"], parts)
+            if record:
+                assert record["reason"] == entry["reason"], (record, entry)
+            clean, clean_entry = clean_run(self, version)
+            assert parts == clean, f"{version}: bronze differs from a clean run: {parts} {clean}"
+            for field_ in ("outcome", "rows", "rows_by_date", "reason"):
+                assert entry[field_] == clean_entry[field_], (field_, entry, clean_entry)
             retries = sum(
                 len(self.instance.all_logs(r.run_id, of_type=DagsterEventType.STEP_UP_FOR_RETRY))
                 for r in runs
             )
-            outcome[partition] = {
+            outcome[version] = {
                 "runs": len(runs),
                 "root_runs": len(roots),
+                "batch_files": len(batch(roots[0])),
                 "step_retries": retries,
                 "statuses": [r.status.value for r in reversed(runs)],
+                "reported": [reported[r.run_id] for r in reversed(successes)],
                 "parts": len(parts),
                 "same_as_clean_run": parts == clean,
-                "runs_missing_from_tag_index": self.untagged(partition),
+                "runs_missing_from_tag_index": self.untagged(version),
                 "quarantined": record["reason"] if record else None,
             }
         # No partial object anywhere: no multipart upload left open, and every Parquet object
@@ -382,13 +465,13 @@ class Stack:
             if key.endswith(".parquet"):
                 body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
                 pq.ParquetFile(io.BytesIO(body))
-        # The cursor is past every landed object version, and each of them has a run.
+        # The cursor is past every landed object version, and each of them is in a run's batch.
         left, _ = select_new(
             self.store.list(PREFIX), LandingCursor.from_json(self.cursor()), 1_000_000
         )
         assert left == [], [o.key for o in left]
-        for partition in self.landed:
-            assert self.runs(partition) or self.record(partition), f"skipped: {partition}"
+        for version in self.landed:
+            assert self.runs(version), f"skipped: {version}"
         return outcome
 
     def log_tail(self) -> str:
@@ -398,14 +481,25 @@ class Stack:
             return ""
 
 
+def batch(run: dg.DagsterRun) -> list[str]:
+    """The object versions of an ingest run (its run config)."""
+    config = run.run_config.get("ops", {}).get("raw_readings", {}).get("config", {})
+    return list(config.get("versions", []))
+
+
+def batches(stack: Stack, versions: list[str]) -> list[int]:
+    """The sizes of the root runs (batches) holding ``versions``, oldest first."""
+    return [len(batch(r)) for r in stack.roots(versions)]
+
+
 def _host_port(endpoint: str) -> tuple[str, int]:
     url = urlsplit(endpoint)
     return url.hostname, url.port
 
 
-def clean_run(stack: Stack, partition: str) -> dict[str, str]:
-    """Bronze checksums of the same object version ingested in-process on a bucket of its own,
-    with no fault anywhere: what the faulted run must have produced."""
+def clean_run(stack: Stack, partition: str) -> tuple[dict[str, str], dict]:
+    """Bronze checksums and ledger entry of the same object version ingested in-process on a
+    bucket of its own, with no fault anywhere: what the faulted run must have produced."""
     name, body = stack.landed[partition]
     bucket = f"clean-{uuid.uuid4().hex[:10]}"
     stack.client.create_bucket(Bucket=bucket)
@@ -415,8 +509,10 @@ def clean_run(stack: Stack, partition: str) -> dict[str, str]:
             mp.setenv("ML_PLATFORM_STORE_URL", f"s3://{bucket}")
             same, result = ingest_landed(instance, name, etag)
         assert same == partition
-        assert result.success or stack.record(partition, bucket), f"the clean run of {name} failed"
-        return stack.parts(partition, bucket)
+        assert result.success, f"the clean run of {name} failed"
+        entry = stack.ledger(partition, bucket)
+        assert entry is not None, f"the clean run of {name} wrote no ledger entry"
+        return stack.parts(partition, bucket), entry
     finally:
         for key in stack.keys(bucket=bucket):
             stack.client.delete_object(Bucket=bucket, Key=key)
@@ -444,6 +540,7 @@ def stack(tmp_path_factory, s3_server, postgres):
         **s3_server.env(bucket),
         **postgres.dagster_env(db),
         "ML_PLATFORM_SENSOR_INTERVAL_S": "1",
+        "ML_PLATFORM_BATCH_MAX_FILES": str(BATCH_MAX_FILES),
         "ML_PLATFORM_FEAST_REPO": str(copy_feature_repo(tmp / "feature_repo")),
     }
     with pytest.MonkeyPatch.context() as mp:
@@ -456,6 +553,7 @@ def stack(tmp_path_factory, s3_server, postgres):
             first = s.put("faults/warmup.csv", reading_file(0, "warm"))
             s.settle([first], timeout=180)
             s.check([first])
+            assert batches(s, [first]) == [1]
             # The warm-up went on through the lakehouse (its Parquet is checked after every
             # scenario); from here on the scenarios are about landing and ingest, and the
             # lakehouse runs of every scenario's days would only load the machine.
@@ -464,7 +562,8 @@ def stack(tmp_path_factory, s3_server, postgres):
             start = time.monotonic()
             clean = s.put("faults/clean.csv", reading_file(0, "clean"))
             s.settle([clean])
-            report("no_fault", tag="", upload_to_ingested_s=round(time.monotonic() - start, 1))
+            report("no_fault", tag="", upload_to_ingested_s=round(time.monotonic() - start, 1),
+                   root_runs=len(s.roots([clean])))  # fmt: skip
             yield s
         finally:
             s.stop_daemon()
@@ -523,7 +622,7 @@ def restart_postgres(stack: Stack) -> float:
 @pytest.mark.timeout(300)
 def test_s3_down_during_a_runs_writes_and_sensor_ticks(stack: Stack, tag: str):
     """The S3 server becomes unreachable for 30 s the moment a run sends its second bronze part;
-    meanwhile more files land and the landing sensor's ticks fail."""
+    meanwhile more files land (one of them rejected) and the landing sensor's ticks fail."""
     since = time.time()
     cut = stack.s3.arm(bronze_put(stack), stack.s3.down, nth=2)
     writing = stack.put(f"faults/{tag}/s3/writing.csv", reading_file(1, f"s3{tag}"))
@@ -533,6 +632,8 @@ def test_s3_down_during_a_runs_writes_and_sensor_ticks(stack: Stack, tag: str):
         stack.put(f"faults/{tag}/s3/tick-{i}.csv", reading_file(i, f"s3tick{tag}"))
         for i in range(3)
     ]
+    bad = stack.put(f"faults/{tag}/s3/tick-bad.csv", HEADER.encode())  # header only
+    landed.append(bad)
     deadline = down_at + 90
     while not stack.failed_ticks(since) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -545,11 +646,18 @@ def test_s3_down_during_a_runs_writes_and_sensor_ticks(stack: Stack, tag: str):
     stack.settle([writing, *landed])
     recovery = time.monotonic() - back
     outcome = stack.check([writing, *landed])
-    # Nothing lost: a transient outage is no reason to quarantine good data.
-    assert all(o["parts"] == 2 for o in outcome.values()), outcome
+    # Nothing lost: a transient outage is no reason to quarantine good data; the file that is
+    # bad is quarantined (its run succeeds, the WARN check fails: see Stack.reported).
+    assert all(o["parts"] == 2 for p, o in outcome.items() if p != bad), outcome
+    assert outcome[bad]["quarantined"] == "no_rows" and outcome[bad]["parts"] == 0, outcome
     assert outcome[writing]["step_retries"] >= 1, outcome
+    # The writing file was a batch of its own; the four that landed during the outage are seen
+    # by the first tick that lists again: two runs of BATCH_MAX_FILES = 2.
+    assert batches(stack, [writing]) == [1]
+    assert batches(stack, landed) == [2, 2]
     report("s3_outage", tag=tag, outage_s=round(back - down_at, 1), recovery_s=round(recovery, 1),
-           failed_ticks=failed, outcome=outcome)  # fmt: skip
+           failed_ticks=failed, root_runs=len(stack.roots([writing, *landed])),
+           batch_files=batches(stack, [writing, *landed]), outcome=outcome)  # fmt: skip
 
 
 # --- scenario 2: PostgreSQL restarted -----------------------------------------------------------
@@ -566,8 +674,9 @@ def test_postgres_restarted_during_a_run(stack: Stack, tag: str):
     recovery = time.monotonic() - back
     outcome = stack.check([partition])
     assert outcome[partition]["parts"] == 2, outcome
+    assert batches(stack, [partition]) == [1]
     report("pg_restart_run", tag=tag, pg_restart_s=round(downtime[0], 1), recovery_s=round(recovery, 1),
-           outcome=outcome)  # fmt: skip
+           root_runs=len(stack.roots([partition])), outcome=outcome)  # fmt: skip
 
 
 @pytest.mark.timeout(240)
@@ -594,7 +703,10 @@ def test_postgres_restarted_during_a_sensor_tick(stack: Stack, tag: str):
         assert created.timestamp() > restarted_at[0], f"{partition}: run created before restart"
     outcome = stack.check(landed)
     assert all(o["parts"] == 2 for o in outcome.values()), outcome
+    # One tick may see both files (one batch of 2) or the first alone (then two batches of 1).
+    assert batches(stack, landed) in ([2], [1, 1]), batches(stack, landed)
     report("pg_restart_tick", tag=tag, pg_restart_s=round(downtime[0], 1), recovery_s=round(recovery, 1),
+           root_runs=len(stack.roots(landed)), batch_files=batches(stack, landed),
            outcome=outcome)  # fmt: skip
 
 
@@ -628,17 +740,19 @@ def test_run_worker_sigkilled_mid_write(stack: Stack, tag: str):
     assert len(runs) >= 2, "the killed run was not retried"
     assert runs[-1].status == dg.DagsterRunStatus.FAILURE, runs[-1].status
     assert outcome[partition]["parts"] == 2, outcome
+    assert batches(stack, [partition]) == [1]
     report("sigkill_worker", tag=tag, killed_pids=len(killed), recovery_s=round(recovery, 1),
-           outcome=outcome)  # fmt: skip
+           root_runs=len(stack.roots([partition])), outcome=outcome)  # fmt: skip
 
 
 @pytest.mark.timeout(300)
 def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str):
-    """SIGKILL to the daemon while its sensor tick is submitting runs: two of five runs are in
-    PostgreSQL and the third INSERT is on its way (it arrives, the tag rows that would follow it
-    never do), the cursor has not moved. The restarted daemon resumes the tick with its reserved
-    run ids: it launches the third run and submits the other two, none of them twice."""
-    bodies = [reading_file(i, f"daemon{tag}") for i in range(5)]
+    """SIGKILL to the daemon while its sensor tick is submitting runs: seven files make four
+    batches (2, 2, 2, 1), two of the runs are in PostgreSQL and the third INSERT is on its way (it
+    arrives, the tag rows that would follow it never do), the cursor has not moved. The restarted
+    daemon resumes the tick with its reserved run ids: it launches the third run and submits the
+    others, none of them twice."""
+    bodies = [reading_file(i, f"daemon{tag}") for i in range(7)]
     # Armed before the files land (a single PUT's ETag is the MD5 of the bytes).
     etags = b"|".join(hashlib.md5(b).hexdigest().encode() for b in bodies)
     old = stack.daemon
@@ -650,7 +764,7 @@ def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str
     killed = time.monotonic()
     old.wait(10)
     time.sleep(1)  # the held INSERT is forwarded after the kill
-    before = sum(bool(stack.runs(p)) for p in landed)
+    before = len(stack.roots(landed))
     assert before == 3, f"{before} runs were in PostgreSQL when the daemon died"
     # Its code server and run workers live on (as after a daemon crash); closed at teardown.
     stack.abandoned.append(stack._daemon_cm)
@@ -660,7 +774,14 @@ def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str
     recovery = time.monotonic() - killed
     outcome = stack.check(landed)
     assert all(o["parts"] == 2 for o in outcome.values()), outcome
-    report("sigkill_daemon", tag=tag, runs_before_kill=f"{before}/{len(landed)}",
-           recovery_s=round(recovery, 1),
+    # Every version in one batch (check), no batch twice: as many root runs as run keys, each
+    # of at most BATCH_MAX_FILES files; four of them when one tick saw all seven files.
+    roots = stack.roots(landed)
+    sizes = batches(stack, landed)
+    assert len({r.tags["dagster/run_key"] for r in roots}) == len(roots), [r.tags for r in roots]
+    assert sum(sizes) == len(landed) and max(sizes) <= BATCH_MAX_FILES, sizes
+    assert len(roots) >= math.ceil(len(landed) / BATCH_MAX_FILES), sizes
+    report("sigkill_daemon", tag=tag, runs_before_kill=f"{before}/{len(roots)}",
+           recovery_s=round(recovery, 1), root_runs=len(roots), batch_files=sizes,
            runs_per_object=sorted({o["runs"] for o in outcome.values()}), outcome=outcome,
            runs_missing_from_tag_index=sum(stack.untagged(p) for p in landed))  # fmt: skip

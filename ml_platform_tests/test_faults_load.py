@@ -1,20 +1,25 @@
 """Fault injection, issue 8 scenarios 8 and 9: a burst of uploads, racing ticks, a big file.
 
 The landing side reuses the invariants harness of ``test_faults_uploads.py`` (:class:`Lake`: the
-real S3 API of a moto server, the real landing sensor, ``raw_readings`` run on a real Dagster
-instance). Run requests are submitted through Dagster's own run-key dedupe,
-``dagster._daemon.sensor.fetch_existing_runs`` (what the sensor daemon calls before creating a
-tick's runs): a request whose run key already has a run of this sensor is skipped.
+real S3 API of a moto server, the real landing sensor in batch mode, ``raw_readings`` run on a
+real Dagster instance with each batch request's partition and run config). Run requests are
+submitted as the daemon submits them: a request whose run key already has a run of this sensor
+is skipped (Dagster's run-key dedupe, read through ``DagsterInstance.get_runs``). Exactly once is
+judged by the outputs (:meth:`Lake.check`): bronze parts XOR a quarantine record per version, its
+ledger entry, every part written once.
 
 ==========================================================  =========================================
 Scenario (issue 8)                                          Test
 ==========================================================  =========================================
-8  500 files landed at once (default cap: 100 per tick)     ``test_500_files_landed_at_once``
-8  two evaluations of one tick racing from one cursor       ``test_two_ticks_racing_from_one_cursor``
+8  500 files landed at once (default: one batch of 500;     ``test_500_files_landed_at_once``
+   capped: 100 per batch, 2 batches per tick)
+8  two evaluations of one tick racing from one cursor;      ``test_two_ticks_racing_from_one_cursor``
+   two batches overlapping in the versions they name
 8  a manual launch before / during a tick                   ``test_manual_launch_before_and_during_a_tick``
 9  a CSV 5x larger than the run worker's memory budget,     ``test_file_5x_the_memory_budget``
    under an enforced RSS limit
 9  a budget too small for any file: not the file's fault    ``test_out_of_budget_is_not_a_rejected_file``
+   (a retried step failure, no quarantine)
 ==========================================================  =========================================
 
 How scenario 9 limits memory: ``RLIMIT_AS`` caps virtual address space, which DuckDB, jemalloc and
@@ -32,9 +37,9 @@ Each test prints one ``FAULTS`` line with what it measured (run ``pytest -s`` to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -42,29 +47,41 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC
 from pathlib import Path
-from types import SimpleNamespace
 
 import dagster as dg
 import duckdb
 import pytest
-from dagster._daemon.sensor import fetch_existing_runs
 
+import ml_platform.defs.ingest.assets as ingest_assets
+from ml_platform.defs.ingest.assets import ingest_readings_job
+from ml_platform.defs.ingest.sensors import BatchLimits
 from ml_platform.lib import paths
 from ml_platform.lib.contract import load_contract
 from ml_platform.lib.ingest import OutOfBudgetError, RejectedFileError, ingest_file
 from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.test_faults_uploads import HEADER, PREFIX, Lake, csv
-from ml_platform_tests.test_sensor_s3 import tick
+from ml_platform_tests.helpers import ingest_versions, outcomes
+from ml_platform_tests.test_faults_uploads import (
+    HEADER,
+    PREFIX,
+    RUN_KEY,
+    Lake,
+    batch_versions,
+    contract_check,
+    csv,
+    make_sensor,
+    meta,
+    tick,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_KEY, SENSOR_NAME = "dagster/run_key", "dagster/sensor_name"
 
 
 @pytest.fixture
-def lake(s3_server, s3_env, instance) -> Lake:
-    return Lake(s3_server, s3_env, instance)
+def lake(s3_server, s3_env, instance, monkeypatch) -> Lake:
+    return Lake(s3_server, s3_env, instance, monkeypatch)
 
 
 def small_file(i: int) -> bytes:
@@ -74,87 +91,90 @@ def small_file(i: int) -> bytes:
     return csv([f"2024-03-01T{h:02d}:00:00Z,s{i},{20 + i % 50}.5,1.5,5,20" for h in range(3)])
 
 
-def launch(lake: Lake, requests: list[dg.RunRequest]) -> list[str]:
-    """The daemon's submission of one tick: Dagster's run-key dedupe, then a run per new key."""
-    existing = fetch_existing_runs(lake.instance, SimpleNamespace(name=lake.sensor.name), requests)
-    launched = []
-    for request in requests:
-        lake.requested.append(request.run_key)
-        if request.run_key in existing:
-            lake.deduped += 1
-            continue
-        tags = {**request.tags, RUN_KEY: request.run_key, SENSOR_NAME: lake.sensor.name}
-        lake.results[request.partition_key] = lake.materialize(request.partition_key, tags)
-        launched.append(request.partition_key)
-    return launched
-
-
-def assert_one_outcome(lake: Lake, partition: str, runs: int = 1) -> None:
-    """Bronze parts or a quarantine record, never both or neither; ``runs`` runs."""
-    parts, record = lake.parts(partition), lake.record(partition)
-    assert bool(parts) != bool(record), f"{partition}: parts={parts} record={record}"
-    assert lake.results[partition].success == bool(parts)
-    assert lake.runs(partition) == runs, partition
-
-
-def assert_cursor_past_everything(lake: Lake) -> None:
-    left, _ = select_new(lake.store.list(PREFIX), LandingCursor.from_json(lake.cursor), 10**6)
+def assert_cursor_past_everything(lake: Lake, sensor=None, cursor=None) -> None:
+    sensor, cursor = sensor or lake.sensor, cursor or lake.cursor
+    left, _ = select_new(lake.store.list(PREFIX), LandingCursor.from_json(cursor), 10**6)
     assert left == []
-    requests, _, result = tick(lake.sensor, lake.instance, lake.cursor, lake.resources)
+    requests, _, result = tick(sensor, lake.instance, cursor, lake.resources)
     assert requests == [] and isinstance(result, dg.SkipReason)
 
 
-@pytest.mark.timeout(120)
+def landing_days_of(lake: Lake) -> set[str]:
+    """The UTC days S3 says the landed objects were written (one, unless run across midnight)."""
+    return {o.last_modified.astimezone(UTC).date().isoformat() for o in lake.store.list(PREFIX)}
+
+
+@pytest.mark.timeout(420)
 def test_500_files_landed_at_once(lake: Lake):
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda i: lake.put(f"burst/{i:03d}.csv", small_file(i)), range(500)))
     assert len(lake.versions) == 500
+    [day] = landing_days_of(lake)
 
-    # Successive ticks with the default cap: 100 requests each, every version once.
-    per_tick, tick_seconds = [], []
+    # Default limits (500 files, 1 GiB a batch): one tick, one batch run of all 500 versions.
+    started = time.perf_counter()
+    [request] = lake.tick()
+    tick_s = time.perf_counter() - started
+    versions = batch_versions(request)
+    assert len(versions) == len(set(versions)) == 500 and set(versions) == set(lake.versions)
+    assert request.partition_key == day
+    assert request.tags["ml_platform/batch_files"] == "500"
+    assert request.run_key.startswith(f"readings:{day}:500:")
+    assert_cursor_past_everything(lake)
+
+    # Capped batches (100 files, 2 runs a tick), from a fresh cursor: 200 versions a tick in two
+    # runs of 100, then the last 100; every version in exactly one batch, distinct run keys.
+    capped, cursor, per_tick = make_sensor(BatchLimits(max_files=100, runs_per_tick=2)), None, []
     while True:
-        started = time.perf_counter()
-        requests, lake.cursor, result = tick(
-            lake.sensor, lake.instance, lake.cursor, lake.resources
-        )
-        tick_seconds.append(time.perf_counter() - started)
+        requests, cursor, result = tick(capped, lake.instance, cursor, lake.resources)
         if not requests:
             assert isinstance(result, dg.SkipReason)
             break
         per_tick.append(requests)
-    assert [len(r) for r in per_tick] == [100] * 5
-    keys = [r.run_key for tick_requests in per_tick for r in tick_requests]
-    assert len(keys) == len(set(keys)) == 500
-    assert set(keys) == set(lake.versions)  # run key == partition key == one object version
-    assert sorted(lake.instance.get_dynamic_partitions("reading_files")) == sorted(keys)
-    assert_cursor_past_everything(lake)
+    assert [[len(batch_versions(r)) for r in t] for t in per_tick] == [
+        [100, 100],
+        [100, 100],
+        [100],
+    ]
+    capped_versions = [v for t in per_tick for r in t for v in batch_versions(r)]
+    assert len(capped_versions) == len(set(capped_versions)) == 500
+    assert set(capped_versions) == set(lake.versions)
+    assert len({r.run_key for t in per_tick for r in t}) == 5
+    assert {r.partition_key for t in per_tick for r in t} == {day}
+    assert_cursor_past_everything(lake, capped, cursor)
 
-    # Run a random sample through the daemon's dedupe path, then the whole batch again: the
-    # sample's keys are deduped, nothing runs twice.
-    sample = random.Random(8).sample(keys, 30)
-    by_key = {r.run_key: r for tick_requests in per_tick for r in tick_requests}
+    # The default batch, as the daemon launches it: one run handles all 500 versions.
     started = time.perf_counter()
-    assert sorted(launch(lake, [by_key[k] for k in sample])) == sorted(sample)
-    run_seconds = (time.perf_counter() - started) / len(sample)
-    resubmit = fetch_existing_runs(
-        lake.instance, SimpleNamespace(name=lake.sensor.name), list(by_key.values())
-    )
-    assert set(resubmit) == set(sample)
-    for partition in sample:
-        assert_one_outcome(lake, partition)
-    quarantined = [p for p in sample if lake.record(p)]
-    assert {lake.record(p)["reason"] for p in quarantined} == {"no_rows"}
-    assert {p for p in sample if lake.versions[p].endswith("9.csv")} == set(quarantined)
-    # The rest: requested exactly once, no run yet (the queue would run them).
-    assert set(Counter(keys).values()) == {1}
-    runs = lake.instance.get_runs()
-    assert sorted(r.tags["dagster/partition"] for r in runs) == sorted(sample)
+    handled = lake.launch_all([request])
+    run_s = time.perf_counter() - started
+    assert sorted(handled) == sorted(lake.versions)
+    [result] = lake.results.values()
+    assert result.success
+    quarantined = {v for v, o in outcomes(result).items() if o == "quarantined"}
+    assert quarantined == {v for v, name in lake.versions.items() if name.endswith("9.csv")}
+    assert len(quarantined) == 50
+    assert {lake.record(v)["reason"] for v in quarantined} == {"no_rows"}
+    assert meta(result)["outcomes"] == {"ingested": 450, "quarantined": 50}
+    assert meta(result)["rows_by_date"] == {"2024-03-01": 450 * 3}
+    evaluation = contract_check(result)
+    assert not evaluation.passed and evaluation.metadata["quarantined_count"].value == 50
+
+    # The same request again (a tick evaluated twice, a restarted daemon): its run key has run.
+    assert lake.launch(request) is None and lake.deduped == 1
+    # A batch cut differently that overlaps the burst (one of the capped sensor's): every version
+    # skipped by the ledger, nothing written.
+    writes = Counter(lake.writes)
+    overlap = lake.launch_all([per_tick[1][0]])
+    assert overlap == []
+    [again] = [r for r in lake.results.values() if r is not result]
+    assert set(outcomes(again).values()) <= {"already_ingested", "already_quarantined"}
+    assert len(outcomes(again)) == 100 and lake.writes == writes
+    lake.check()
     print(
-        f"\nFAULTS 8-burst: objects=500 ticks={len(per_tick)} per_tick={[len(r) for r in per_tick]} "
-        f"distinct_run_keys={len(set(keys))} duplicates=0 "
-        f"tick_s_max={max(tick_seconds):.2f} sampled_runs={len(sample)} "
-        f"quarantined_in_sample={len(quarantined)} s_per_run={run_seconds:.2f} "
-        f"cursor_hwm={LandingCursor.from_json(lake.cursor).hwm}"
+        f"\nFAULTS 8-burst: objects=500 batches_default=1 tick_s={tick_s:.2f} "
+        f"capped_per_tick={[[len(batch_versions(r)) for r in t] for t in per_tick]} "
+        f"run_s={run_s:.1f} s_per_file={run_s / 500:.3f} quarantined={len(quarantined)} "
+        f"deduped={lake.deduped} cursor_hwm={LandingCursor.from_json(lake.cursor).hwm}"
     )
 
 
@@ -172,28 +192,57 @@ def test_two_ticks_racing_from_one_cursor(lake: Lake):
 
     with ThreadPoolExecutor(2) as pool:
         first, second = pool.map(evaluate, range(2))
-    keys = [{r.run_key for r in result.run_requests} for result in (first, second)]
-    assert keys[0] == keys[1] == set(lake.versions)
+    # Identical requests: the same batch under the same run key, the same cursor.
+    for result in (first, second):
+        assert not result.dynamic_partitions_requests
+    [one], [two] = first.run_requests, second.run_requests
+    assert (one.run_key, one.partition_key, one.run_config) == (
+        two.run_key,
+        two.partition_key,
+        two.run_config,
+    )
+    assert sorted(batch_versions(one)) == sorted(lake.versions)
     assert first.cursor == second.cursor
-    for result in (first, second):  # the daemon applies each tick's partition requests
-        for request in result.dynamic_partitions_requests:
-            lake.instance.add_dynamic_partitions(
-                request.partitions_def_name, list(request.partition_keys)
-            )
     lake.cursor = second.cursor
+    lake.requests += [one, two]
 
-    launched_first = launch(lake, list(first.run_requests))
-    launched_second = launch(lake, list(second.run_requests))
+    launched_first = lake.launch_all([one])
+    launched_second = lake.launch_all([two])
     assert sorted(launched_first) == sorted(lake.versions) and launched_second == []
-    for partition in lake.versions:
-        assert_one_outcome(lake, partition)
-        runs = lake.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY: partition}))
-        assert len(runs) == 1
-    assert sorted(lake.instance.get_dynamic_partitions("reading_files")) == sorted(lake.versions)
+    assert lake.deduped == 1 and len(lake.results) == 1
+    runs = lake.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY: one.run_key}))
+    assert len(runs) == 1
     assert_cursor_past_everything(lake)
+
+    # Two batches overlapping in their versions (one after the other, as the run queue's limit of
+    # one ingest run per dataset orders them): the second skips the versions the first handled,
+    # by the ledger, and ingests only its new ones; no part is written twice.
+    more = [lake.put(f"race/{i}.csv", small_file(i)) for i in range(6, 9)]
+    overlap = [v for v in lake.versions if v not in more][:3] + more
+    [request] = lake.tick()
+    assert sorted(batch_versions(request)) == sorted(more)
+    second_batch = lake.batch(overlap)  # the overlapping batch goes first, by hand
+    assert outcomes(second_batch) == {
+        **{v: "already_ingested" for v in overlap[:3]},
+        **{v: "ingested" for v in more},
+    }
+    assert lake.launch_all([request]) == []  # the sensor's batch: every version already done
+    [sensor_run] = [
+        r for r in lake.results.values() if r.dagster_run.tags.get(RUN_KEY) == request.run_key
+    ]
+    assert outcomes(sensor_run) == {v: "already_ingested" for v in batch_versions(request)}
+    outcome = lake.check()  # every part written once, one ledger entry each
+    assert all(isinstance(o, dict) for o in outcome.values())
+    # The guard for batches running at the same time is the run queue: ingest runs carry the
+    # tag that dagster.yaml and dagster.local.yaml limit to one run per dataset.
+    assert ingest_readings_job.tags["ml_platform/ingest"] == "readings"
+    for profile in ("dagster.yaml", "dagster.local.yaml"):
+        text = (ROOT / profile).read_text()
+        block = text[text.index("- key: ml_platform/ingest") :].splitlines()[:3]
+        assert "applyLimitPerUniqueValue: true" in block[1] and "limit: 1" in block[2], profile
     print(
-        f"\nFAULTS 8-race: versions={len(lake.versions)} requests={len(lake.requested)} "
-        f"deduped={lake.deduped} runs_per_version=1 "
+        f"\nFAULTS 8-race: versions={len(lake.versions)} requests={len(lake.requests)} "
+        f"deduped={lake.deduped} runs={len(lake.results)} overlapping_skipped=3 "
         f"cursor_hwm={LandingCursor.from_json(lake.cursor).hwm}"
     )
 
@@ -201,28 +250,39 @@ def test_two_ticks_racing_from_one_cursor(lake: Lake):
 def test_manual_launch_before_and_during_a_tick(lake: Lake):
     a, b, c = (lake.put(f"manual/{n}.csv", small_file(i)) for i, n in enumerate("abc"))
 
-    # Before the tick: someone registers and materializes a by hand (no run key).
-    lake.instance.add_dynamic_partitions("reading_files", [a])
-    lake.results[a] = lake.materialize(a, {})
-    assert lake.results[a].success
-    requests, lake.cursor, _ = tick(lake.sensor, lake.instance, lake.cursor, lake.resources)
-    assert sorted(r.partition_key for r in requests) == sorted([b, c])  # _not_built skips a
+    # Before the tick: someone launches today's partition by hand, naming a's key (no run key).
+    manual_a = lake.batch(files=["manual/a.csv"])
+    assert manual_a.success and outcomes(manual_a) == {a: "ingested"}
+    parts_a = lake.parts(a)
+    [request] = lake.tick()
+    requested = batch_versions(request)
+    assert set(requested) - {a} == {b, c}  # a may be named again: its batch skips it
 
-    # During the tick: the tick already requested b and c; b is materialized by hand before the
-    # daemon launches them. A hand-launched run carries no run key, so the dedupe cannot see it:
-    # b runs twice, and the overwrite gives byte-identical parts (one effective run).
-    lake.instance.add_dynamic_partitions("reading_files", [b])
-    manual_b = lake.materialize(b, {})
-    assert manual_b.success
+    # During the tick: the tick already requested its batch; b is launched by hand before the
+    # daemon launches it. A hand-launched run carries no run key, so the run-key dedupe cannot see
+    # it; the ledger can: the batch skips b, and b's parts are written once.
+    manual_b = lake.batch([b])
+    assert manual_b.success and outcomes(manual_b) == {b: "ingested"}
     parts_b = lake.parts(b)
-    assert sorted(launch(lake, requests)) == sorted([b, c])
-    assert lake.parts(b) == parts_b  # same days, same sha256
-    for partition, runs in ((a, 1), (b, 2), (c, 1)):
-        assert_one_outcome(lake, partition, runs)
+    assert lake.launch_all([request]) == [c]
+    [sensor_run] = [r for r in lake.results.values() if r not in (manual_a, manual_b)]
+    assert outcomes(sensor_run) == {
+        **({a: "already_ingested"} if a in requested else {}),
+        b: "already_ingested",
+        c: "ingested",
+    }
+    assert lake.parts(a) == parts_a and lake.parts(b) == parts_b  # same days, same sha256
+    # A whole landing day launched by hand (empty config): its three versions, all done before.
+    day_run = lake.batch()
+    assert outcomes(day_run) == {v: "already_ingested" for v in (a, b, c)}
+    lake.check()  # handled once each, by manual_a, manual_b and the sensor's run
+    assert lake.ledger(a)["run_id"] == manual_a.run_id
+    assert lake.ledger(b)["run_id"] == manual_b.run_id
+    assert lake.ledger(c)["run_id"] == sensor_run.run_id
     assert_cursor_past_everything(lake)
     print(
-        "\nFAULTS 8-manual: before_tick=skipped_by_not_built during_tick=2_runs_identical_parts "
-        f"parts_b={parts_b}"
+        "\nFAULTS 8-manual: before_tick=already_ingested during_tick=already_ingested "
+        f"runs={len(lake.results)} parts_b={parts_b}"
     )
 
 
@@ -239,16 +299,18 @@ started = time.perf_counter()
 import dagster as dg
 from ml_platform.lib import paths
 from ml_platform.lib.store import open_store
-from ml_platform_tests.helpers import ingest_landed
+from ml_platform_tests.helpers import ingest_landed, outcomes
 store = open_store(os.environ["ML_PLATFORM_STORE_URL"])
 etag = store.etag(paths.landing_object("readings", sys.argv[1]))
 with dg.instance_for_test() as instance:
-    partition, result = ingest_landed(instance, sys.argv[1], etag)
+    version, result = ingest_landed(instance, sys.argv[1], etag)
     out = {"success": result.success, "seconds": round(time.perf_counter() - started, 1)}
     if result.success:
         [m] = result.asset_materializations_for_node("raw_readings")
-        out.update({k: v.value for k, v in m.metadata.items() if k in (
-            "rows_in", "rows_out", "duplicate_rows_dropped", "rejected_rows_total", "dates")})
+        out["outcome"] = outcomes(result)[version]
+        out.update({k: m.metadata[k].value for k in ("dates", "dagster/row_count", "bronze_parts")
+                    if k in m.metadata})
+        out.update(m.metadata["first_file"].value if "first_file" in m.metadata else {})
     else:
         out["error"] = result.failure_data_for_node("raw_readings").error.message[:1500]
 # The kernel's high-water mark of this process's own memory since exec. Not ru_maxrss: across
@@ -347,20 +409,26 @@ def test_file_5x_the_memory_budget(tmp_path: Path):
     limit = floor_peak + 3 * BUDGET_MB
     big, peak, sampled = run_worker(lake_dir, "big.csv", limit_mb=limit)
     assert big["success"], big.get("error")
+    assert big["outcome"] == "ingested"
     assert big["rows_in"] == ROWS + DUPLICATES
-    assert big["rejected_rows_total"] == REJECTS
+    assert sum(big["rejected_rows"].values()) == REJECTS
     assert big["duplicate_rows_dropped"] == DUPLICATES
-    assert big["rows_out"] == big["rows_in"] - REJECTS - DUPLICATES == ROWS - REJECTS
+    rows_out = big["dagster/row_count"]
+    assert rows_out == big["rows_in"] - REJECTS - DUPLICATES == ROWS - REJECTS
     assert len(big["dates"]) == 76
     # Bounded, not proportional: the big file adds at most 3x the budget, under half its size.
     assert peak < limit and peak - floor_peak < size_mb / 2
     store = LocalStore(lake_dir)
+    version = paths.partition_key("big.csv", store.etag(PREFIX + "big.csv"))
     bronze = [o.key for o in store.list(paths.BRONZE + "readings/") if "/file=big-" in o.key]
-    assert len(bronze) == 76 and not list(store.list(paths.QUARANTINE))
+    assert len(bronze) == big["bronze_parts"] == 76 and not list(store.list(paths.QUARANTINE))
+    ledger = json.loads(store.read_bytes(paths.ledger_object("readings", paths.file_id(version))))
+    assert (ledger["outcome"], ledger["rows"], len(ledger["dates"])) == ("ingested", rows_out, 76)
+    assert sorted(ledger["parts"]) == sorted(bronze)
     print(
         f"\nFAULTS 9-big-file: file_mb={size_mb:.0f} budget_mb={BUDGET_MB} "
         f"ratio={size_mb / BUDGET_MB:.1f} generate_s={generate_s:.1f} rows_in={big['rows_in']} "
-        f"rows_out={big['rows_out']} rejects={REJECTS} duplicates={DUPLICATES} "
+        f"rows_out={rows_out} rejects={REJECTS} duplicates={DUPLICATES} "
         f"peak_rss_mb={peak:.0f} floor_rss_mb={floor_peak:.0f} added_mb={peak - floor_peak:.0f} "
         f"watchdog_limit_mb={limit:.0f} sampled_mb={sampled:.0f} ingest_s={big['seconds']}"
     )
@@ -376,3 +444,78 @@ def test_out_of_budget_is_not_a_rejected_file(tmp_path: Path):
     assert not isinstance(info.value, RejectedFileError)
     report = ingest_file(path, load_contract(), tmp_path / "out2", memory_limit="16MB")
     assert report.rows_out == 3
+
+
+def error_chain(error):
+    """A serialized error and every error it was raised from or during."""
+    while error is not None:
+        yield error
+        yield from error_chain(error.context)
+        error = error.cause
+
+
+@pytest.mark.timeout(120)
+def test_out_of_budget_in_a_batch_is_a_retried_step_failure(
+    store: LocalStore, instance, monkeypatch
+):
+    """In a batch run, the budget running out on one file fails the step, which the asset's
+    retry policy runs again (after 10 s); the file is not quarantined. The other file of the
+    batch, finished before the failure, is in the ledger, so the retry skips it: both are
+    ingested once. The first ingest of the run really runs DuckDB in a 4 MB budget."""
+    bodies = {f"oob/{i}.csv": small_file(i) for i in (1, 2)}
+    versions = {}
+    for name, body in bodies.items():
+        key = paths.landing_object("readings", name)
+        store.put_bytes(body, key)
+        versions[name] = paths.partition_key(name, store.etag(key))
+    real, short, lock = ingest_assets.ingest_file, [], threading.Lock()
+
+    def short_of_memory_once(path, contract, out_dir, **kwargs):
+        with lock:
+            first = not short
+            if first:
+                short.append(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+        return real(
+            path, contract, out_dir, **{**kwargs, **({"memory_limit": "4MB"} if first else {})}
+        )
+
+    monkeypatch.setattr(ingest_assets, "ingest_file", short_of_memory_once)
+    started = time.perf_counter()
+    result = ingest_versions(instance, "readings", list(versions.values()))
+    seconds = time.perf_counter() - started
+    [failed] = [n for n, body in bodies.items() if hashlib.sha256(body).hexdigest() == short[0]]
+    [finished] = [n for n in bodies if n != failed]
+
+    assert result.success
+    events = [e.event_type_value for e in result.all_events if e.step_key == "raw_readings"]
+    assert events.count("STEP_UP_FOR_RETRY") == 1 and events.count("STEP_RESTARTED") == 1
+    assert "STEP_FAILURE" not in events
+    [retry] = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retry.event_specific_data.seconds_to_wait == 10
+    chain = list(error_chain(retry.event_specific_data.error))
+    [budget] = [e for e in chain if e.cls_name == "OutOfBudgetError"]  # not RejectedFileError
+    assert "ML_PLATFORM_INGEST_MEMORY" in budget.message
+    assert not [e for e in chain if e.cls_name in ("RejectedFileError", "Failure")]
+    assert outcomes(result) == {
+        versions[failed]: "ingested",
+        versions[finished]: "already_ingested",
+    }
+    assert contract_check(result).passed
+    assert not list(store.list(paths.QUARANTINE))
+    for name, version in versions.items():
+        ledger = json.loads(
+            store.read_bytes(paths.ledger_object("readings", paths.file_id(version)))
+        )
+        assert (ledger["outcome"], ledger["rows"], ledger["run_id"]) == (
+            "ingested",
+            3,
+            result.run_id,
+        )
+        assert ledger["parts"] == [
+            paths.bronze_part("readings", "2024-03-01", paths.file_id(version))
+        ]
+        assert store.exists(ledger["parts"][0]), name
+    print(
+        f"\nFAULTS 9-out-of-budget: retries=1 retry_wait_s=10 run_s={seconds:.1f} "
+        f"quarantined=0 outcomes={outcomes(result)}"
+    )

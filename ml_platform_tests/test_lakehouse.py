@@ -18,7 +18,7 @@ from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.helpers import ingest
+from ml_platform_tests.helpers import READINGS_HEADER, ingest
 
 ROOT = Path(__file__).resolve().parents[1]
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
@@ -150,12 +150,12 @@ def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(
     late_partition = ingest(instance, store, late)
     assert late_partition
 
-    # The automation asks for exactly the late file's day, in one run.
+    # The automation asks for exactly the late file's day, in one run (the earlier files' days
+    # were rebuilt after they landed).
     sensor = build_lakehouse_sensor(interval_s=1, max_requests_per_tick=10)
     context = dg.build_sensor_context(instance=instance)
     requests = sensor(context).run_requests
-    late_requests = [r for r in requests if r.tags["ml_platform/source_file"] == late_partition]
-    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in late_requests] == [(DAYS[1], DAYS[1])]
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [(DAYS[1], DAYS[1])]
     assert run_range(instance, DAYS[1], DAYS[1]).success
 
     after = objects(store, "lake/silver/") | objects(store, "lake/gold/")
@@ -185,7 +185,7 @@ def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(
     assert objects(store, "lake/silver/") | objects(store, "lake/gold/") == before
 
 
-def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_quarantine(
+def test_automation_requests_one_run_covering_the_files_days_and_none_for_quarantine(
     tmp_path, store, instance
 ):
     header = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
@@ -202,7 +202,7 @@ def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_qua
     assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests] == [
         (DAYS[0], DAYS[-1])
     ]
-    assert result.run_requests[0].run_key.startswith("raw_readings:")
+    assert result.run_requests[0].run_key.startswith("lakehouse:")
     # Before the Feast registry is applied the run builds chunks and aggregates only.
     assert {k.to_user_string() for k in result.run_requests[0].asset_selection} == {
         "sensor_chunks",
@@ -226,12 +226,15 @@ def test_automation_requests_one_run_per_file_covering_its_days_and_none_for_qua
 def test_a_failing_blocking_check_stops_only_its_own_days_downstream(
     store, instance, landed, monkeypatch
 ):
-    real = checks.distinct_keys
+    real = checks.recorded_inputs
 
-    def one_row_short_on_day_2(files):  # simulates a chunk that lost a row on 2024-01-02
-        return real(files) + (1 if any(f"date={DAYS[1]}" in str(f) for f in files) else 0)
+    def one_row_short_on_day_2(context, store, asset):  # as if a chunk lost a row on day 2
+        inputs = real(context, store, asset)
+        if asset == "sensor_chunks" and inputs.get(DAYS[1]):
+            inputs[DAYS[1]]["input_keys"] += 1
+        return inputs
 
-    monkeypatch.setattr(checks, "distinct_keys", one_row_short_on_day_2)
+    monkeypatch.setattr(checks, "recorded_inputs", one_row_short_on_day_2)
     outcomes = {}
     for day in DAYS:
         result = dg.materialize(LAKEHOUSE, instance=instance, resources=build_resources(),
@@ -244,11 +247,91 @@ def test_a_failing_blocking_check_stops_only_its_own_days_downstream(
     [evaluation] = [e for e in failed.get_asset_check_evaluations()
                     if e.check_name == "sensor_chunks_pass_quality_suite"]  # fmt: skip
     assert not evaluation.passed and evaluation.partition == DAYS[1]
-    assert "expect_table_row_count_to_equal" in evaluation.description
+    assert "expect_column_pair_values_to_be_equal" in evaluation.description
     assert instance.get_materialized_partitions(dg.AssetKey("daily_aggregates")) == {
         DAYS[0],
         DAYS[2],
     }
+
+
+def test_a_file_landing_between_the_asset_and_its_checks_fails_no_check(
+    tmp_path, store, instance, landed, monkeypatch
+):
+    """The run is held after both assets and before the chunk checks; a file of the same day is
+    ingested meanwhile. The checks judge what the assets read, so every check passes."""
+    import threading
+
+    held, go_on = threading.Event(), threading.Event()
+    real = checks.recorded_inputs
+
+    def hold_first_check(context, store, asset):
+        if not held.is_set():
+            held.set()
+            assert go_on.wait(120), "the test never let the run go on"
+        return real(context, store, asset)
+
+    monkeypatch.setattr(checks, "recorded_inputs", hold_first_check)
+    runs: list[dg.ExecuteInProcessResult] = []
+    lakehouse = threading.Thread(target=lambda: runs.append(run_range(instance, DAYS[1], DAYS[1])))
+    lakehouse.start()
+    try:
+        assert held.wait(120), "the run never reached its checks"
+        late = tmp_path / "late.csv"
+        late.write_text(READINGS_HEADER + f"{DAYS[1]}T12:34:56Z,sensor-new,50,2,5,20\n")
+        assert ingest(instance, store, late)  # bronze of the day now differs from what was read
+    finally:
+        go_on.set()
+        lakehouse.join(300)
+    [result] = runs
+    assert result.success
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.check_name for e in evaluations} == {
+        "sensor_chunks_pass_quality_suite", "sensor_chunks_values_within_contract_ranges",
+        "daily_aggregates_pass_quality_suite", "sensor_chunks_conserve_rows",
+        "daily_aggregates_one_row_per_sensor_object",
+    }  # fmt: skip
+    assert all(e.passed for e in evaluations)  # and so the run succeeded: no failure alert
+    # The new file's rows are in bronze but not in the chunks this run wrote: the next run's job.
+    chunks = pd.read_parquet(store.root / paths.chunks_day_prefix(DAYS[1]))
+    assert "sensor-new" not in set(chunks["sensor_id"].astype(str))
+    bronze = pd.read_parquet(store.root / paths.bronze_day_prefix("readings", DAYS[1]))
+    assert "sensor-new" in set(bronze["sensor_id"].astype(str))
+
+
+def test_a_year_in_one_range_checks_every_day_in_one_pass(tmp_path, store, instance):
+    """365 days of 2 sensors: one run, one evaluation per day and check, every one passing, and
+    one GX validation per check step (not one per day)."""
+    from ml_platform.lib import quality
+
+    files = write_files(
+        GeneratorConfig(days=365, sensors=2, interval_s=6 * 3600, seed=5), tmp_path / "gen"
+    )
+    year_file = tmp_path / "year.csv"
+    with year_file.open("w") as out:  # one upload of the whole year
+        out.write(READINGS_HEADER)
+        for day_file in files.readings:
+            out.writelines(day_file.read_text().splitlines(keepends=True)[1:])
+    assert ingest(instance, store, year_file)
+    validations = []
+    real = quality._validate
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(quality, "_validate", lambda *a: validations.append(a[2]) or real(*a))
+    try:
+        result = run_range(instance, "2024-01-01", "2024-12-30")
+    finally:
+        monkeypatch.undo()
+    assert result.success
+    year = {str(d.date()) for d in pd.date_range("2024-01-01", "2024-12-30")}
+    per_check: dict[str, set] = {}
+    for e in result.get_asset_check_evaluations():
+        # The generator plants a few implausible values: only the warning check may flag them.
+        if e.check_name != "sensor_chunks_values_within_contract_ranges":
+            assert e.passed, (e.check_name, e.partition, e.description)
+        per_check.setdefault(e.check_name, set()).add(e.partition)
+    for name in ("sensor_chunks_pass_quality_suite", "sensor_chunks_values_within_contract_ranges",
+                 "daily_aggregates_pass_quality_suite"):  # fmt: skip
+        assert per_check[name] == year, name
+    assert sorted(validations) == ["daily_aggregates", "sensor_chunk_ranges", "sensor_chunks"]
 
 
 def test_single_run_backfill_of_seven_days_from_the_cli(tmp_path, store, instance):

@@ -2,7 +2,8 @@
 
 Unit tests of the parsing and of the id cursor, then the landing sensor in event mode against a
 real PostgreSQL table (the contract's DDL, rows inserted as MinIO's PostgreSQL target inserts
-them) and the S3 HTTP API (moto).
+them) and the S3 HTTP API (moto). Readings land in micro-batches (one run per batch of versions,
+partitioned by landing day); scoring requests stay one run and one dynamic partition per version.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import dagster as dg
 import pytest
 
 from ml_platform.defs.ingest.assets import ingest_readings_job
-from ml_platform.defs.ingest.sensors import build_landing_sensor
-from ml_platform.defs.partitions import reading_files
+from ml_platform.defs.ingest.sensors import BatchLimits, build_landing_sensor
+from ml_platform.defs.partitions import landing_days, scoring_files
+from ml_platform.defs.predictions.assets import scoring_job
 from ml_platform.defs.resources import build_resources, settings
 from ml_platform.lib import paths
 from ml_platform.lib.notifications import (
@@ -34,8 +36,13 @@ from ml_platform.lib.notifications import (
     table_identifier,
 )
 from ml_platform.lib.store import S3Store
+from ml_platform_tests.helpers import READINGS_HEADER, ingest_versions, outcomes
 
 PREFIX = "landing/readings/"
+SCORING = "landing/scoring/"
+#: A file the readings contract accepts, and one it rejects (no sensor_id column).
+GOOD_CSV = (READINGS_HEADER + "2024-03-01T10:00:00Z,s1,50,2,5,20\n").encode()
+BAD_CSV = b"timestamp,temperature\n2024-03-01T10:00:00Z,4\n"
 #: The contract's table (docker/ creates it before MinIO starts publishing).
 DDL = (
     "CREATE TABLE {table} (id bigserial PRIMARY KEY, event_time timestamptz NOT NULL, "
@@ -243,6 +250,15 @@ def lake(s3_env, s3_server, monkeypatch):
         def delete(self, key: str) -> None:
             client.delete_object(Bucket=bucket, Key=f"tenant/{key}")
 
+        def day(self, key: str) -> str:
+            """The landing day of the object: the UTC date of its LastModified."""
+            modified = client.head_object(Bucket=bucket, Key=f"tenant/{key}")["LastModified"]
+            return modified.astimezone(UTC).date().isoformat()
+
+        def has(self, key: str) -> bool:
+            listed = client.list_objects_v2(Bucket=bucket, Prefix=f"tenant/{key}")
+            return any(o["Key"] == f"tenant/{key}" for o in listed.get("Contents", []))
+
         def record(self, key: str, etag: str, name: str = "s3:ObjectCreated:Put") -> dict:
             return minio_record(f"tenant/{key}", bucket=bucket, name=name, etag=etag)
 
@@ -259,11 +275,28 @@ def no_listing(monkeypatch):
     monkeypatch.setattr(S3Store, "list", refuse)
 
 
-def make_sensor(events: Events, cap: int = 100) -> dg.SensorDefinition:
+def make_sensor(events: Events, limits: BatchLimits | None = None) -> dg.SensorDefinition:
     return build_landing_sensor(
-        "readings", ingest_readings_job, reading_files, interval_s=1,
-        max_requests_per_tick=cap, events=events.source, reconcile_interval_s=3600,
+        "readings", ingest_readings_job, landing_days, interval_s=1,
+        max_requests_per_tick=100, events=events.source, reconcile_interval_s=3600,
+        batch=limits or BatchLimits(),
     )  # fmt: skip
+
+
+def listing_sensor() -> dg.SensorDefinition:
+    return build_landing_sensor(
+        "readings", ingest_readings_job, landing_days, interval_s=1, max_requests_per_tick=100
+    )
+
+
+def batch(request: dg.RunRequest) -> list[str]:
+    """The versions one batch run ingests."""
+    return request.run_config["ops"]["raw_readings"]["config"]["versions"]
+
+
+def versions(requests: list[dg.RunRequest]) -> list[str]:
+    """The versions of a tick's requests, flattened in request order."""
+    return [v for r in requests for v in batch(r)]
 
 
 def reconciled(cursor: str | None, at: float | None) -> str:
@@ -306,28 +339,68 @@ def test_each_tick_requests_runs_for_the_new_events_only_without_listing(
         events.insert(minio_record(f"tenant/{PREFIX}a.csv", bucket="elsewhere")),
         events.insert(lake.record(f"{PREFIX}day 1/b + c.csv", etag_b)),
     ]
-    sensor = make_sensor(events)
-    requests, cursor, _ = tick(sensor, instance, reconciled(None, time.time()))
-    expected = {
-        paths.partition_key("a.csv", etag_a): f"s3://{lake.name}/tenant/{PREFIX}a.csv",
-        paths.partition_key("day 1/b + c.csv", etag_b): f"s3://{lake.name}/tenant/{PREFIX}day 1/b + c.csv",
-    }  # fmt: skip
-    assert {r.run_key: r.tags["ml_platform/object"] for r in requests} == expected
-    assert all(r.partition_key == r.run_key for r in requests)
-    assert sorted(instance.get_dynamic_partitions("reading_files")) == sorted(expected)
+    day = lake.day(f"{PREFIX}a.csv")
+    if lake.day(f"{PREFIX}day 1/b + c.csv") != day:
+        pytest.skip("the two objects landed on both sides of midnight UTC")
+    sensor, start = make_sensor(events), reconciled(None, time.time())
+    requests, cursor, result = tick(sensor, instance, start)
+    # One batch of the two versions, oldest first, in the day they landed; no partition per file.
+    assert [batch(r) for r in requests] == [[f"a.csv@{etag_a}", f"day 1/b + c.csv@{etag_b}"]]
+    assert [r.partition_key for r in requests] == [day]
+    assert requests[0].tags == {
+        "ml_platform/batch_files": "2",
+        "ml_platform/first_object": f"s3://{lake.name}/tenant/{PREFIX}a.csv",
+    }
+    assert result.dynamic_partitions_requests == []
     assert events_cursor(cursor) == {"top": max(ids), "gaps": []}
+    # The run key is the batch's: the same tick evaluated again names the same run.
+    again, _, _ = tick(sensor, instance, start)
+    assert [r.run_key for r in again] == [r.run_key for r in requests]
 
     # Nothing new: a skip, the same position.
     nothing, same, result = tick(sensor, instance, cursor)
     assert nothing == [] and is_skip(result)
     assert events_cursor(same) == events_cursor(cursor)
 
-    # One new event: one request, whatever the bucket holds.
+    # One new event: one run of that one version, whatever the bucket holds.
     etag_c = lake.put(f"{PREFIX}c.csv", b"c1")
     last = events.insert(lake.record(f"{PREFIX}c.csv", etag_c))
-    requests, cursor, _ = tick(sensor, instance, cursor)
-    assert [r.run_key for r in requests] == [paths.partition_key("c.csv", etag_c)]
+    later, cursor, _ = tick(sensor, instance, cursor)
+    assert [batch(r) for r in later] == [[f"c.csv@{etag_c}"]]
+    assert [r.partition_key for r in later] == [lake.day(f"{PREFIX}c.csv")]
+    assert later[0].run_key != requests[0].run_key
     assert events_cursor(cursor)["top"] == last
+
+
+@integration
+def test_scoring_events_stay_one_run_and_one_dynamic_partition_per_version(
+    events, lake, instance, no_listing
+):
+    sensor = build_landing_sensor(
+        "scoring", scoring_job, scoring_files, interval_s=1, max_requests_per_tick=100,
+        events=events.source, reconcile_interval_s=3600,
+    )  # fmt: skip
+    etag_p = lake.put(f"{SCORING}p.csv", b"p1")
+    etag_q = lake.put(f"{SCORING}week 2/q.csv", b"q1")
+    events.insert(lake.record(f"{SCORING}p.csv", etag_p))
+    events.insert(lake.record(f"{PREFIX}r.csv", "x"))  # a readings upload: not this sensor's
+    events.insert(lake.record(f"{SCORING}week 2/q.csv", etag_q))
+    requests, cursor, result = tick(sensor, instance, reconciled(None, time.time()))
+    expected = {
+        f"p.csv@{etag_p}": f"s3://{lake.name}/tenant/{SCORING}p.csv",
+        f"week 2/q.csv@{etag_q}": f"s3://{lake.name}/tenant/{SCORING}week 2/q.csv",
+    }
+    assert {r.run_key: r.tags["ml_platform/object"] for r in requests} == expected
+    assert all(r.partition_key == r.run_key and not r.run_config for r in requests)
+    assert [sorted(d.partition_keys) for d in result.dynamic_partitions_requests] == [
+        sorted(expected)
+    ]
+    assert sorted(instance.get_dynamic_partitions("scoring_files")) == sorted(expected)
+
+    # A duplicated notification: the same run key, so Dagster launches nothing new.
+    events.insert(lake.record(f"{SCORING}p.csv", etag_p))
+    again, _, _ = tick(sensor, instance, cursor)
+    assert [r.run_key for r in again] == [f"p.csv@{etag_p}"]
 
 
 @integration
@@ -335,29 +408,44 @@ def test_the_reconciler_lists_hourly_and_requests_only_what_no_event_announced(
     events, lake, instance, monkeypatch
 ):
     sensor = make_sensor(events)
-    etag_x = lake.put(f"{PREFIX}x.csv", b"x1")
+    etag_x = lake.put(f"{PREFIX}x.csv", GOOD_CSV)
     events.insert(lake.record(f"{PREFIX}x.csv", etag_x))
-    etag_y = lake.put(f"{PREFIX}y.csv", b"y1")  # MinIO lost this one's notification
+    etag_y = lake.put(f"{PREFIX}y.csv", GOOD_CSV + b"2024-03-01T11:00:00Z,s1,51,2,5,20\n")
+    etag_z = lake.put(f"{PREFIX}z.csv", BAD_CSV)  # y's and z's notifications were lost
+    x, y, z = f"x.csv@{etag_x}", f"y.csv@{etag_y}", f"z.csv@{etag_z}"
 
-    # Within the hour: events only, so y is not seen.
+    # Within the hour: events only, so y and z are not seen.
     with monkeypatch.context() as m:
         m.setattr(S3Store, "list", lambda self, prefix: pytest.fail("listed"))
         requests, cursor, _ = tick(sensor, instance, reconciled(None, time.time()))
-    assert [r.run_key for r in requests] == [paths.partition_key("x.csv", etag_x)]
+    assert [batch(r) for r in requests] == [[x]]
 
-    # An hour later the tick also lists, and requests y alone (x already has its partition).
+    # The daemon runs that batch: x is ingested, and the ledger says so. z was quarantined by
+    # a person's run (its ledger says that too); y was never ingested.
+    assert outcomes(ingest_versions(instance, "readings", batch(requests[0]))) == {x: "ingested"}
+    assert outcomes(ingest_versions(instance, "readings", [z])) == {z: "quarantined"}
+    ledger = {v: paths.ledger_object("readings", paths.file_id(v)) for v in (x, y, z)}
+    assert [lake.has(ledger[v]) for v in (x, y, z)] == [True, False, True]
+
+    # An hour later the tick also lists, and requests y alone (x and z have their ledger).
     requests, cursor, _ = tick(sensor, instance, reconciled(cursor, time.time() - 3601))
-    assert [r.run_key for r in requests] == [paths.partition_key("y.csv", etag_y)]
+    assert [batch(r) for r in requests] == [[y]]
+    assert [r.partition_key for r in requests] == [lake.day(f"{PREFIX}y.csv")]
     assert time.time() - json.loads(cursor)["reconciled_at"] < 60
+    assert outcomes(ingest_versions(instance, "readings", batch(requests[0]))) == {y: "ingested"}
 
-    # The run keys are the listing mode's own: switching modes never runs an object twice.
-    listing = build_landing_sensor(
-        "readings", ingest_readings_job, reading_files, interval_s=1, max_requests_per_tick=100
-    )
+    # The version ids are the listing mode's own, and the ledger makes a batch of versions
+    # already handled ingest nothing: switching modes never ingests an object twice.
+    listing = listing_sensor()
     listed, _, _ = tick(listing, instance, None)
-    assert {r.run_key for r in listed} == {
-        paths.partition_key("x.csv", etag_x), paths.partition_key("y.csv", etag_y)
-    }  # fmt: skip
+    assert sorted(versions(listed)) == sorted([x, y, z])
+    again = ingest_versions(instance, "readings", versions(listed))
+    assert again.success
+    assert outcomes(again) == {
+        x: "already_ingested",
+        y: "already_ingested",
+        z: "already_quarantined",
+    }
     # ... and the listing mode resumes from the reconciler's position when events are switched off.
     again, _, result = tick(listing, instance, cursor)
     assert again == [] and is_skip(result)
@@ -376,14 +464,13 @@ def test_switching_event_mode_on_starts_at_the_tables_end_and_reconciles_the_pas
     etag_old = lake.put(f"{PREFIX}old.csv", b"o")
     for _ in range(3):  # notifications from before: not replayed one by one
         events.insert(lake.record(f"{PREFIX}old.csv", etag_old))
-    listing = build_landing_sensor(
-        "readings", ingest_readings_job, reading_files, interval_s=1, max_requests_per_tick=100
-    )
+    listing = listing_sensor()
     sensor = make_sensor(events)
 
     # From no cursor: the past comes from one listing, the events from the table's end.
     requests, cursor, _ = tick(sensor, instance, None)
-    assert [r.run_key for r in requests] == [paths.partition_key("old.csv", etag_old)]
+    assert [batch(r) for r in requests] == [[f"old.csv@{etag_old}"]]
+    assert [r.partition_key for r in requests] == [lake.day(f"{PREFIX}old.csv")]
     assert events_cursor(cursor) == {"top": 3, "gaps": []}
 
     # From the listing mode's cursor: its position is kept, nothing is requested twice.
@@ -393,9 +480,12 @@ def test_switching_event_mode_on_starts_at_the_tables_end_and_reconciles_the_pas
 
     etag_new = lake.put(f"{PREFIX}new.csv", b"n")
     events.insert(lake.record(f"{PREFIX}new.csv", etag_new))
+    run_keys = []
     for start in (cursor, switched):
         requests, _, _ = tick(sensor, instance, start)
-        assert [r.run_key for r in requests] == [paths.partition_key("new.csv", etag_new)]
+        assert [batch(r) for r in requests] == [[f"new.csv@{etag_new}"]]
+        run_keys += [r.run_key for r in requests]
+    assert run_keys[0] == run_keys[1]  # the same batch from either start: one run
 
 
 @integration
@@ -404,22 +494,25 @@ def test_reputs_duplicates_stale_and_deleted_objects(events, lake, instance, no_
     etag_1 = lake.put(f"{PREFIX}a.csv", b"v1")
     events.insert(lake.record(f"{PREFIX}a.csv", etag_1))
     first, cursor, _ = tick(sensor, instance, cursor)
+    assert [batch(r) for r in first] == [[f"a.csv@{etag_1}"]]
 
-    # The same bytes put again (and a duplicated notification): the same run key, so Dagster
-    # launches nothing new.
+    # The same bytes put again (and a duplicated notification): one version, the same batch and
+    # so the same run key, so Dagster launches nothing new.
     assert lake.put(f"{PREFIX}a.csv", b"v1") == etag_1
     events.insert(lake.record(f"{PREFIX}a.csv", etag_1))
     events.insert(lake.record(f"{PREFIX}a.csv", etag_1))
     same, cursor, _ = tick(sensor, instance, cursor)
+    assert [batch(r) for r in same] == [[f"a.csv@{etag_1}"]]
     assert [r.run_key for r in same] == [first[0].run_key]
 
-    # New bytes: a new run key. The old version's notification arriving late names the current
-    # version (its HEAD), never one that is gone.
+    # New bytes: a new version and run key. The old version's notification arriving late names
+    # the current version (its HEAD), never one that is gone.
     etag_2 = lake.put(f"{PREFIX}a.csv", b"v2")
     events.insert(lake.record(f"{PREFIX}a.csv", etag_2))
     events.insert(lake.record(f"{PREFIX}a.csv", etag_1))
     changed, cursor, _ = tick(sensor, instance, cursor)
-    assert [r.run_key for r in changed] == [paths.partition_key("a.csv", etag_2)]
+    assert [batch(r) for r in changed] == [[f"a.csv@{etag_2}"]] and etag_2 != etag_1
+    assert changed[0].run_key != first[0].run_key
 
     # An object deleted before the tick: no request, no error, the event is consumed.
     etag_g = lake.put(f"{PREFIX}gone.csv", b"g")
@@ -450,14 +543,14 @@ def test_an_id_that_commits_after_a_higher_one_is_still_handled(events, lake, in
         later = events.insert(lake.record(f"{PREFIX}late.csv", etag_late))
         assert later == held + 1
         requests, cursor, _ = tick(sensor, instance, cursor)
-        assert [r.run_key for r in requests] == [paths.partition_key("late.csv", etag_late)]
+        assert [batch(r) for r in requests] == [[f"late.csv@{etag_late}"]]
         assert events_cursor(cursor)["top"] == later
         assert [g[:2] for g in events_cursor(cursor)["gaps"]] == [[held, held]]
         slow.commit()
     finally:
         slow.close()
     requests, cursor, _ = tick(sensor, instance, cursor)
-    assert [r.run_key for r in requests] == [paths.partition_key("early.csv", etag_early)]
+    assert [batch(r) for r in requests] == [[f"early.csv@{etag_early}"]]
     assert events_cursor(cursor) == {"top": later, "gaps": []}
 
 
@@ -465,19 +558,26 @@ def test_an_id_that_commits_after_a_higher_one_is_still_handled(events, lake, in
 def test_requests_are_capped_per_tick_and_every_event_is_handled_once(
     events, lake, instance, no_listing
 ):
-    sensor, cursor = make_sensor(events, cap=10), reconciled(None, time.time())
+    # 5 files a run, 2 runs a tick: 10 versions a tick.
+    limits = BatchLimits(max_files=5, max_bytes=1 << 30, runs_per_tick=2)
+    sensor, cursor = make_sensor(events, limits), reconciled(None, time.time())
     keys = []
     for i in range(25):
         etag = lake.put(f"{PREFIX}batch/{i:02d}.csv", f"{i}".encode())
         events.insert(lake.record(f"{PREFIX}batch/{i:02d}.csv", etag))
-        keys.append(paths.partition_key(f"batch/{i:02d}.csv", etag))
+        keys.append(f"batch/{i:02d}.csv@{etag}")
         last = events.insert(lake.record(f"landing/labels/{i:02d}.csv", "x"))  # not ours
-    seen = []
+    per_tick, run_keys = [], []
     for _ in range(3):  # other datasets' rows do not count against the cap
         requests, cursor, _ = tick(sensor, instance, cursor)
-        assert len(requests) <= 10
-        seen += [r.run_key for r in requests]
-    assert seen == keys
+        per_tick.append([batch(r) for r in requests])
+        run_keys += [r.run_key for r in requests]
+    assert per_tick == [
+        [keys[0:5], keys[5:10]],
+        [keys[10:15], keys[15:20]],
+        [keys[20:25]],
+    ]
+    assert len(set(run_keys)) == len(run_keys) == 5
     assert events_cursor(tick(sensor, instance, cursor)[1]) == {"top": last, "gaps": []}
 
     # The table recreated (ids start again at 1): followed from its first row, not stuck.
@@ -486,7 +586,7 @@ def test_requests_are_capped_per_tick_and_every_event_is_handled_once(
     etag = lake.put(f"{PREFIX}after-reset.csv", b"r")
     assert events.insert(lake.record(f"{PREFIX}after-reset.csv", etag)) == 1
     requests, cursor, _ = tick(sensor, instance, cursor)
-    assert [r.run_key for r in requests] == [paths.partition_key("after-reset.csv", etag)]
+    assert [batch(r) for r in requests] == [[f"after-reset.csv@{etag}"]]
 
 
 @integration
@@ -496,7 +596,7 @@ def test_an_unreachable_events_database_fails_the_tick_and_keeps_the_cursor(lake
     from ml_platform_tests.servers import free_port
 
     sensor = build_landing_sensor(
-        "readings", ingest_readings_job, reading_files, interval_s=1, max_requests_per_tick=10,
+        "readings", ingest_readings_job, landing_days, interval_s=1, max_requests_per_tick=10,
         events=EventTable(f"postgresql://u:p@127.0.0.1:{free_port()}/events"),
     )  # fmt: skip
     cursor = reconciled(None, time.time())
@@ -508,7 +608,7 @@ def test_an_unreachable_events_database_fails_the_tick_and_keeps_the_cursor(lake
 
 def test_event_mode_needs_an_s3_store(store, instance):
     sensor = build_landing_sensor(
-        "readings", ingest_readings_job, reading_files, interval_s=1, max_requests_per_tick=10,
+        "readings", ingest_readings_job, landing_days, interval_s=1, max_requests_per_tick=10,
         events=EventTable("postgresql://u:p@127.0.0.1:1/events"),
     )  # fmt: skip
     context = dg.build_sensor_context(instance=instance, resources=build_resources())

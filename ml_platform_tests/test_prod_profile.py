@@ -4,7 +4,8 @@ prediction API, all on loopback.
 
 Nothing is launched by hand: readings and labels are put to S3, and the sensors, Declarative
 Automation and the first-model sensor carry them to a champion model; then the next day's
-readings file is put, and its prediction file appears in S3.
+readings file is put, and its prediction file appears in S3. Each upload is ingested by one
+batch run of the landing sensor (its versions in the run config).
 """
 
 from __future__ import annotations
@@ -23,6 +24,19 @@ from ml_platform.lib import paths
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 SENSORS = 16
+
+
+def ingest_batches(instance, dataset: str) -> list[tuple[list[str], dg.DagsterRunStatus]]:
+    """The dataset's ingest runs, oldest first: the versions of each batch and its status."""
+    runs = instance.get_runs(dg.RunsFilter(tags={"ml_platform/ingest": dataset}))
+    asset = f"raw_{dataset}"
+    return [(r.run_config["ops"][asset]["config"]["versions"], r.status) for r in reversed(runs)]
+
+
+def version(s3, path, dataset: str) -> str:
+    """The version id of an uploaded file: its key below the prefix and its ETag."""
+    key = f"landing/{dataset}/{path.name}"
+    return paths.partition_key(path.name, s3.head_object(Bucket="ml-platform", Key=key)["ETag"])
 
 
 @pytest.mark.timeout(900)
@@ -48,6 +62,12 @@ def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
         assert s3.list_objects_v2(Bucket="mlflow-artifacts").get("KeyCount", 0) > 0
         # Step logs went to the object store (dagster.yaml: S3ComputeLogManager).
         assert flow.exists(stack, "logs/compute/")
+        # Each upload was one batch run of its landing sensor, and succeeded.
+        success = dg.DagsterRunStatus.SUCCESS
+        history = version(s3, files.history, "readings")
+        assert ingest_batches(instance, "readings") == [([history], success)]
+        labels = version(s3, files.labels, "labels")
+        assert ingest_batches(instance, "labels") == [([labels], success)]
 
         # 2. The next day's readings: its prediction file follows through sensors + automation.
         flow.put(stack, files.new_day, "readings")
@@ -73,6 +93,11 @@ def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
             return all(r.is_finished for r in snapshot)
 
         flow.wait_until("the day's runs to finish", finished, stack, 120)
+        new_day = version(s3, files.new_day, "readings")
+        assert ingest_batches(instance, "readings") == [
+            ([history], success),
+            ([new_day], success),
+        ]
         runs = snapshot
         # Drift and predictions were requested by automation, nobody launched them.
         assert any("dagster/from_automation_condition" in r.tags for r in runs)

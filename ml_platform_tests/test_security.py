@@ -25,7 +25,7 @@ import pytest
 
 from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore, S3Store
-from ml_platform_tests.helpers import ingest_landed
+from ml_platform_tests.helpers import ingest_landed, ingest_versions, outcomes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -407,6 +407,7 @@ def test_derived_keys_of_any_s3_key_stay_in_their_zone(tmp_path, relative):
         (quarantine, paths.quarantine_object("readings", file_id, relative)),
         (quarantine, paths.quarantine_record("readings", file_id, relative)),
         ("lake/bronze/readings/", paths.bronze_part("readings", "2024-03-01", file_id)),
+        ("lake/_ledger/readings/", paths.ledger_object("readings", file_id)),
         ("results/scored/", paths.scored_object(relative)),
     ]
     store = LocalStore(tmp_path / "lake")
@@ -422,12 +423,21 @@ def test_derived_keys_of_any_s3_key_stay_in_their_zone(tmp_path, relative):
         assert posixpath.dirname(key) == f"{quarantine}{file_id}"
 
 
-def test_dagster_accepts_the_partition_key_of_any_s3_key():
-    partitions = [paths.partition_key(k, "0123abcd") for k in S3_KEYS]
-    assert len(set(partitions)) == len(S3_KEYS)
+def test_dagster_accepts_the_version_id_of_any_s3_key():
+    """Version ids are scoring partitions (one per file) and the raw assets' batch run config."""
+    from ml_platform.definitions import defs
+
+    versions = [paths.partition_key(k, "0123abcd") for k in S3_KEYS]
+    assert len(set(versions)) == len(S3_KEYS)
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("reading_files", partitions)
-        assert set(instance.get_dynamic_partitions("reading_files")) == set(partitions)
+        instance.add_dynamic_partitions("scoring_files", versions)
+        assert set(instance.get_dynamic_partitions("scoring_files")) == set(versions)
+    for dataset in ("readings", "labels"):
+        job = defs.resolve_job_def(f"ingest_{dataset}_job")
+        config = {"ops": {f"raw_{dataset}": {"config": {"versions": versions, "files": S3_KEYS}}}}
+        validated = dg.validate_run_config(job, config)
+        assert validated["ops"][f"raw_{dataset}"]["config"]["versions"] == versions
+        assert validated["ops"][f"raw_{dataset}"]["config"]["files"] == S3_KEYS
 
 
 class _DownloadOnlyClient:
@@ -464,6 +474,8 @@ GOOD = (
     b"2024-03-02T10:00:00Z,s2,51,2,5,20\n"
 )
 BAD = b"not,the,contract\n1,2,3\n"  # required columns missing: rejected
+BAD_REASON = "missing_columns"
+GOOD_DAYS = ("2024-03-01", "2024-03-02")
 
 
 def _land_and_ingest(instance, store: LocalStore, relative: str, body: bytes):
@@ -472,41 +484,98 @@ def _land_and_ingest(instance, store: LocalStore, relative: str, body: bytes):
     return ingest_landed(instance, relative, store.etag(key))
 
 
+def _rejected_not_crashed(result, version: str) -> None:
+    """The run succeeded (an OSError or any other error would fail its step) and the version
+    was quarantined for its contract violation."""
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    assert outcomes(result) == {version: "quarantined"}
+    [row] = (
+        result.asset_materializations_for_node("raw_readings")[0]
+        .metadata["file_outcomes"]
+        .value.records
+    )
+    assert row.data["reason"] == BAD_REASON
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+
+
+ODD_LOCAL_UPLOADS = [
+    ("ünïcödé 😀 plant a.csv", GOOD),
+    ("a\\..\\..\\b.csv", GOOD),
+    ("...csv", BAD),
+    ("sub dir/ünï\\..\\x.csv", BAD),
+    (LONG_SEGMENT, BAD),  # its .error.json would be 266 bytes: the record name is hashed
+    (LONG_SEGMENT.replace("L", "G"), GOOD),
+]
+
+
 @pytest.mark.parametrize(
     ("relative", "body"),
-    [
-        ("ünïcödé 😀 plant a.csv", GOOD),
-        ("a\\..\\..\\b.csv", GOOD),
-        ("...csv", BAD),
-        ("sub dir/ünï\\..\\x.csv", BAD),
-        (LONG_SEGMENT, BAD),  # its .error.json would be 266 bytes: the record name is hashed
-        (LONG_SEGMENT.replace("L", "G"), GOOD),
-    ],
+    ODD_LOCAL_UPLOADS,
     ids=["unicode-good", "backslash-good", "dots-bad", "unicode-bad", "255-bytes-bad", "255-good"],
 )
 def test_ingest_of_an_odd_key_is_ingested_or_quarantined_inside_its_zones(
     tmp_path, store, instance, relative, body
 ):
-    partition, result = _land_and_ingest(instance, store, relative, body)
-    file_id = paths.file_id(partition)
+    version, result = _land_and_ingest(instance, store, relative, body)
+    file_id = paths.file_id(version)
     written = [p.relative_to(store.root).as_posix() for p in _files_under(tmp_path / "lake")]
     landed = paths.landing_object("readings", relative)
+    ledger_key = paths.ledger_object("readings", file_id)
+    entry = json.loads(store.read_bytes(ledger_key))
+    assert entry["version"] == version
     if body is GOOD:
-        assert result.success
-        bronze = [k for k in written if k != landed]
-        assert bronze and all(k.startswith("lake/bronze/readings/date=") for k in bronze)
-        assert all(f"/file={file_id}.parquet" in k for k in bronze)
+        assert result.success and outcomes(result) == {version: "ingested"}
+        bronze = [paths.bronze_part("readings", day, file_id) for day in GOOD_DAYS]
+        assert sorted(written) == sorted([landed, ledger_key, *bronze])
+        assert all(k.startswith("lake/bronze/readings/date=") for k in bronze)
+        assert (entry["outcome"], sorted(entry["parts"])) == ("ingested", sorted(bronze))
     else:
-        assert not result.success
-        [failure] = result.get_step_failure_events()
-        error = failure.step_failure_data.error
-        assert error.cls_name == "Failure", error.to_string()  # a rejection, not an OSError
+        _rejected_not_crashed(result, version)
         copy = paths.quarantine_object("readings", file_id, relative)
         record_key = paths.quarantine_record("readings", file_id, relative)
-        assert sorted(written) == sorted([landed, copy, record_key])
+        assert sorted(written) == sorted([landed, copy, record_key, ledger_key])
         record = json.loads(store.read_bytes(record_key))
-        assert record["reason"] and record["partition_key"] == partition
+        assert record["reason"] == BAD_REASON and record["partition_key"] == version
         assert store.read_bytes(copy) == body
+        assert (entry["outcome"], entry["reason"], entry["parts"]) == (
+            "quarantined",
+            BAD_REASON,
+            [],
+        )
+
+
+def test_odd_keys_in_one_batch_each_end_inside_their_own_zones(tmp_path, store, instance):
+    """The landing sensor batches uploads: the odd keys above in one run, each version with the
+    outcome it has alone and its outputs in its own folders."""
+    versions = []
+    for relative, body in ODD_LOCAL_UPLOADS:
+        key = paths.landing_object("readings", relative)
+        store.put_bytes(body, key)
+        versions.append(paths.partition_key(relative, store.etag(key)))
+    result = ingest_versions(instance, "readings", versions)
+    assert result.success
+    assert outcomes(result) == {
+        v: "ingested" if body is GOOD else "quarantined"
+        for v, (_, body) in zip(versions, ODD_LOCAL_UPLOADS, strict=True)
+    }
+    expected = set()
+    for version, (relative, body) in zip(versions, ODD_LOCAL_UPLOADS, strict=True):
+        file_id = paths.file_id(version)
+        expected |= {
+            paths.landing_object("readings", relative),
+            paths.ledger_object("readings", file_id),
+        }
+        if body is GOOD:
+            expected |= {paths.bronze_part("readings", day, file_id) for day in GOOD_DAYS}
+        else:
+            expected |= {
+                paths.quarantine_object("readings", file_id, relative),
+                paths.quarantine_record("readings", file_id, relative),
+            }
+            assert store.read_bytes(paths.quarantine_object("readings", file_id, relative)) == body
+    written = {p.relative_to(store.root).as_posix() for p in _files_under(tmp_path / "lake")}
+    assert written == expected
 
 
 @pytest.mark.integration
@@ -528,20 +597,24 @@ def test_s3_only_keys_are_ingested_or_quarantined_under_their_literal_key(
     client, bucket = s3_server.client(), s3_env["ML_PLATFORM_STORE_URL"][5:]
     landed = paths.landing_object("readings", relative)
     etag = client.put_object(Bucket=bucket, Key=landed, Body=body)["ETag"]
-    partition, result = ingest_landed(instance, relative, etag)
+    version, result = ingest_landed(instance, relative, etag)
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
     keys = sorted(o["Key"] for page in pages for o in page.get("Contents", []))
-    file_id = paths.file_id(partition)
+    file_id = paths.file_id(version)
     assert landed in keys  # the key as uploaded, not normalised
-    others = [k for k in keys if k != landed]
+    ledger_key = paths.ledger_object("readings", file_id)
+    entry = json.loads(client.get_object(Bucket=bucket, Key=ledger_key)["Body"].read())
+    others = [k for k in keys if k not in (landed, ledger_key)]
     if body is GOOD:
-        assert result.success
-        assert others and all(k.startswith("lake/bronze/readings/date=") for k in others)
+        assert result.success and outcomes(result) == {version: "ingested"}
+        assert others == sorted(paths.bronze_part("readings", d, file_id) for d in GOOD_DAYS)
+        assert entry["outcome"] == "ingested"
     else:
-        [failure] = result.get_step_failure_events()
-        assert failure.step_failure_data.error.cls_name == "Failure"
+        _rejected_not_crashed(result, version)
         copy = paths.quarantine_object("readings", file_id, relative)
         record = paths.quarantine_record("readings", file_id, relative)
         assert others == sorted([copy, record])
-        assert json.loads(client.get_object(Bucket=bucket, Key=record)["Body"].read())["reason"]
+        record_data = json.loads(client.get_object(Bucket=bucket, Key=record)["Body"].read())
+        assert record_data["reason"] == BAD_REASON and record_data["partition_key"] == version
         assert client.get_object(Bucket=bucket, Key=copy)["Body"].read() == body
+        assert entry["outcome"] == "quarantined"

@@ -4,11 +4,13 @@ import dagster as dg
 
 from ml_platform.defs.resources import settings
 
-#: One partition per accepted landed object version: ``<key below landing/readings/>@<etag>``.
-reading_files = dg.DynamicPartitionsDefinition(name="reading_files")
-#: Same for ``landing/labels/``.
-label_files = dg.DynamicPartitionsDefinition(name="label_files")
-#: Same for scoring requests dropped into ``landing/scoring/``.
+#: Raw assets: one partition per UTC landing day (the day an object version was written), so the
+#: number of partitions grows with days, not files. Which versions each day holds, and what became
+#: of each, is the ledger's (``lake/_ledger/``) and the runs' metadata.
+landing_days = dg.DailyPartitionsDefinition(start_date=settings().start_date, end_offset=1)
+
+#: One partition per scoring request dropped into ``landing/scoring/``:
+#: ``<key below landing/scoring/>@<etag>``. Requests are rare and each is its own deliverable.
 scoring_files = dg.DynamicPartitionsDefinition(name="scoring_files")
 
 #: One partition per UTC day, from ML_PLATFORM_START_DATE; today's partition exists (end_offset=1)

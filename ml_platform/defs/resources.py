@@ -189,6 +189,11 @@ class Settings:
     # and list the landing prefixes only every reconcile_interval_s.
     events: EventTable | None = None
     reconcile_interval_s: int = 3600
+    # Micro-batches of the readings and labels landing sensors: files and bytes per ingest run,
+    # runs per tick.
+    batch_max_files: int = 500
+    batch_max_bytes: int = 1 << 30
+    batches_per_tick: int = 4
 
 
 def settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -204,6 +209,9 @@ def settings(env: Mapping[str, str] | None = None) -> Settings:
         if env.get("ML_PLATFORM_EVENTS_URL")
         else None,
         reconcile_interval_s=int(env.get("ML_PLATFORM_RECONCILE_INTERVAL_S", 3600)),
+        batch_max_files=int(env.get("ML_PLATFORM_BATCH_MAX_FILES", 500)),
+        batch_max_bytes=int(env.get("ML_PLATFORM_BATCH_MAX_BYTES", 1 << 30)),
+        batches_per_tick=int(env.get("ML_PLATFORM_BATCHES_PER_TICK", 4)),
     )
 
 

@@ -262,6 +262,22 @@ def _check_parquet_types(contract: Contract, plan: _Plan, types: dict[str, str])
             )
 
 
+#: Set on a reused connection by :func:`batch_connection`: it spills to the batch's folder.
+_BATCH_SPILL = "ml_platform_batch_spill"
+
+
+def batch_connection(spill_dir: Path) -> duckdb.DuckDBPyConnection:
+    """A connection for a batch of files, spilling past its budget into ``spill_dir``."""
+    con = duckdb.connect(":memory:")
+    con.execute(f"SET temp_directory={literal(str(spill_dir))}")
+    con.execute(f"SET VARIABLE {_BATCH_SPILL} = true")
+    return con
+
+
+def _spills_elsewhere(con: duckdb.DuckDBPyConnection) -> bool:
+    return bool(con.execute(f"SELECT getvariable('{_BATCH_SPILL}')").fetchone()[0])
+
+
 def ingest_file(
     path: Path,
     contract: Contract,
@@ -270,11 +286,13 @@ def ingest_file(
     now: datetime | None = None,
     memory_limit: str = "1GB",
     threads: int | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> IngestReport:
     """Cast ``path`` to ``contract`` and write ``out_dir/<YYYY-MM-DD>.parquet`` per UTC day.
 
     Raises :class:`RejectedFileError` for a file that cannot be accepted; ``out_dir`` then holds
-    nothing the caller should publish.
+    nothing the caller should publish. ``con``: a connection to reuse (a batch of small files
+    saves a connection per file, about 20 ms); its staging table is dropped after the file.
     """
     path = Path(path)
     now = now or datetime.now(UTC)
@@ -288,10 +306,11 @@ def ingest_file(
     with tempfile.TemporaryDirectory(prefix="ingest-", dir=out_dir) as work:
         # In-memory staging that DuckDB's buffer manager spills to ``work`` past memory_limit:
         # measured ~25% faster than an on-disk database file, with the same bounded memory.
-        con = duckdb.connect(":memory:")
+        own = con is None
+        connection = duckdb.connect(":memory:") if own else con
         try:
             return _ingest(
-                con,
+                connection,
                 path,
                 contract,
                 out_dir,
@@ -303,7 +322,10 @@ def ingest_file(
                 threads,
             )
         finally:
-            con.close()
+            if own:
+                connection.close()
+            else:
+                connection.execute("DROP TABLE IF EXISTS staged")
 
 
 def _ingest(
@@ -319,7 +341,8 @@ def _ingest(
     threads: int | None,
 ) -> IngestReport:
     con.execute(f"SET memory_limit={literal(memory_limit)}")
-    con.execute(f"SET temp_directory={literal(str(work / 'spill'))}")
+    if not _spills_elsewhere(con):
+        con.execute(f"SET temp_directory={literal(str(work / 'spill'))}")
     con.execute(f"SET TimeZone={literal(contract.timezone)}")
     con.execute("SET preserve_insertion_order=false")  # lets DuckDB stream without reordering
     if threads:

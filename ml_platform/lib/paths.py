@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -163,6 +164,27 @@ def aggregates_day_prefix(day: str) -> str:
 def aggregates_object(day: str) -> str:
     """``lake/gold/daily_aggregates/date=D/aggregates.parquet``: one row per sensor of one day."""
     return f"{aggregates_day_prefix(day)}aggregates.parquet"
+
+
+RUN_INPUTS = "lake/_inputs/"
+LEDGER = "lake/_ledger/"
+
+
+def ledger_object(dataset: str, file_identifier: str) -> str:
+    """``lake/_ledger/<dataset>/<file_id>.json``: what became of one landed object version
+    (ingested into which bronze parts, or quarantined with which reason), by which run."""
+    return f"{LEDGER}{dataset}/{file_identifier}.json"
+
+
+def landing_day(last_modified: datetime) -> str:
+    """The landing-day partition of an object version: the UTC day it was written."""
+    return last_modified.astimezone(UTC).date().isoformat()
+
+
+def run_inputs_object(asset: str, run_id: str) -> str:
+    """``lake/_inputs/<asset>/run=<id>.json``: what one run of a lakehouse asset read, per day,
+    recorded by the asset so that its checks judge those inputs and not a later listing."""
+    return f"{RUN_INPUTS}{asset}/run={run_id}.json"
 
 
 ML = "lake/ml/"

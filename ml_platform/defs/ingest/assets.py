@@ -1,135 +1,258 @@
-"""``raw_readings`` and ``raw_labels``: one partition per landed object version."""
+"""``raw_readings`` and ``raw_labels``: one partition per landing day, one run per batch of files.
+
+A run ingests a batch of landed object versions (the landing sensor's micro-batch, or what a
+person names in the run config, or every version that landed on the partition's day). Each
+version is still the unit of exactly-once and of quarantine: its bronze parts and its quarantine
+record are keyed by the version, and the ledger (``lake/_ledger/``) says what became of it, so a
+version already handled is left alone by any later batch unless ``reingest`` is set. A rejected
+file is quarantined with its reason and the rest of the batch goes on; the run's metadata lists
+every file with its outcome.
+"""
 
 import json
+import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.defs.partitions import label_files, reading_files
+from ml_platform.defs.partitions import landing_days
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
-from ml_platform.lib.ingest import IngestReport, RejectedFileError, ingest_file
+from ml_platform.lib.contract import Contract
+from ml_platform.lib.ingest import IngestReport, RejectedFileError, batch_connection, ingest_file
+from ml_platform.lib.quarantine import keep_rejected, release
 from ml_platform.lib.store import ObjectChangedError, ObjectStore, content_etag, sha256_file
 from ml_platform.lib.tables import markdown_table
 
 #: Errors raised by the asset code (an unreachable object store and the like) are retried after
-#: 10, 30 and 70 s, so an S3 outage of up to about 110 s costs no run; rejected files raise
-#: Failure(allow_retries=False).
+#: 10, 30 and 70 s, so an S3 outage of up to about 110 s costs no run; versions finished before
+#: the error are in the ledger and are not ingested again by the retry.
 TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL)
+
+#: Files at most this large share the batch's worker threads (one DuckDB thread each); larger
+#: ones are ingested one at a time with the whole budget.
+SMALL_FILE_BYTES = 64 << 20
+WORKERS = 2
 
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
 
 
-def quarantine(
+class IngestConfig(dg.Config):
+    """Which object versions a run ingests. All empty: every version that landed on the
+    partition's day (its ``LastModified`` UTC date)."""
+
+    versions: list[str] = []  # "<key below the prefix>@<etag>"
+    files: list[str] = []  # keys below the prefix: their current version
+    reingest: bool = False  # also versions the ledger records as done (replaces their outcome)
+
+
+@dataclass
+class Outcome:
+    """What became of one object version in this run."""
+
+    version: str
+    object: str
+    outcome: str  # ingested | quarantined | already_ingested | already_quarantined | gone
+    rows: int = 0
+    dates: list[str] = field(default_factory=list)
+    rows_by_date: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+    message: str = ""
+    parts: list[str] = field(default_factory=list)
+    sensors: list[str] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+
+
+class _Batch:
+    """What every version of one run shares: the store, the contract, the run's identity."""
+
+    def __init__(self, context, dataset: str, store: ObjectStore, ingest: IngestResource):
+        self.context, self.dataset, self.store, self.ingest = context, dataset, store, ingest
+        self.contract: Contract = ingest.contract(dataset)
+        self.run_id = context.run.run_id
+        self.spill = Path(tempfile.mkdtemp(prefix="ingest-spill-"))
+        self.large = threading.Lock()  # one large file at a time, with the whole budget
+        self._local = threading.local()
+        self._connections: list = []
+
+    def connection(self):
+        """One DuckDB connection per worker thread, reused for every small file it ingests."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = batch_connection(self.spill / threading.current_thread().name)
+            self._connections.append(con)
+        return con
+
+    def close(self) -> None:
+        for con in self._connections:
+            con.close()
+        shutil.rmtree(self.spill, ignore_errors=True)
+
+
+def batch_versions(context, dataset: str, store: ObjectStore, config: IngestConfig) -> list[str]:
+    """The run's versions: named in the config, or every version landed on the partition day."""
+    prefix = paths.LANDING_PREFIXES[dataset]
+    if config.versions or config.files:
+        named = [paths.partition_key(f, _current_etag(store, prefix + f)) for f in config.files]
+        return list(dict.fromkeys([*config.versions, *named]))
+    day = context.partition_key
+    return [
+        paths.partition_key(o.key.removeprefix(prefix), o.etag or store.etag(o.key))
+        for o in store.list(prefix)
+        if not o.key.endswith("/") and paths.landing_day(o.last_modified) == day
+    ]
+
+
+def _current_etag(store: ObjectStore, key: str) -> str:
+    try:
+        return store.etag(key)
+    except FileNotFoundError:
+        raise dg.Failure(f"{store.uri(key)}: no such object to ingest", allow_retries=False) from None
+
+
+def ingest_batch(
     context: dg.AssetExecutionContext,
-    store: ObjectStore,
     dataset: str,
-    relative_key: str,
-    local: Path,
-    record: dict,
-) -> str:
-    """Keep the rejected bytes beside an ``.error.json`` record; the original stays untouched.
-
-    The copy is made from the file that was read, so it is exactly the rejected version even if
-    the landed key has been overwritten since.
-    """
-    file_id = paths.file_id(context.partition_key)
-    copy_key = paths.quarantine_object(dataset, file_id, relative_key)
-    store.put_file(local, copy_key)
-    record = {**record, "quarantined_copy": store.uri(copy_key)}
-    store.put_bytes(
-        json.dumps(record, indent=2, default=str).encode(),
-        paths.quarantine_record(dataset, file_id, relative_key),
-    )
-    return store.uri(copy_key)
-
-
-def ingest_landed_object(
-    context: dg.AssetExecutionContext, dataset: str, lake: LakeResource, ingest: IngestResource
+    lake: LakeResource,
+    ingest: IngestResource,
+    config: IngestConfig,
 ) -> dg.MaterializeResult:
-    """Validate one landed object against its contract and publish its bronze parts by day.
-
-    Rejected files fail the run with the reason and are quarantined; bronze is only written after
-    the whole file was read and typed, all days or none.
-    """
+    """Ingest every version of the batch and report each one's outcome."""
     started = time.perf_counter()
     store = lake.store()
-    contract = ingest.contract(dataset)
-    relative_key, etag = paths.split_partition_key(context.partition_key)
+    versions = batch_versions(context, dataset, store, config)
+    batch = _Batch(context, dataset, store, ingest)
+    try:
+        with ThreadPoolExecutor(WORKERS, thread_name_prefix="ingest") as pool:
+            outcomes = list(pool.map(lambda v: _handle(batch, v, config.reingest), versions))
+    finally:
+        batch.close()
+    for o in outcomes:
+        log = context.log.error if o.outcome == "quarantined" else context.log.debug
+        log(f"{o.object}: {o.outcome} {o.message}".rstrip())
+    return _batch_result(outcomes, time.perf_counter() - started)
+
+
+def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
+    """One version: skipped when the ledger has it, else ingested or quarantined."""
+    store, dataset = batch.store, batch.dataset
+    relative_key, etag = paths.split_partition_key(version)
     key = paths.landing_object(dataset, relative_key)
-    file_id = paths.file_id(context.partition_key)
-
-    def overwritten(current: str) -> dg.Failure:
-        return dg.Failure(
-            f"{store.uri(key)} was overwritten since it landed (ETag {etag} -> {current}); "
-            "the new version has its own partition",
-            allow_retries=False,
-        )
-
+    previous = _ledger_entry(store, dataset, version)
+    if previous and not reingest:
+        return Outcome(
+            version, store.uri(key), f"already_{previous['outcome']}", rows=previous["rows"],
+            dates=previous["dates"], rows_by_date=previous["rows_by_date"],
+            reason=previous.get("reason", ""), message=f"by run {previous['run_id']}",
+        )  # fmt: skip
     if not store.exists(key):
-        raise dg.Failure(
-            f"{store.uri(key)} no longer exists: nothing to ingest", allow_retries=False
-        )
-    if not store.etag_is_content_hash and (current := store.etag(key)) != etag:
-        raise overwritten(current)
+        return Outcome(version, store.uri(key), "gone", message="no longer exists")
+    try:
+        outcome = _ingest_version(batch, version, key, etag)
+    except ObjectChangedError:
+        outcome = None
+    if outcome is None:
+        return Outcome(version, store.uri(key), "gone",
+                       message="overwritten since it landed; the new version is its own")  # fmt: skip
+    _replace_previous(store, dataset, version, previous, outcome)
+    _write_ledger(batch, version, outcome)
+    return outcome
+
+
+def _ingest_version(batch: _Batch, version: str, key: str, etag: str) -> Outcome | None:
+    """Read the exact version, cast it, and publish its parts or quarantine it. None: the
+    object was overwritten since it landed (its new version has its own batch)."""
+    store, dataset = batch.store, batch.dataset
     # S3: the download asks for exactly this ETag. Local: the content hash is compared below.
     if_match = None if store.etag_is_content_hash else etag
-    try:
-        with (
-            store.local_copy(key, if_match) as local,
-            tempfile.TemporaryDirectory(prefix="bronze-") as out,
-            ThreadPoolExecutor(1) as hasher,
-        ):
-            size, sha256_future = local.stat().st_size, hasher.submit(sha256_file, local)
-            try:
-                report = ingest_file(
-                    local,
-                    contract,
-                    Path(out),
-                    memory_limit=ingest.memory_limit,
-                    threads=ingest.threads or None,
-                )
-            except RejectedFileError as rejected:
-                sha256 = sha256_future.result()
-                if store.etag_is_content_hash and content_etag(sha256) != etag:
-                    raise overwritten(content_etag(sha256)) from rejected
-                record = {
-                    "object": store.uri(key),
-                    "partition_key": context.partition_key,
-                    "etag": etag,
-                    "sha256": sha256,
-                    "bytes": size,
-                    "reason": rejected.reason,
-                    "message": rejected.message,
-                    "details": rejected.details,
-                    "contract": contract.source,
-                    "run_id": context.run.run_id,
-                    "rejected_at": datetime.now(UTC).isoformat(),
-                }
-                copy_uri = quarantine(context, store, dataset, relative_key, local, record)
-                context.log.error(f"rejected {store.uri(key)}: {rejected.message}")
-                raise dg.Failure(
-                    description=f"{store.uri(key)} rejected ({rejected.reason}): "
-                    f"{rejected.message}. Quarantined at {copy_uri}",
-                    metadata={"reason": rejected.reason, "quarantined": copy_uri, "sha256": sha256},
-                    allow_retries=False,
-                ) from rejected
-            sha256 = sha256_future.result()
-            if store.etag_is_content_hash and content_etag(sha256) != etag:
-                raise overwritten(content_etag(sha256))
-            written = _publish(store, dataset, file_id, report)
-    except ObjectChangedError as exc:
-        raise overwritten("a newer version") from exc
+    with (
+        store.local_copy(key, if_match) as local,
+        tempfile.TemporaryDirectory(prefix="bronze-") as out,
+    ):
+        sha256 = sha256_file(local)
+        if store.etag_is_content_hash and content_etag(sha256) != etag:
+            return None
+        size = local.stat().st_size
+        try:
+            report = _read_and_cast(batch, local, Path(out), size)
+        except RejectedFileError as rejected:
+            return _quarantine(batch, version, key, local, rejected, etag, sha256, size)
+        parts = _publish(store, dataset, paths.file_id(version), report)
+    return Outcome(
+        version, store.uri(key), "ingested", rows=report.rows_out, dates=report.dates,
+        rows_by_date=report.rows_by_date, parts=parts, sensors=report.sensors,
+        report=_report_summary(report, etag, sha256, size),
+    )  # fmt: skip
 
-    return dg.MaterializeResult(
-        metadata=_metadata(
-            report, store.uri(key), etag, sha256, size, written, time.perf_counter() - started
+
+def _read_and_cast(batch: _Batch, local: Path, out: Path, size: int) -> IngestReport:
+    """Small files on the worker's reused connection, one DuckDB thread; a large file alone,
+    with every thread and the whole memory budget."""
+    budget = batch.ingest.memory_limit
+    if size <= SMALL_FILE_BYTES:
+        return ingest_file(
+            local, batch.contract, out, memory_limit=budget, threads=1, con=batch.connection()
         )
-    )
+    with batch.large:
+        return ingest_file(
+            local, batch.contract, out, memory_limit=budget, threads=batch.ingest.threads or None
+        )
+
+
+def _report_summary(report: IngestReport, etag: str, sha256: str, size: int) -> dict:
+    return {
+        "etag": etag,
+        "sha256": sha256,
+        "bytes": size,
+        "format": report.source_format,
+        "rows_in": report.rows_in,
+        "duplicate_rows_dropped": report.duplicate_rows,
+        "rejected_rows": report.rejected_rows,
+        "out_of_range_values": report.out_of_range,
+        "extra_columns": report.extra_columns,
+        "renamed_columns": report.renamed,
+        "first_timestamp": report.timestamp_min,
+        "last_timestamp": report.timestamp_max,
+        "schema": report.schema,
+        "preview": report.preview,
+    }
+
+
+def _quarantine(
+    batch: _Batch,
+    version: str,
+    key: str,
+    local: Path,
+    rejected: RejectedFileError,
+    etag: str,
+    sha256: str,
+    size: int,
+) -> Outcome:
+    """Quarantine the version with its reason (``lib/quarantine.py``)."""
+    store = batch.store
+    record = {
+        "object": store.uri(key),
+        "partition_key": version,
+        "etag": etag,
+        "sha256": sha256,
+        "bytes": size,
+        "reason": rejected.reason,
+        "message": rejected.message,
+        "details": rejected.details,
+        "contract": batch.contract.source,
+        "run_id": batch.run_id,
+        "rejected_at": datetime.now(UTC).isoformat(),
+    }
+    copy_uri = keep_rejected(store, batch.dataset, version, local, record)
+    return Outcome(version, store.uri(key), "quarantined", reason=rejected.reason,
+                   message=f"{rejected.message} (quarantined at {copy_uri})",
+                   report={"etag": etag, "sha256": sha256, "bytes": size})  # fmt: skip
 
 
 def _publish(store: ObjectStore, dataset: str, file_id: str, report: IngestReport) -> list[str]:
@@ -145,84 +268,191 @@ def _publish(store: ObjectStore, dataset: str, file_id: str, report: IngestRepor
         for part_key in published:
             store.delete(part_key)
         raise
-    return [store.uri(k) for k in published]
+    return published
 
 
-def _metadata(
-    report: IngestReport,
-    uri: str,
-    etag: str,
-    sha256: str,
-    size: int,
-    parts: list[str],
-    seconds: float,
-) -> dict:
-    return {
-        "dagster/row_count": report.rows_out,
-        "dagster/column_schema": dg.TableSchema(
+def _ledger_entry(store: ObjectStore, dataset: str, version: str) -> dict | None:
+    try:
+        data = store.read_bytes(paths.ledger_object(dataset, paths.file_id(version)))
+    except FileNotFoundError:
+        return None
+    return json.loads(data)
+
+
+def _write_ledger(batch: _Batch, version: str, outcome: Outcome) -> None:
+    entry = {
+        "version": version,
+        "object": outcome.object,
+        "outcome": outcome.outcome,
+        "rows": outcome.rows,
+        "dates": outcome.dates,
+        "rows_by_date": outcome.rows_by_date,
+        "parts": outcome.parts,
+        "reason": outcome.reason,
+        "run_id": batch.run_id,
+        "at": datetime.now(UTC).isoformat(),
+    }
+    batch.store.put_bytes(
+        json.dumps(entry).encode(), paths.ledger_object(batch.dataset, paths.file_id(version))
+    )
+
+
+def _replace_previous(
+    store: ObjectStore, dataset: str, version: str, previous: dict | None, outcome: Outcome
+) -> None:
+    """A re-ingested version keeps exactly one outcome: bronze parts or a quarantine record.
+    The landed original stays, so nothing is lost by removing the former outcome."""
+    if not previous:
+        return
+    if outcome.outcome == "ingested" and previous["outcome"] == "quarantined":
+        release(store, dataset, version)
+    stale = set(previous.get("parts", [])) - set(outcome.parts)
+    for part in sorted(stale):
+        store.delete(part)
+
+
+def _batch_result(outcomes: list[Outcome], seconds: float) -> dg.MaterializeResult:
+    """The run's metadata: every file and its outcome, the days touched, the totals."""
+    done = [o for o in outcomes if o.outcome in ("ingested", "already_ingested")]
+    rows_by_date: dict[str, int] = {}
+    for o in done:
+        for day, n in o.rows_by_date.items():
+            rows_by_date[day] = rows_by_date.get(day, 0) + n
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+    quarantined = [o for o in outcomes if o.outcome == "quarantined"]
+    first = next((o for o in outcomes if o.outcome == "ingested"), None)
+    metadata = {
+        "dagster/row_count": sum(o.rows for o in outcomes if o.outcome == "ingested"),
+        "files": len(outcomes),
+        "outcomes": dg.MetadataValue.json(counts),
+        "file_outcomes": _outcome_table(outcomes),
+        # Read by the lakehouse automation: which day partitions this batch's files touch
+        # (also those of versions a failed attempt of this batch had already ingested).
+        "dates": dg.MetadataValue.json(sorted(rows_by_date)),
+        "rows_by_date": dg.MetadataValue.json(rows_by_date),
+        "bronze_parts": sum(len(o.parts) for o in outcomes),
+        "seconds": round(seconds, 3),
+    }
+    if first is not None:
+        metadata |= _first_file_metadata(first)
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="landed_files_pass_their_contract",
+                passed=not quarantined,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "quarantined": dg.MetadataValue.json(
+                        [
+                            {"object": o.object, "reason": o.reason, "message": o.message}
+                            for o in quarantined[:100]
+                        ]  # fmt: skip
+                    ),
+                    "quarantined_count": len(quarantined),
+                },
+            )
+        ],
+    )
+
+
+def _outcome_table(outcomes: list[Outcome]) -> dg.MetadataValue:
+    shown = outcomes[:1000]
+    return dg.MetadataValue.table(
+        records=[
+            dg.TableRecord(
+                {
+                    "version": o.version,
+                    "object": o.object,
+                    "outcome": o.outcome,
+                    "rows": o.rows,
+                    "days": ",".join(o.dates),
+                    "reason": o.reason or o.message[:200],
+                }
+            )
+            for o in shown
+        ],  # fmt: skip
+        schema=dg.TableSchema(
             columns=[
-                dg.TableColumn(name, _TYPE_NAMES.get(t, t.lower())) for name, t in report.schema
+                dg.TableColumn("version", "string"),
+                dg.TableColumn("object", "string"),
+                dg.TableColumn("outcome", "string"),
+                dg.TableColumn("rows", "int"),
+                dg.TableColumn("days", "string"),
+                dg.TableColumn("reason", "string"),
             ]
         ),
-        "object": uri,
-        "etag": etag,
-        "sha256": sha256,
-        "bytes": size,
-        "format": report.source_format,
-        "rows_in": report.rows_in,
-        "rows_out": report.rows_out,
-        "duplicate_rows_dropped": report.duplicate_rows,
-        "rejected_rows": dg.MetadataValue.json(report.rejected_rows),
-        "rejected_rows_total": sum(report.rejected_rows.values()),
-        "out_of_range_values": dg.MetadataValue.json(report.out_of_range),
-        "extra_columns": dg.MetadataValue.json(report.extra_columns),
-        "renamed_columns": dg.MetadataValue.json(report.renamed),
-        # Read by the lakehouse automation: which day partitions this file touched.
-        "dates": dg.MetadataValue.json(report.dates),
-        "rows_by_date": dg.MetadataValue.json(report.rows_by_date),
-        "first_timestamp": report.timestamp_min or "",
-        "last_timestamp": report.timestamp_max or "",
-        "sensor_count": report.sensor_count,
-        "sensors": dg.MetadataValue.json(report.sensors),
-        "bronze_parts": dg.MetadataValue.json(parts),
-        "preview": dg.MetadataValue.md(markdown_table(report.preview)),
-        "seconds": round(seconds, 3),
+    )
+
+
+def _first_file_metadata(first: Outcome) -> dict:
+    """Schema and preview of the first file ingested: what a batch's rows look like."""
+    report = first.report
+    return {
+        "dagster/column_schema": dg.TableSchema(
+            columns=[
+                dg.TableColumn(name, _TYPE_NAMES.get(t, t.lower())) for name, t in report["schema"]
+            ]
+        ),
+        "preview": dg.MetadataValue.md(markdown_table(report["preview"])),
+        "first_file": dg.MetadataValue.json(
+            {k: v for k, v in report.items() if k not in ("schema", "preview")}
+        ),  # fmt: skip
     }
 
 
-@dg.asset(
-    partitions_def=reading_files,
-    group_name="ingest",
-    kinds={"s3", "duckdb", "parquet"},
-    owners=["team:data-platform"],
-    retry_policy=TRANSIENT_RETRIES,
-)
+_RAW_ASSET = {
+    "partitions_def": landing_days,
+    "group_name": "ingest",
+    "kinds": {"s3", "duckdb", "parquet"},
+    "owners": ["team:data-platform"],
+    "retry_policy": TRANSIENT_RETRIES,
+}
+
+
+def _accepted_check(asset: str) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        "landed_files_pass_their_contract",
+        asset=asset,
+        description="Warns when a file of the batch was rejected and quarantined (with reasons).",
+    )
+
+
+@dg.asset(**_RAW_ASSET, check_specs=[_accepted_check("raw_readings")])
 def raw_readings(
-    context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    lake: LakeResource,
+    ingest: IngestResource,
 ) -> dg.MaterializeResult:
-    """One landed readings file, typed to the contract and split into bronze parts by UTC day."""
-    return ingest_landed_object(context, "readings", lake, ingest)
+    """Readings files landed on one day, typed to the contract, split into bronze parts by UTC
+    day of their rows; each run ingests one batch of them."""
+    return ingest_batch(context, "readings", lake, ingest, config)
 
 
-@dg.asset(
-    partitions_def=label_files,
-    group_name="ingest",
-    kinds={"s3", "duckdb", "parquet"},
-    owners=["team:data-platform"],
-    retry_policy=TRANSIENT_RETRIES,
-)
+@dg.asset(**_RAW_ASSET, check_specs=[_accepted_check("raw_labels")])
 def raw_labels(
-    context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource
+    context: dg.AssetExecutionContext,
+    config: IngestConfig,
+    lake: LakeResource,
+    ingest: IngestResource,
 ) -> dg.MaterializeResult:
-    """One landed labels file (failure events), typed and split into bronze parts by UTC day."""
-    return ingest_landed_object(context, "labels", lake, ingest)
+    """Labels files (failure events) landed on one day, typed and split into bronze parts by
+    UTC day; each run ingests one batch of them."""
+    return ingest_batch(context, "labels", lake, ingest, config)
 
 
-#: Run tag that the instance's run queue limits (dagster.yaml: ingest runs two at a time).
-INGEST_TAGS = {"ml_platform/kind": "ingest"}
+#: Run tags that the instance's run queue limits (dagster.yaml): one ingest run per dataset at a
+#: time, so two batches never handle the same version at once.
+def ingest_tags(dataset: str) -> dict[str, str]:
+    return {"ml_platform/kind": "ingest", "ml_platform/ingest": dataset}
+
+
 ingest_readings_job = dg.define_asset_job(
-    "ingest_readings_job", selection=[raw_readings], tags=INGEST_TAGS
+    "ingest_readings_job", selection=[raw_readings], tags=ingest_tags("readings")
 )
 ingest_labels_job = dg.define_asset_job(
-    "ingest_labels_job", selection=[raw_labels], tags=INGEST_TAGS
+    "ingest_labels_job", selection=[raw_labels], tags=ingest_tags("labels")
 )

@@ -1,9 +1,17 @@
-"""``sensor_chunks[day]`` and ``daily_aggregates[day]``: ranges of days run in one run."""
+"""``sensor_chunks[day]`` and ``daily_aggregates[day]``: ranges of days run in one run.
 
+A range is built in batches of days (:func:`lakehouse.batch_days`), each batch in one pass of
+set-based queries on the asset's one DuckDB connection, so that its cost follows its rows: a
+year of small days costs little more than its data. Listings, downloads and uploads of a range
+go out together, :data:`IO_THREADS` at a time.
+"""
+
+import json
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -14,17 +22,22 @@ from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
 from ml_platform.lib.lakehouse import (
+    ChunkMerger,
     ChunkReport,
-    add_trailing,
-    build_chunks,
-    day_statistics,
+    DailyAggregator,
+    DayAggregates,
+    batch_days,
     previous_days,
 )
+from ml_platform.lib.store import ObjectInfo, ObjectStore
 from ml_platform.lib.tables import markdown_table
 
 #: Runs of the lakehouse are serialised by this tag (dagster.yaml: tag_concurrency_limits), so two
 #: files touching the same day cannot race: the later run always sees both bronze parts.
 LAKEHOUSE_TAGS = {"ml_platform/lakehouse": "serial"}
+
+#: Listings, downloads and uploads in flight at once: each waits on the store, not on the CPU.
+IO_THREADS = 8
 
 
 #: What both lakehouse assets share: daily partitions whose ranges run as one run.
@@ -47,6 +60,29 @@ def _invariant(check: str, per_day: dict, failing: list[str]) -> dg.AssetCheckRe
     )
 
 
+def _list_each(store: ObjectStore, prefixes: list[str]) -> list[list[ObjectInfo]]:
+    """The objects under each of ``prefixes``, in their order."""
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        return list(pool.map(lambda prefix: list(store.list(prefix)), prefixes))
+
+
+def _fetch_by_day(store: ObjectStore, keys: dict[str, list[str]], into: Path) -> dict:
+    """Every day's objects in one fetch (parallel downloads): ``{day: [local file]}``."""
+    files = iter(store.fetch([k for day_keys in keys.values() for k in day_keys], into))
+    return {day: [next(files) for _ in day_keys] for day, day_keys in keys.items()}
+
+
+def _publish(store: ObjectStore, files: dict[str, Path]) -> None:
+    """Move the local files in to their keys (``{key: file}``)."""
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(lambda item: store.put_file(item[1], item[0], move=True), files.items()))
+
+
+def _delete_all(store: ObjectStore, keys: Iterable[str]) -> None:
+    with ThreadPoolExecutor(IO_THREADS) as pool:
+        list(pool.map(store.delete, keys))
+
+
 @dg.asset(
     deps=[dg.AssetDep(raw_readings, partition_mapping=dg.AllPartitionMapping())],
     **_DAILY_LAKEHOUSE_ASSET,
@@ -61,65 +97,116 @@ def _invariant(check: str, per_day: dict, failing: list[str]) -> dg.AssetCheckRe
 def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource):
     """One day's readings: every bronze part merged, de-duplicated, one sorted object per sensor."""
     store = lake.store()
-    per_day, rows_per_sensor, gaps, problems = {}, {}, {}, []
-    preview: list[dict] = []
     started = time.perf_counter()
-
-    def rebuild(day: str) -> tuple[str, int, ChunkReport, int]:
-        parts = sorted(
-            store.list(paths.bronze_day_prefix("readings", day)),
-            key=lambda o: (o.last_modified, o.key),  # oldest ingestion first: newest wins
-        )
-        with tempfile.TemporaryDirectory(prefix="chunks-") as tmp:
-            local = store.fetch([p.key for p in parts], Path(tmp, "in"))
-            report = build_chunks(
-                local, day, Path(tmp, "out"), memory_limit=ingest.memory_limit, threads=1
-            )
-            written = set()
-            for name, file in report.files.items():
-                key = paths.chunk_object(day, name)
-                store.put_file(file, key, move=True)
-                written.add(key)
-        # Sensors that vanished from a re-run day are removed: the day equals its bronze parts.
-        stale = [o.key for o in store.list(paths.chunks_day_prefix(day)) if o.key not in written]
-        for key in stale:
-            store.delete(key)
-        return day, len(parts), report, len(stale)
-
-    # Two days at a time, one DuckDB thread each: a day is too small to keep two threads busy.
-    # Memory stays bounded by two days' data.
-    with ThreadPoolExecutor(2) as pool:
-        for day, n_parts, report, n_stale in pool.map(rebuild, context.partition_keys):
-            # What was written (file footers) must be what was computed, one object per sensor.
-            if report.rows_written != report.rows_out or len(report.files) != len(
-                report.rows_per_sensor
-            ):
-                problems.append(day)
-            per_day[day] = {
-                "bronze_parts": n_parts,
-                "rows_in": report.rows_in,
-                "rows": report.rows_out,
-                "duplicates_removed": report.duplicates_removed,
-                "sensors": len(report.rows_per_sensor),
-                "stale_sensors_removed": n_stale,
-            }
-            rows_per_sensor[day] = report.rows_per_sensor
-            gaps[day] = {s: g for s, g in report.gaps.items() if g["gaps"]}
-            preview = report.preview or preview
-            context.log.info(f"{day}: {per_day[day]}")
-    total = sum(d["rows"] for d in per_day.values())
+    days = list(context.partition_keys)
+    bronze = _list_each(store, [paths.bronze_day_prefix("readings", day) for day in days])
+    silver = _list_each(store, [paths.chunks_day_prefix(day) for day in days])
+    parts = {  # oldest ingestion first: newest wins
+        day: sorted(objects, key=lambda o: (o.last_modified, o.key))
+        for day, objects in zip(days, bronze, strict=True)
+    }
+    reports = _build_chunks(store, parts, ingest.memory_limit)
+    written = {
+        day: {paths.chunk_object(day, name) for name in r.files} for day, r in reports.items()
+    }
+    # Sensors that vanished from a re-run day are removed: the day equals its bronze parts.
+    stale = {
+        day: [o.key for o in objects if o.key not in written[day]]
+        for day, objects in zip(days, silver, strict=True)
+    }
+    _delete_all(store, [key for keys in stale.values() for key in keys])
+    per_day, details, problems, preview = _chunk_summary(parts, reports, stale)
+    inputs = {  # what the checks judge the day's objects against: counted on the parts read
+        day: {"bronze_parts": len(parts[day]), "input_keys": r.input_keys,
+              "objects": sorted(written[day])}
+        for day, r in reports.items()
+    }  # fmt: skip
+    inputs_uri = record_inputs(context, store, "sensor_chunks", inputs)
+    context.log.info(f"{len(per_day)} days built, {len(problems)} failing: {problems[:10]}")
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": total,
-            "days": dg.MetadataValue.json(per_day),
-            "rows_per_sensor": dg.MetadataValue.json(rows_per_sensor),
-            "gaps": dg.MetadataValue.json(gaps),
+            **_range_metadata(per_day, details, inputs_uri),
             "preview": dg.MetadataValue.md(markdown_table(preview)),
             "location": store.uri(paths.SILVER_CHUNKS),
             "seconds": round(time.perf_counter() - started, 3),
         },
         check_results=[_invariant("sensor_chunks_conserve_rows", per_day, problems)],
     )
+
+
+def _build_chunks(
+    store: ObjectStore, parts: dict[str, list[ObjectInfo]], memory_limit: str
+) -> dict[str, ChunkReport]:
+    """Every day's chunks built from its parts and published, one batch of days at a time (the
+    local copies of one batch at most)."""
+    reports: dict[str, ChunkReport] = {}
+    sizes = {day: sum(o.size for o in objects) for day, objects in parts.items()}
+    with ChunkMerger(memory_limit) as merger:
+        for batch in batch_days(sizes):
+            with tempfile.TemporaryDirectory(prefix="chunks-") as tmp:
+                keys = {day: [o.key for o in parts[day]] for day in batch}
+                built = merger.merge(_fetch_by_day(store, keys, Path(tmp, "in")), Path(tmp, "out"))
+                _publish(store, {
+                    paths.chunk_object(day, name): file
+                    for day, report in built.items() for name, file in report.files.items()
+                })  # fmt: skip
+            reports |= built
+    return reports
+
+
+def _chunk_summary(
+    parts: dict[str, list[ObjectInfo]], reports: dict[str, ChunkReport], stale: dict
+) -> tuple[dict, dict, list[str], list[dict]]:
+    """Per-day figures, details, days failing the conservation invariant, and a preview."""
+    per_day, rows_per_sensor, gaps, problems = {}, {}, {}, []
+    preview: list[dict] = []
+    for day, report in reports.items():
+        # What was written (file footers) must be what was computed, one object per sensor.
+        if report.rows_written != report.rows_out or len(report.files) != len(
+            report.rows_per_sensor
+        ):
+            problems.append(day)
+        per_day[day] = {
+            "bronze_parts": len(parts[day]),
+            "rows_in": report.rows_in,
+            "rows": report.rows_out,
+            "duplicates_removed": report.duplicates_removed,
+            "sensors": len(report.rows_per_sensor),
+            "stale_sensors_removed": len(stale[day]),
+        }
+        rows_per_sensor[day] = report.rows_per_sensor
+        gaps[day] = {s: g for s, g in report.gaps.items() if g["gaps"]}
+        preview = report.preview or preview
+    return per_day, {"rows_per_sensor": rows_per_sensor, "gaps": gaps}, problems, preview
+
+
+#: Ranges up to this many days carry their per-day details in the metadata. Dagster copies a
+#: range run's metadata to every partition's event, so longer ranges show totals and link to
+#: the input record, which holds the details of every day once.
+DETAILED_DAYS = 7
+
+
+def _range_metadata(per_day: dict, details: dict, inputs_uri: str) -> dict:
+    totals = {k: sum(d.get(k, 0) for d in per_day.values()) for k in next(iter(per_day.values()))}
+    metadata = {
+        "dagster/row_count": totals["rows"],
+        "days_built": len(per_day),
+        "totals": dg.MetadataValue.json(totals),
+        "inputs": inputs_uri,
+    }
+    if len(per_day) <= DETAILED_DAYS:
+        metadata["days"] = dg.MetadataValue.json(per_day)
+        metadata |= {k: dg.MetadataValue.json(v) for k, v in details.items()}
+    return metadata
+
+
+def record_inputs(
+    context: dg.AssetExecutionContext, store: ObjectStore, asset: str, days: dict[str, dict]
+) -> str:
+    """Write what this run read for each day (see :func:`paths.run_inputs_object`)."""
+    key = paths.run_inputs_object(asset, context.run.run_id)
+    store.put_bytes(json.dumps({"run_id": context.run.run_id, "days": days}).encode(), key)
+    return store.uri(key)
 
 
 @dg.asset(
@@ -156,55 +243,28 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
     """
     store = lake.store()
     measurements = [c.name for c in ingest.contract("readings").columns]
-    per_day = {}
-    preview: list[dict] = []
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="aggregates-") as tmp:
-
-        def statistics(day: str) -> tuple[str, int, Path | None]:
-            chunk_keys = [o.key for o in store.list(paths.chunks_day_prefix(day))]
-            if not chunk_keys:
-                return day, 0, None
-            out = Path(tmp, f"{day}.stats.parquet")
-            chunks = store.fetch(chunk_keys, Path(tmp, f"{day}.chunks"))
-            day_statistics(chunks, day, measurements, out, memory_limit=ingest.memory_limit)
-            return day, len(chunk_keys), out
-
-        # The day's own statistics do not depend on other days: two at a time. The trailing-week
-        # join then runs in day order, so each day sees the history just written.
-        with ThreadPoolExecutor(2) as pool:
-            computed = list(pool.map(statistics, context.partition_keys))
-        for day, sensors, stats_file in computed:
-            target = paths.aggregates_object(day)
-            if stats_file is None:
-                store.delete(target)
-                per_day[day] = {"rows": 0, "sensors": 0, "history_days": 0}
-                continue
-            history = [
-                k for k in map(paths.aggregates_object, previous_days(day)) if store.exists(k)
-            ]
-            created = max(
-                o.last_modified for o in store.list(paths.bronze_day_prefix("readings", day))
-            )
-            out = Path(tmp, f"{day}.parquet")
-            rows = add_trailing(
-                stats_file,
-                day,
-                measurements,
-                out,
-                previous=store.fetch(history, Path(tmp, f"{day}.history")),
-                created=created,
-                memory_limit=ingest.memory_limit,
-            )
-            if not preview:
-                preview = pq.read_table(out).slice(0, 5).to_pylist()
-            store.put_file(out, target, move=True)
-            per_day[day] = {"rows": rows, "sensors": sensors, "history_days": len(history)}
+    days = list(context.partition_keys)
+    chunks, history, created = _aggregate_inputs(store, days)
+    reports, preview = _build_aggregates(store, chunks, history, created, measurements,
+                                         ingest.memory_limit)  # fmt: skip
+    # Days without chunks have no aggregates: an earlier object of the day is removed.
+    _delete_all(store, [paths.aggregates_object(day) for day, r in reports.items() if not r.file])
+    per_day = {
+        day: {"rows": r.rows, "sensors": len(chunks[day]),
+              "history_days": r.history_days if r.file else 0}
+        for day, r in reports.items()
+    }  # fmt: skip
+    inputs = {  # what the check judges the day's rows against: counted on the chunks read
+        day: {"chunk_objects": len(chunks[day]), "rows_per_sensor": r.rows_per_sensor}
+        for day, r in reports.items()
+    }
     mismatched = [d for d, v in per_day.items() if v["rows"] != v.get("sensors", 0)]
+    inputs_uri = record_inputs(context, store, "daily_aggregates", inputs)
+    context.log.info(f"{len(per_day)} days aggregated, {len(mismatched)} mismatched")
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": sum(d["rows"] for d in per_day.values()),
-            "days": dg.MetadataValue.json(per_day),
+            **_range_metadata(per_day, {}, inputs_uri),
             "measurements": dg.MetadataValue.json(measurements),
             "preview": dg.MetadataValue.md(markdown_table(preview, columns=10)),
             "location": store.uri(paths.GOLD_AGGREGATES),
@@ -214,6 +274,63 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
             _invariant("daily_aggregates_one_row_per_sensor_object", per_day, mismatched)
         ],
     )
+
+
+def _aggregate_inputs(
+    store: ObjectStore, days: list[str]
+) -> tuple[dict[str, list[ObjectInfo]], list[str], dict[str, datetime]]:
+    """Each day's chunk objects; the days before the range (up to seven before each day) that
+    have aggregates; and each day's ``created_timestamp``, the newest of its bronze parts."""
+    earlier = sorted({d for day in days for d in previous_days(day)} - set(days))
+    listed = _list_each(
+        store,
+        [paths.chunks_day_prefix(d) for d in days]
+        + [paths.aggregates_day_prefix(d) for d in earlier],
+    )
+    chunks = dict(zip(days, listed[: len(days)], strict=True))
+    history = [
+        day for day, objects in zip(earlier, listed[len(days) :], strict=True)
+        if any(o.key == paths.aggregates_object(day) for o in objects)
+    ]  # fmt: skip
+    with_chunks = [day for day in days if chunks[day]]
+    bronze = _list_each(store, [paths.bronze_day_prefix("readings", d) for d in with_chunks])
+    created = {}
+    for day, parts in zip(with_chunks, bronze, strict=True):
+        if not parts:
+            raise ValueError(f"{day} has sensor chunks but no bronze parts: rebuild its chunks")
+        created[day] = max(o.last_modified for o in parts)
+    return chunks, history, created
+
+
+def _build_aggregates(
+    store: ObjectStore,
+    chunks: dict[str, list[ObjectInfo]],
+    history: list[str],
+    created: dict[str, datetime],
+    measurements: list[str],
+    memory_limit: str,
+) -> tuple[dict[str, DayAggregates], list[dict]]:
+    """Every day's aggregates built and published, one batch of days at a time in day order, and
+    a preview of the first day's rows."""
+    reports: dict[str, DayAggregates] = {}
+    preview: list[dict] = []
+    sizes = {day: sum(o.size for o in objects) for day, objects in chunks.items()}
+    with tempfile.TemporaryDirectory(prefix="aggregates-") as tmp:
+        keys = {day: [paths.aggregates_object(day)] for day in history}
+        earlier = {day: files[0] for day, files in _fetch_by_day(store, keys, Path(tmp)).items()}
+        aggregator = DailyAggregator(measurements, earlier, memory_limit)
+    with aggregator:
+        for batch in batch_days(sizes):
+            with tempfile.TemporaryDirectory(prefix="aggregates-") as tmp:
+                keys = {day: [o.key for o in chunks[day]] for day in batch}
+                local = _fetch_by_day(store, keys, Path(tmp, "in"))
+                built = aggregator.aggregate(local, created, Path(tmp, "out"))
+                gold = {paths.aggregates_object(d): r.file for d, r in built.items() if r.file}
+                if gold and not preview:
+                    preview = pq.read_table(next(iter(gold.values()))).slice(0, 5).to_pylist()
+                _publish(store, gold)
+            reports |= built
+    return reports, preview
 
 
 lakehouse_job = dg.define_asset_job(

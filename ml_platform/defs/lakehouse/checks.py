@@ -1,14 +1,19 @@
 """Great Expectations suites on every day partition of the lakehouse assets.
 
-Each check evaluates every day of the run's partition range and records one evaluation per day
-(``partition=day``), so the UI's checks tab shows a result for every partition even when a
-backfill ran a range in one run. A blocking failure stops the downstream step of that run and
-names the day, the failed expectations and their unexpected counts.
+Each check judges a run's outputs against the inputs the asset read, as the asset recorded them
+(``lake/_inputs/<asset>/run=<id>.json``), never against a fresh listing: files that land while a
+lakehouse run is between its asset and its checks cannot fail the checks. A range of days is
+validated in one pass (one GX context and one validation per check step) and reported as one
+evaluation per day (``partition=day``), so the UI's checks tab shows a result for every partition
+of a single-run backfill. A blocking failure stops the downstream step of that run and names the
+day, the failed expectations and their unexpected counts.
 """
 
+import json
 import tempfile
-from datetime import date
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -16,8 +21,11 @@ from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
-from ml_platform.lib.lakehouse import distinct_keys, read_frame
-from ml_platform.lib.quality import Expect, SuiteOutcome, run_suite
+from ml_platform.lib.lakehouse import read_partitions
+from ml_platform.lib.quality import Expect, SuiteOutcome, run_suite_by_partition
+from ml_platform.lib.store import ObjectStore
+
+DAY = "_partition"
 
 
 def _evaluation(
@@ -42,12 +50,107 @@ def _evaluation(
     )
 
 
-def _chunk_frame(store, day: str, tmp: Path):
-    keys = [o.key for o in store.list(paths.chunks_day_prefix(day))]
-    frame = read_frame(store.fetch(keys, tmp))
+def recorded_inputs(
+    context: dg.AssetCheckExecutionContext, store: ObjectStore, asset: str
+) -> dict[str, dict | None]:
+    """What the asset read for each checked day: from this run's record, or (for a check run on
+    its own) from the record of the run that last materialized the day. None: no record."""
+    days = list(context.partition_keys)
+    runs = {day: context.run.run_id for day in days}
+    own = _read_record(store, asset, context.run.run_id)
+    missing = [d for d in days if d not in own]
+    if missing:
+        runs |= _materializing_runs(context.instance, asset, missing)
+    records = {context.run.run_id: own}
+    for run_id in set(runs.values()) - set(records):
+        records[run_id] = _read_record(store, asset, run_id)
+    return {day: records[runs[day]].get(day) if runs[day] else None for day in days}
+
+
+def _read_record(store: ObjectStore, asset: str, run_id: str) -> dict[str, dict]:
+    try:
+        return json.loads(store.read_bytes(paths.run_inputs_object(asset, run_id)))["days"]
+    except FileNotFoundError:
+        return {}
+
+
+def _materializing_runs(instance: dg.DagsterInstance, asset: str, days: list[str]) -> dict:
+    runs: dict[str, str | None] = dict.fromkeys(days)
+    for day in days:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset), partition=day)
+        if event is not None:
+            runs[day] = event.run_id
+    return runs
+
+
+def _no_record(day: str) -> SuiteOutcome:
+    return SuiteOutcome(success=False, evaluated=0, failed=[{
+        "expectation": "inputs_recorded", "unexpected_count": None,
+        "error": f"no record of what the asset read for {day}: materialize the day again"}])  # fmt: skip
+
+
+def _row_count_outcome(observed: int, expected: int) -> SuiteOutcome:
+    """A day without any row to validate: it passes only if nothing was expected."""
+    ok = observed == expected
+    return SuiteOutcome(success=ok, evaluated=1, failed=[] if ok else [
+        {"expectation": "expect_table_row_count_to_equal", "observed_value": observed,
+         "unexpected_count": expected - observed}])  # fmt: skip
+
+
+def _frame_of(store: ObjectStore, keys: dict[str, list[str]], tmp: Path) -> Any:
+    """The objects of every day, fetched in one go, as one frame with the day in ``DAY``."""
+    flat = [(day, key) for day, ks in keys.items() for key in ks]
+    try:
+        files = store.fetch([k for _, k in flat], tmp)
+    except FileNotFoundError:  # an object recorded but gone since: its day counts no rows
+        flat = [(day, key) for day, key in flat if store.exists(key)]
+        files = store.fetch([k for _, k in flat], tmp)
+    by_day: dict[str, list[Path]] = {}
+    for (day, _), file in zip(flat, files, strict=True):
+        by_day.setdefault(day, []).append(file)
+    return read_partitions(by_day, DAY)
+
+
+def _with_day_counts(frame: Any, expected: dict[str, int]) -> Any:
+    """Each row carries its day's row count and the count the inputs call for."""
+    frame["_day_rows"] = frame.groupby(DAY)[DAY].transform("size").astype("int64")
+    frame["_expected_day_rows"] = frame[DAY].map(expected).astype("int64")
+    return frame
+
+
+def _by_day(
+    frame: Any, expectations: list[Expect], name: str, expected_rows: dict[str, int]
+) -> dict[str, SuiteOutcome]:
+    """The suite's outcome for every day: validated where the day has rows, else by count."""
+    outcomes = run_suite_by_partition(frame, expectations, name, DAY) if len(frame) else {}
+    for day, expected in expected_rows.items():
+        outcomes.setdefault(day, _row_count_outcome(0, expected))
+    return outcomes
+
+
+CHUNK_SUITE = [
+    Expect("ExpectColumnValuesToNotBeNull", {"column": "timestamp"}),
+    Expect("ExpectColumnValuesToNotBeNull", {"column": "sensor_id"}),
+    Expect("ExpectCompoundColumnsToBeUnique", {"column_list": ["sensor_id", "timestamp"]}),
+    Expect("ExpectColumnValuesToBeInSet", {"column": "_on_partition_day", "value_set": [True]}),
+    Expect("ExpectColumnPairValuesToBeEqual",
+           {"column_A": "_day_rows", "column_B": "_expected_day_rows"}),
+]  # fmt: skip
+
+
+def _chunks(
+    context: dg.AssetCheckExecutionContext, store: ObjectStore, tmp: Path
+) -> tuple[Any, dict[str, dict | None]]:
+    """The chunk objects the run wrote for each day (from its input record), as one frame."""
+    inputs = recorded_inputs(context, store, "sensor_chunks")
+    keys = {day: read["objects"] for day, read in inputs.items() if read}
+    frame = _frame_of(store, keys, tmp)
     if len(frame):
-        frame["on_partition_day"] = frame["timestamp"].dt.date == date.fromisoformat(day)
-    return frame, len(keys)
+        import pandas as pd
+
+        day_start = pd.to_datetime(frame[DAY]).dt.tz_localize("UTC")  # cached: few distinct days
+        frame["_on_partition_day"] = frame["timestamp"].dt.floor("D") == day_start
+    return frame, inputs
 
 
 @dg.asset_check(
@@ -55,42 +158,27 @@ def _chunk_frame(store, day: str, tmp: Path):
     blocking=True,
     partitions_def=daily,
     description="GX: no null keys, unique (sensor_id, timestamp), rows inside their day, "
-    "row count = distinct keys of the day's bronze parts.",
+    "row count = distinct keys of the bronze parts the asset read.",
 )
-def sensor_chunks_pass_quality_suite(context: dg.AssetCheckExecutionContext, lake: LakeResource):
+def sensor_chunks_pass_quality_suite(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource
+) -> Iterator[Any]:
     store = lake.store()
-    for day in context.partition_keys:
-        with tempfile.TemporaryDirectory(prefix="check-") as tmp:
-            frame, objects = _chunk_frame(store, day, Path(tmp, "chunks"))
-            bronze = [o.key for o in store.list(paths.bronze_day_prefix("readings", day))]
-            Path(tmp, "bronze").mkdir()
-            expected = distinct_keys(store.fetch(bronze, Path(tmp, "bronze")))
-        if not len(frame):
-            outcome = SuiteOutcome(success=expected == 0, evaluated=1, failed=[] if expected == 0 else [
-                {"expectation": "expect_table_row_count_to_equal", "observed_value": 0,
-                 "unexpected_count": expected}])  # fmt: skip
-        else:
-            outcome = run_suite(
-                frame,
-                [
-                    Expect("ExpectColumnValuesToNotBeNull", {"column": "timestamp"}),
-                    Expect("ExpectColumnValuesToNotBeNull", {"column": "sensor_id"}),
-                    Expect(
-                        "ExpectCompoundColumnsToBeUnique",
-                        {"column_list": ["sensor_id", "timestamp"]},
-                    ),
-                    Expect(
-                        "ExpectColumnValuesToBeInSet",
-                        {"column": "on_partition_day", "value_set": [True]},
-                    ),
-                    Expect("ExpectTableRowCountToEqual", {"value": expected}),
-                ],
-                name="sensor_chunks",
-            )
+    with tempfile.TemporaryDirectory(prefix="check-") as tmp:
+        frame, inputs = _chunks(context, store, Path(tmp))
+    expected = {day: read["input_keys"] for day, read in inputs.items() if read}
+    if len(frame):
+        frame = _with_day_counts(frame, expected)
+    outcomes = _by_day(frame, CHUNK_SUITE, "sensor_chunks", expected)
+    rows = frame.groupby(DAY).size().to_dict() if len(frame) else {}
+    for day, read in inputs.items():
+        seen = {"rows": int(rows.get(day, 0))}
+        if read:
+            seen |= {"expected_rows": read["input_keys"], "sensor_objects": len(read["objects"]),
+                     "bronze_parts_read": read["bronze_parts"]}  # fmt: skip
         yield _evaluation(
-            "sensor_chunks", "sensor_chunks_pass_quality_suite", day, outcome,
-            {"rows": len(frame), "expected_rows": expected, "sensor_objects": objects},
-            blocking=True,
+            "sensor_chunks", "sensor_chunks_pass_quality_suite", day,
+            outcomes[day] if read else _no_record(day), seen, blocking=True,
         )  # fmt: skip
     yield dg.Output(None)
 
@@ -102,75 +190,75 @@ def sensor_chunks_pass_quality_suite(context: dg.AssetCheckExecutionContext, lak
 )
 def sensor_chunks_values_within_contract_ranges(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, ingest: IngestResource
-):
+) -> Iterator[Any]:
     store = lake.store()
     ranged = [
         c for c in ingest.contract("readings").columns if c.min is not None or c.max is not None
     ]
-    for day in context.partition_keys:
-        with tempfile.TemporaryDirectory(prefix="check-") as tmp:
-            frame, _ = _chunk_frame(store, day, Path(tmp))
-        expectations = [
-            Expect("ExpectColumnValuesToBeBetween",
-                   {"column": c.name, "min_value": c.min, "max_value": c.max})
-            for c in ranged if c.name in frame
-        ]  # fmt: skip
-        outcome = (
-            run_suite(frame, expectations, name="sensor_chunk_ranges")
-            if len(frame) and expectations
-            else SuiteOutcome(success=True, evaluated=0, failed=[])
-        )
+    with tempfile.TemporaryDirectory(prefix="check-") as tmp:
+        frame, inputs = _chunks(context, store, Path(tmp))
+    expectations = [
+        Expect("ExpectColumnValuesToBeBetween",
+               {"column": c.name, "min_value": c.min, "max_value": c.max})
+        for c in ranged if c.name in frame
+    ]  # fmt: skip
+    outcomes = (
+        run_suite_by_partition(frame, expectations, "sensor_chunk_ranges", DAY)
+        if len(frame) and expectations
+        else {}
+    )
+    rows = frame.groupby(DAY).size().to_dict() if len(frame) else {}
+    nothing = SuiteOutcome(success=True, evaluated=0, failed=[])
+    for day in inputs:
         yield _evaluation(
-            "sensor_chunks", "sensor_chunks_values_within_contract_ranges", day, outcome,
-            {"rows": len(frame)}, blocking=False,
+            "sensor_chunks", "sensor_chunks_values_within_contract_ranges", day,
+            outcomes.get(day, nothing), {"rows": int(rows.get(day, 0))}, blocking=False,
         )  # fmt: skip
     yield dg.Output(None)
+
+
+def _aggregates_suite(measurements: list[str]) -> list[Expect]:
+    required = ["sensor_id", "rows", "event_timestamp", "created_timestamp"]
+    required += [f"{m}_count" for m in measurements] + [f"{m}_missing_ratio" for m in measurements]
+    return [
+        Expect("ExpectCompoundColumnsToBeUnique", {"column_list": [DAY, "sensor_id"]}),
+        Expect("ExpectColumnPairValuesToBeEqual",
+               {"column_A": "_day_rows", "column_B": "_expected_day_rows"}),
+        *(Expect("ExpectColumnValuesToNotBeNull", {"column": c}) for c in required),
+        Expect("ExpectColumnPairValuesToBeEqual", {"column_A": "rows", "column_B": "rows_in_chunks"}),
+    ]  # fmt: skip
 
 
 @dg.asset_check(
     asset=daily_aggregates,
     blocking=True,
     partitions_def=daily,
-    description="GX: exactly one row per sensor of the day's chunks, required features present, "
-    "row counts equal to the chunks'.",
+    description="GX: exactly one row per sensor of the chunks the asset read, required features "
+    "present, row counts equal to those chunks'.",
 )
 def daily_aggregates_pass_quality_suite(
     context: dg.AssetCheckExecutionContext, lake: LakeResource, ingest: IngestResource
-):
+) -> Iterator[Any]:
     store = lake.store()
     measurements = [c.name for c in ingest.contract("readings").columns]
-    for day in context.partition_keys:
-        with tempfile.TemporaryDirectory(prefix="check-") as tmp:
-            chunks, _ = _chunk_frame(store, day, Path(tmp, "chunks"))
-            key = paths.aggregates_object(day)
-            Path(tmp, "gold").mkdir()
-            frame = read_frame(store.fetch([key], Path(tmp, "gold")) if store.exists(key) else [])
-        sensors = chunks.groupby("sensor_id").size() if len(chunks) else None
-        if not len(frame):
-            ok = sensors is None
-            outcome = SuiteOutcome(success=ok, evaluated=1, failed=[] if ok else [
-                {"expectation": "expect_table_row_count_to_equal", "observed_value": 0,
-                 "unexpected_count": len(sensors)}])  # fmt: skip
-        else:
-            frame["rows_in_chunks"] = frame["sensor_id"].map(sensors).fillna(-1).astype("int64")
-            required = ["sensor_id", "rows", "event_timestamp", "created_timestamp"]
-            required += [f"{m}_count" for m in measurements] + [
-                f"{m}_missing_ratio" for m in measurements
-            ]
-            outcome = run_suite(
-                frame,
-                [
-                    Expect("ExpectColumnValuesToBeUnique", {"column": "sensor_id"}),
-                    Expect("ExpectTableRowCountToEqual", {"value": 0 if sensors is None else len(sensors)}),
-                    *(Expect("ExpectColumnValuesToNotBeNull", {"column": c}) for c in required),
-                    Expect("ExpectColumnPairValuesToBeEqual",
-                           {"column_A": "rows", "column_B": "rows_in_chunks"}),
-                ],
-                name="daily_aggregates",
-            )  # fmt: skip
+    inputs = recorded_inputs(context, store, "daily_aggregates")
+    sensors = {day: read["rows_per_sensor"] for day, read in inputs.items() if read}
+    keys = {day: [paths.aggregates_object(day)] for day, counts in sensors.items() if counts}
+    with tempfile.TemporaryDirectory(prefix="check-") as tmp:
+        frame = _frame_of(store, keys, Path(tmp))
+    if len(frame):
+        frame = _with_day_counts(frame, {day: len(counts) for day, counts in sensors.items()})
+        frame["rows_in_chunks"] = [
+            sensors[day].get(sensor, -1)
+            for day, sensor in zip(frame[DAY], frame["sensor_id"], strict=True)
+        ]
+    expected = {day: len(counts) for day, counts in sensors.items()}
+    outcomes = _by_day(frame, _aggregates_suite(measurements), "daily_aggregates", expected)
+    rows = frame.groupby(DAY).size().to_dict() if len(frame) else {}
+    for day, read in inputs.items():
+        seen = {"rows": int(rows.get(day, 0)), "sensors_in_chunks": len(sensors.get(day, {}))}
         yield _evaluation(
-            "daily_aggregates", "daily_aggregates_pass_quality_suite", day, outcome,
-            {"rows": len(frame), "sensors_in_chunks": 0 if sensors is None else len(sensors)},
-            blocking=True,
+            "daily_aggregates", "daily_aggregates_pass_quality_suite", day,
+            outcomes[day] if read else _no_record(day), seen, blocking=True,
         )  # fmt: skip
     yield dg.Output(None)

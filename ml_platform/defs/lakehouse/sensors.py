@@ -1,68 +1,201 @@
-"""From a landed file to its days: one lakehouse run per ``raw_readings`` materialization."""
+"""From landed files to their days: coalesced lakehouse runs, at most one waiting at a time.
+
+Each tick reads every ``raw_readings`` materialization after its cursor and unions the days they
+touched (metadata ``dates``; a quarantined file brings none). While a lakehouse run is waiting
+to start, the tick requests nothing and keeps its cursor: the next run, requested once that one
+has started, covers everything that landed meanwhile. Otherwise the tick requests one run over
+the oldest group of nearby touched days and keeps the other days pending in its cursor for the
+following ticks, so a late file for an old day does not rebuild every day up to today.
+"""
+
+import json
+from datetime import date
 
 import dagster as dg
 
-from ml_platform.defs.lakehouse.assets import lakehouse_job
+from ml_platform.defs.lakehouse.assets import LAKEHOUSE_TAGS, lakehouse_job
 from ml_platform.defs.partitions import daily
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
+#: Two groups of touched days with at most this many untouched days between them run as one
+#: range: the later group's daily_aggregates reads those days anyway (its trailing week).
+MERGE_GAP_DAYS = 7
+#: Bounds of one tick's read of new raw_readings materializations.
+PAGE_SIZE = 1000
+MAX_RECORDS_PER_TICK = 10_000
+#: Statuses of a lakehouse run that has not started yet.
+WAITING = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+]
+
+RAW_READINGS = dg.AssetKey("raw_readings")
+DAILY_AGGREGATES = dg.AssetKey("daily_aggregates")
+
+
+def _read_cursor(cursor: str | None) -> tuple[int | None, dict[str, int]]:
+    """``(after, pending)``: the last storage id read, and each pending day's newest record.
+
+    Also accepts a plain storage id (``"123"``), the form of cursor without pending days.
+    """
+    state = json.loads(cursor) if cursor else None
+    if state is None or isinstance(state, int):
+        return state, {}
+    return state["after"], state["pending"]
+
+
+def _write_cursor(after: int | None, pending: dict[str, int]) -> str:
+    return json.dumps({"after": after, "pending": pending}, separators=(",", ":"), sort_keys=True)
+
+
+def _lakehouse_run_waiting(instance: dg.DagsterInstance) -> bool:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags=LAKEHOUSE_TAGS, statuses=WAITING), limit=1)
+    return bool(runs)
+
+
+def _new_raw_readings(instance: dg.DagsterInstance, after: int | None) -> list[dg.EventLogRecord]:
+    """The raw_readings materializations after storage id ``after``, oldest first (bounded)."""
+    records: list[dg.EventLogRecord] = []
+    cursor = None
+    while len(records) < MAX_RECORDS_PER_TICK:
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=RAW_READINGS, after_storage_id=after),
+            limit=min(PAGE_SIZE, MAX_RECORDS_PER_TICK - len(records)),
+            ascending=True,
+            cursor=cursor,
+        )
+        records.extend(page.records)
+        if not page.has_more:
+            break
+        cursor = page.cursor
+    return records
+
+
+def _touched_days(records: list[dg.EventLogRecord], known: set[str]) -> dict[str, int]:
+    """Each known day the records touched (metadata ``dates``), with its newest record's id."""
+    newest: dict[str, int] = {}
+    for record in records:
+        materialization = record.asset_materialization
+        entry = materialization.metadata.get("dates") if materialization else None
+        for day in set(entry.value if entry else []) & known:
+            newest[day] = max(newest.get(day, -1), record.storage_id)
+    return newest
+
+
+def _run_start_ids(instance: dg.DagsterInstance, storage_ids: list[int]) -> dict[int, int]:
+    """For daily_aggregates materializations, the storage id of their run's start (-1 if none)."""
+    if not storage_ids:
+        return {}
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=DAILY_AGGREGATES, storage_ids=storage_ids),
+        limit=len(storage_ids),
+    ).records
+    starts = {}
+    for run_id in {record.run_id for record in records}:
+        start = instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.RUN_START, limit=1
+        ).records
+        starts[run_id] = start[0].storage_id if start else -1
+    return {record.storage_id: starts[record.run_id] for record in records}
+
+
+def _not_rebuilt_since(instance: dg.DagsterInstance, newest: dict[str, int]) -> dict[str, int]:
+    """The days whose daily_aggregates no run started after their newest record has rebuilt.
+
+    A run that started after the record read the file's bronze part (written before the record);
+    one that merely finished after it (a higher materialization id) may have read before.
+    """
+    latest = instance.get_latest_storage_id_by_partition(
+        DAILY_AGGREGATES, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(newest)
+    )
+    later = [latest[day] for day in newest if latest.get(day, -1) > newest[day]]
+    started = _run_start_ids(instance, later)
+    return {day: sid for day, sid in newest.items() if started.get(latest.get(day), -1) < sid}
+
+
+def _days_to_rebuild(
+    instance: dg.DagsterInstance, records: list[dg.EventLogRecord], pending: dict[str, int]
+) -> dict[str, int]:
+    """The days the new records touched and the pending ones, less those rebuilt since."""
+    known = set(daily.get_partition_keys(dynamic_partitions_store=instance))
+    touched = _touched_days(records, known)
+    for day, sid in pending.items():
+        touched[day] = max(touched.get(day, -1), sid)
+    return _not_rebuilt_since(instance, touched)
+
+
+def _nearby_groups(days: list[str]) -> list[list[str]]:
+    """Sorted days split where more than MERGE_GAP_DAYS untouched days separate two of them."""
+    groups: list[list[str]] = []
+    for day in days:
+        if groups:
+            between = (date.fromisoformat(day) - date.fromisoformat(groups[-1][-1])).days - 1
+            if between <= MERGE_GAP_DAYS:
+                groups[-1].append(day)
+                continue
+        groups.append([day])
+    return groups
+
+
+def _lakehouse_selection(instance: dg.DagsterInstance) -> list[dg.AssetKey]:
+    # Publishing needs the Feast registry; before it is applied, automation publishes the days
+    # once feature_views has run.
+    selection = [dg.AssetKey("sensor_chunks"), DAILY_AGGREGATES]
+    if instance.get_latest_materialization_event(dg.AssetKey("feature_views")):
+        selection.append(dg.AssetKey("online_features"))
+    return selection
+
 
 def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg.SensorDefinition:
+    """The lakehouse sensor; it requests at most one run per tick (``max_requests_per_tick`` is
+    not used: a tick reads up to MAX_RECORDS_PER_TICK materializations in pages of PAGE_SIZE).
+    """
+
     @dg.sensor(
         name="lakehouse_on_new_readings_sensor",
         job=lakehouse_job,
         minimum_interval_seconds=interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="For every raw_readings materialization, rebuilds sensor_chunks and "
-        "daily_aggregates (and publishes online_features) over exactly the days that file "
-        "touched, in one run.",
+        description="Coalesces new raw_readings materializations into one run that rebuilds "
+        "sensor_chunks and daily_aggregates (and publishes online_features) over the days they "
+        "touched, the oldest group of nearby days first; requests nothing while a lakehouse run "
+        "is waiting to start.",
     )
     def lakehouse_on_new_readings_sensor(context: dg.SensorEvaluationContext):
-        # The cursor is the storage id of the last materialization handled: exactly once each.
-        # Quarantined files fail before materializing, so they never show up here.
-        after = int(context.cursor) if context.cursor else None
-        result = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_readings"), after_storage_id=after),
-            limit=max_requests_per_tick,
-            ascending=True,
-        )
-        if not result.records:
+        instance = context.instance
+        if _lakehouse_run_waiting(instance):
+            return dg.SkipReason("a lakehouse run is waiting to start; the next one follows it")
+        after, pending = _read_cursor(context.cursor)
+        records = _new_raw_readings(instance, after)
+        if not records and not pending:
             return dg.SkipReason("no new raw_readings materializations")
-        known = set(daily.get_partition_keys(dynamic_partitions_store=context.instance))
-        # Publishing needs the Feast registry; before it is applied, automation publishes the
-        # days once feature_views has run.
-        selection = [dg.AssetKey("sensor_chunks"), dg.AssetKey("daily_aggregates")]
-        if context.instance.get_latest_materialization_event(dg.AssetKey("feature_views")):
-            selection.append(dg.AssetKey("online_features"))
-        # Days rebuilt after a file's materialization (a manual or demo run, a backfill) need no
-        # run for that file: compare storage ids of the file and of each day's aggregates.
-        rebuilt = context.instance.get_latest_storage_id_by_partition(
-            dg.AssetKey("daily_aggregates"), dg.DagsterEventType.ASSET_MATERIALIZATION
-        )
-        requests = []
-        for record in result.records:
-            materialization = record.asset_materialization
-            entry = materialization.metadata.get("dates") if materialization else None
-            days = sorted(set(entry.value if entry else []) & known)
-            if not days:
-                context.log.info(f"{materialization.partition}: no day inside the partitions")
-                continue
-            if all(rebuilt.get(day, -1) > record.storage_id for day in days):
-                context.log.info(f"{materialization.partition}: its days were rebuilt since")
-                continue
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"raw_readings:{record.storage_id}",
-                    asset_selection=selection,
-                    tags={
-                        RANGE_START: days[0],
-                        RANGE_END: days[-1],
-                        "ml_platform/source_file": materialization.partition or "",
-                    },
-                )
+        if records:
+            after = records[-1].storage_id
+        todo = _days_to_rebuild(instance, records, pending)
+        if not todo:
+            return dg.SensorResult(
+                cursor=_write_cursor(after, {}),
+                skip_reason="no day to rebuild: outside the partitions or rebuilt since",
             )
-        return dg.SensorResult(run_requests=requests, cursor=str(result.records[-1].storage_id))
+        first, *rest = _nearby_groups(sorted(todo))
+        pending = {day: todo[day] for group in rest for day in group}
+        context.log.info(
+            f"{len(records)} new raw_readings materializations; days {first[0]}..{first[-1]} now, "
+            f"{len(pending)} days pending"
+        )
+        request = dg.RunRequest(
+            run_key=f"lakehouse:{after}:{first[0]}:{first[-1]}",
+            asset_selection=_lakehouse_selection(instance),
+            tags={
+                RANGE_START: first[0],
+                RANGE_END: first[-1],
+                "ml_platform/coalesced_materializations": str(len(records)),
+                "ml_platform/pending_days": str(len(pending)),
+            },
+        )
+        return dg.SensorResult(run_requests=[request], cursor=_write_cursor(after, pending))
 
     return lakehouse_on_new_readings_sensor

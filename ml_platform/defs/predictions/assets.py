@@ -9,7 +9,6 @@ import dagster as dg
 
 from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.features.assets import online_features
-from ml_platform.defs.ingest.assets import quarantine
 from ml_platform.defs.ml.models import (
     CHAMPION,
     CLUSTER_ALIAS,
@@ -28,6 +27,7 @@ from ml_platform.defs.resources import (
 )
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
+from ml_platform.lib.quarantine import keep_rejected
 from ml_platform.lib.store import read_prefixes, write_frame
 from ml_platform.lib.tables import markdown_table
 
@@ -294,7 +294,7 @@ def scored_files(
                 "run_id": context.run.run_id,
                 "rejected_at": datetime.now(UTC).isoformat(),
             }
-            copy = quarantine(context, store, "scoring", relative_key, local, record)
+            copy = keep_rejected(store, "scoring", context.partition_key, local, record)
             raise dg.Failure(
                 f"{store.uri(key)} rejected ({bad.reason}): {bad.message}. Quarantined at {copy}",
                 metadata={"reason": bad.reason, "quarantined": copy},
