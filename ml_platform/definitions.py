@@ -117,6 +117,6 @@ defs = dg.Definitions(
         ),
     ],
     resources=build_resources(),
-    # One process per run, no subprocess per step: saves ~3 s of re-import per step (STACK_NOTES §7).
+    # One process per run, no subprocess per step: saves ~3 s of re-import per step.
     executor=dg.in_process_executor,
 )

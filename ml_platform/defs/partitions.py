@@ -1,4 +1,4 @@
-"""Partitions shared across layers (ARCHITECTURE.md, "Partitions")."""
+"""Partitions shared across layers."""
 
 import dagster as dg
 

@@ -97,7 +97,7 @@ class MLflowResource(dg.ConfigurableResource):
     server (``MLFLOW_TRACKING_URI=http://mlflow:5000``, PostgreSQL behind it) or a database URI,
     with artifacts on MinIO/S3 (``ML_PLATFORM_MLFLOW_ARTIFACTS=s3://...``; the S3 endpoint comes
     from ``MLFLOW_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL_S3``). MLflow is imported on first use:
-    dagster-mlflow's resource imports it when the code location loads (STACK_NOTES §6).
+    dagster-mlflow's resource imports it when the code location loads (it imports mlflow at module level).
     """
 
     tracking_uri: str

@@ -110,7 +110,7 @@ def moto_server(port: int | None = None) -> Iterator[S3Server]:
 
 def stop_process_group(process: subprocess.Popen, timeout: float = 30) -> None:
     """SIGTERM the group, then SIGKILL whatever is left: a code server that a daemon or webserver
-    spawned can ignore SIGTERM (STACK_NOTES §7) and would outlive the test."""
+    spawned can ignore SIGTERM (Dagster maps it to SIGINT, ignored in background jobs) and would outlive the test."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -177,7 +177,7 @@ class Postgres:
 
 
 def _run_pg(cmd: list[str], as_postgres: bool) -> None:
-    if as_postgres:  # initdb refuses to run as root (STACK_NOTES §5)
+    if as_postgres:  # initdb refuses to run as root
         cmd = ["su", "postgres", "-s", "/bin/sh", "-c", subprocess.list2cmdline(cmd)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
 

@@ -338,7 +338,7 @@ def service_features(service) -> list[str]:
 def features_at(feature_store, entities, service: str = FEATURE_SERVICE):
     """Point-in-time feature values of the feature service for each entity row (``sensor_id``,
     ``event_timestamp``), aligned with ``entities``' rows; missing values where the store has
-    none. Feast's file store drops and reorders entity rows (STACK_NOTES §5), so rows are
+    none. Feast's file store drops and reorders entity rows, so rows are
     matched back by position, never by order."""
     import pandas as pd
 

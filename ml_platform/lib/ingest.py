@@ -2,7 +2,7 @@
 
 DuckDB does the work: it streams CSV (any delimiter, gzip too) and Parquet in parallel, spills to
 disk under a memory limit, and writes day-partitioned Parquet, so memory stays flat however large
-the file is (STACK_NOTES §9 measured it at 2-4x pandas). The file is parsed once into an on-disk
+the file is (2-4x faster than pandas, docs/stack.md). The file is parsed once into an on-disk
 staging table; the statistics and the partitioned write read that table.
 
 Nothing here touches the object store: the caller hands in a local file and publishes the parts.

@@ -1,4 +1,4 @@
-"""Object keys of every zone, in one place (ARCHITECTURE.md, "Zones of the object store").
+"""Object keys of every zone, in one place.
 
 Keys are relative to the store root (a local folder or ``s3://bucket/prefix``). Every asset builds
 its keys here so that the layout shown in the README and in metadata cannot drift from the code.

@@ -32,7 +32,7 @@ def sensor_days(rows: pd.DataFrame, first_day: date, last_day: date) -> pd.DataF
 
     ``rows`` has ``sensor_id`` and ``event_timestamp`` (the gold rows of the offline store).
     ``label_id`` numbers the rows so that they survive Feast's file store, which drops and
-    reorders entity rows (STACK_NOTES §5).
+    reorders entity rows.
     """
     days = utc(rows["event_timestamp"]).dt.date
     picked = pd.DataFrame({"sensor_id": rows["sensor_id"].astype(str), "day": days})

@@ -113,7 +113,9 @@ def _current_etag(store: ObjectStore, key: str) -> str:
     try:
         return store.etag(key)
     except FileNotFoundError:
-        raise dg.Failure(f"{store.uri(key)}: no such object to ingest", allow_retries=False) from None
+        raise dg.Failure(
+            f"{store.uri(key)}: no such object to ingest", allow_retries=False
+        ) from None
 
 
 def ingest_batch(

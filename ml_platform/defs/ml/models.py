@@ -135,7 +135,7 @@ def run_metrics(
 
 
 def _pip_requirements() -> list[str]:
-    """Pinned explicitly: MLflow's inference of them costs ~9 s per model (STACK_NOTES §6)."""
+    """Pinned explicitly: MLflow's inference of them costs ~9 s per model."""
     from importlib.metadata import version
 
     return [f"{name}=={version(name)}" for name in ("scikit-learn", "pandas", "numpy", "scipy")]
