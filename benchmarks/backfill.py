@@ -23,24 +23,13 @@ MEASUREMENTS = ["temperature", "vibration", "pressure", "current"]
 
 
 def setup(sensors: int, interval_s: int, out: Path) -> dict:
-    """Generate, land and ingest the year; returns rows and the store URL."""
-    import shutil
-
+    """Generate (cached in benchmarks/data/), land and ingest the year; returns rows and the
+    store URL."""
     import dagster as dg
 
-    from ml_platform.lib.generator import GeneratorConfig, write_files
+    from benchmarks.run import readings_csv
 
-    cfg = GeneratorConfig(days=365, sensors=sensors, interval_s=interval_s, seed=11)
-    files = write_files(cfg, out / "generated")
-    year = out / "year.csv"
-    with year.open("wb") as target:
-        for i, day_file in enumerate(files.readings):
-            with day_file.open("rb") as src:
-                header = src.readline()
-                if i == 0:
-                    target.write(header)
-                shutil.copyfileobj(src, target, 1 << 22)
-    shutil.rmtree(out / "generated")
+    year = readings_csv(days=365, sensors=sensors, interval_s=interval_s)
     store_url = (out / "lake").as_uri()
     os.environ["ML_PLATFORM_STORE_URL"] = store_url
     from ml_platform.defs.ingest.assets import raw_readings
@@ -49,7 +38,7 @@ def setup(sensors: int, interval_s: int, out: Path) -> dict:
     from ml_platform.lib.store import LocalStore
 
     store = LocalStore(out / "lake")
-    store.put_file(year, paths.landing_object("readings", year.name), move=True)
+    store.put_file(year, paths.landing_object("readings", year.name))
     with dg.instance_for_test() as instance:
         result = dg.materialize(
             [raw_readings],

@@ -470,6 +470,13 @@ def bench_backfill() -> list[dict]:
     return records
 
 
+def bench_landing() -> list[dict]:
+    """2,500 files at once and a steady stream on the production profile (benchmarks/landing.py)."""
+    from benchmarks import landing
+
+    return landing.bench_landing()
+
+
 def bench_partitions() -> list[dict]:
     """Partitions the raw assets hold after 100,000 landed files: by design one per landing day,
     whatever the number of files; measured on the definitions for a year of landing."""
@@ -501,6 +508,7 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
     "prod": bench_prod,
     "backfill": bench_backfill,
     "partitions": bench_partitions,
+    "landing": bench_landing,
 }
 
 

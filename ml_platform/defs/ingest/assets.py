@@ -291,6 +291,9 @@ def _write_ledger(batch: _Batch, version: str, outcome: Outcome) -> None:
         "rows_by_date": outcome.rows_by_date,
         "parts": outcome.parts,
         "reason": outcome.reason,
+        # What the file held (rejected and duplicate rows, drifted columns): the run's metadata
+        # shows it for the first file of a batch only.
+        "report": {k: v for k, v in outcome.report.items() if k not in ("schema", "preview")},
         "run_id": batch.run_id,
         "at": datetime.now(UTC).isoformat(),
     }
@@ -422,7 +425,7 @@ def _accepted_check(asset: str) -> dg.AssetCheckSpec:
     )
 
 
-@dg.asset(**_RAW_ASSET, check_specs=[_accepted_check("raw_readings")])
+@dg.asset(**_RAW_ASSET, pool="ingest_readings", check_specs=[_accepted_check("raw_readings")])
 def raw_readings(
     context: dg.AssetExecutionContext,
     config: IngestConfig,
@@ -434,7 +437,7 @@ def raw_readings(
     return ingest_batch(context, "readings", lake, ingest, config)
 
 
-@dg.asset(**_RAW_ASSET, check_specs=[_accepted_check("raw_labels")])
+@dg.asset(**_RAW_ASSET, pool="ingest_labels", check_specs=[_accepted_check("raw_labels")])
 def raw_labels(
     context: dg.AssetExecutionContext,
     config: IngestConfig,
@@ -447,7 +450,8 @@ def raw_labels(
 
 
 #: Run tags that the instance's run queue limits (dagster.yaml): one ingest run per dataset at a
-#: time, so two batches never handle the same version at once.
+#: time. The assets' pools (one step at a time per pool) hold for any launch, so two batches
+#: never handle the same version at once.
 def ingest_tags(dataset: str) -> dict[str, str]:
     return {"ml_platform/kind": "ingest", "ml_platform/ingest": dataset}
 

@@ -31,7 +31,9 @@ from typing import Any
 
 import dagster as dg
 
+from ml_platform.defs.ingest.assets import ingest_tags
 from ml_platform.defs.resources import LakeResource
+from ml_platform.defs.runs import run_waiting
 from ml_platform.lib import notifications, paths
 from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.notifications import EventCursor, EventTable
@@ -133,8 +135,13 @@ def _tick_result(
 
 
 def _batch_requests(spec: _SensorSpec, store: ObjectStore, landed: list[Landed]) -> list:
-    """Runs of at most ``max_files`` versions and ``max_bytes`` bytes (a larger file alone), one
-    landing day each, oldest first; the run key names the day and the exact versions."""
+    """One run request per batch; the run key names the day and the exact versions."""
+    return [_batch_request(spec, store, day, items) for day, items in _batches(spec, landed)]
+
+
+def _batches(spec: _SensorSpec, landed: list[Landed]) -> list[tuple[str, list[Landed]]]:
+    """Batches of at most ``max_files`` versions and ``max_bytes`` bytes (a larger file alone),
+    one landing day each, oldest first."""
     assert spec.batch is not None
     batches: list[tuple[str, list[Landed]]] = []
     for item in sorted(landed, key=lambda o: (o.last_modified, o.key)):
@@ -143,7 +150,7 @@ def _batch_requests(spec: _SensorSpec, store: ObjectStore, landed: list[Landed])
             batches[-1][1].append(item)
         else:
             batches.append((day, [item]))
-    return [_batch_request(spec, store, day, items) for day, items in batches]
+    return batches
 
 
 def _within_run_cap(spec: _SensorSpec, landed: list[Landed]) -> int:
@@ -151,16 +158,8 @@ def _within_run_cap(spec: _SensorSpec, landed: list[Landed]) -> int:
     and landing days can cut more runs than ``max_files`` alone would."""
     if spec.batch is None:
         return len(landed)
-    held, runs, day, batch = 0, 0, None, []
-    for item in sorted(landed, key=lambda o: (o.last_modified, o.key)):
-        item_day = paths.landing_day(item.last_modified)
-        if not batch or item_day != day or not _fits(spec.batch, batch, item):
-            runs, day, batch = runs + 1, item_day, []
-            if runs > spec.batch.runs_per_tick:
-                break
-        batch.append(item)
-        held += 1
-    return held
+    kept = _batches(spec, landed)[: spec.batch.runs_per_tick]
+    return sum(len(items) for _, items in kept)
 
 
 def _fits(limits: BatchLimits, batch: list[Landed], item: Landed) -> bool:
@@ -234,6 +233,8 @@ def _listing_sensor(spec: _SensorSpec) -> dg.SensorDefinition:
         description=f"Lists {spec.prefix} and requests {spec.describe()}.",
     )
     def _sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+        if waiting := _batch_waiting(context, spec):
+            return waiting
         store = lake.store()
         cursor = LandingCursor.from_json(_listing_part(context.cursor))
         # An unreachable store raises here: the tick fails with the reason, the cursor stays.
@@ -252,6 +253,14 @@ def _listing_sensor(spec: _SensorSpec) -> dg.SensorDefinition:
         )
 
     return _sensor
+
+
+def _batch_waiting(context: dg.SensorEvaluationContext, spec: _SensorSpec) -> dg.SkipReason | None:
+    """While a batch of the dataset waits to start, the tick requests nothing and keeps its
+    cursor: what lands meanwhile joins the next batch instead of queueing small runs."""
+    if spec.batch is None or not run_waiting(context.instance, ingest_tags(spec.dataset)):
+        return None
+    return dg.SkipReason(f"an ingest run of {spec.dataset} is waiting to start")
 
 
 def _landed(store: ObjectStore, obj: ObjectInfo) -> Landed | None:
@@ -287,6 +296,8 @@ def _event_sensor(
         f"{reconcile_interval_s} s to catch what notifications missed.",
     )
     def _sensor(context: dg.SensorEvaluationContext, lake: LakeResource):
+        if waiting := _batch_waiting(context, spec):
+            return waiting
         store = lake.store()
         bucket, store_prefix = getattr(store, "bucket", None), getattr(store, "prefix", "")
         if bucket is None:

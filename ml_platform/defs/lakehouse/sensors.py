@@ -15,6 +15,7 @@ import dagster as dg
 
 from ml_platform.defs.lakehouse.assets import LAKEHOUSE_TAGS, lakehouse_job
 from ml_platform.defs.partitions import daily
+from ml_platform.defs.runs import run_waiting
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -26,12 +27,6 @@ MERGE_GAP_DAYS = 7
 PAGE_SIZE = 1000
 MAX_RECORDS_PER_TICK = 10_000
 #: Statuses of a lakehouse run that has not started yet.
-WAITING = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-]
-
 RAW_READINGS = dg.AssetKey("raw_readings")
 DAILY_AGGREGATES = dg.AssetKey("daily_aggregates")
 
@@ -49,11 +44,6 @@ def _read_cursor(cursor: str | None) -> tuple[int | None, dict[str, int]]:
 
 def _write_cursor(after: int | None, pending: dict[str, int]) -> str:
     return json.dumps({"after": after, "pending": pending}, separators=(",", ":"), sort_keys=True)
-
-
-def _lakehouse_run_waiting(instance: dg.DagsterInstance) -> bool:
-    runs = instance.get_runs(filters=dg.RunsFilter(tags=LAKEHOUSE_TAGS, statuses=WAITING), limit=1)
-    return bool(runs)
 
 
 def _new_raw_readings(instance: dg.DagsterInstance, after: int | None) -> list[dg.EventLogRecord]:
@@ -166,7 +156,7 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
     )
     def lakehouse_on_new_readings_sensor(context: dg.SensorEvaluationContext):
         instance = context.instance
-        if _lakehouse_run_waiting(instance):
+        if run_waiting(instance, LAKEHOUSE_TAGS):
             return dg.SkipReason("a lakehouse run is waiting to start; the next one follows it")
         after, pending = _read_cursor(context.cursor)
         records = _new_raw_readings(instance, after)
