@@ -336,3 +336,34 @@ def test_unreachable_store_fails_the_tick_and_keeps_the_cursor(instance):
     with pytest.raises(StoreUnavailableError, match="unreachable"):
         make_sensor()(context)
     assert context.cursor == '{"hwm":null,"keys_at_hwm":[]}'
+
+
+def test_a_tick_waits_while_a_batch_of_its_dataset_is_queued(s3_env, s3_server, instance):
+    """While a batch waits to start, ticks request nothing and keep their cursor; once it has
+    started, one tick takes everything landed meanwhile as one batch."""
+    from ml_platform_tests.test_lakehouse_sensor import lakehouse_run
+
+    def ingest_run(dataset: str):  # a queued run needs its code location's origin
+        return lakehouse_run(instance, dg.DagsterRunStatus.QUEUED, f"ingest_{dataset}_job",
+                             {"ml_platform/kind": "ingest", "ml_platform/ingest": dataset})  # fmt: skip
+
+    client, bucket = s3_server.client(), s3_env["ML_PLATFORM_STORE_URL"][5:]
+    sensor, resources = make_sensor(), build_resources()
+    first = put_in_order(client, bucket, ["wait/0.csv"], [b"a"])
+    requests, cursor, _ = tick(sensor, instance, None, resources)
+    assert versions(requests) == first
+    queued = ingest_run("readings")
+    later = put_in_order(client, bucket, [f"wait/{i}.csv" for i in (1, 2, 3)], [b"b", b"c", b"d"])
+    for _ in range(2):
+        requests, kept, result = tick(sensor, instance, cursor, resources)
+        assert requests == [] and kept == cursor, result
+    # A queued run of the other dataset does not hold readings back.
+    ingest_run("labels")
+    from dagster._core.events import DagsterEvent, DagsterEventType
+
+    start = DagsterEvent(event_type_value=DagsterEventType.RUN_START.value,
+                         job_name="ingest_readings_job")  # fmt: skip
+    instance.report_dagster_event(start, run_id=queued.run_id)
+    assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.STARTED
+    requests, cursor, _ = tick(sensor, instance, cursor, resources)
+    assert [batch(r) for r in requests] == [later]
