@@ -33,7 +33,7 @@ def ingest_batches(instance, dataset: str) -> list[tuple[list[str], dg.DagsterRu
     return [(r.run_config["ops"][asset]["config"]["versions"], r.status) for r in reversed(runs)]
 
 
-def version(s3, path, dataset: str) -> str:
+def version_of(s3, path, dataset: str) -> str:
     """The version id of an uploaded file: its key below the prefix and its ETag."""
     key = f"landing/{dataset}/{path.name}"
     return paths.partition_key(path.name, s3.head_object(Bucket="ml-platform", Key=key)["ETag"])
@@ -64,9 +64,9 @@ def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
         assert flow.exists(stack, "logs/compute/")
         # Each upload was one batch run of its landing sensor, and succeeded.
         success = dg.DagsterRunStatus.SUCCESS
-        history = version(s3, files.history, "readings")
+        history = version_of(s3, files.history, "readings")
         assert ingest_batches(instance, "readings") == [([history], success)]
-        labels = version(s3, files.labels, "labels")
+        labels = version_of(s3, files.labels, "labels")
         assert ingest_batches(instance, "labels") == [([labels], success)]
 
         # 2. The next day's readings: its prediction file follows through sensors + automation.
@@ -93,7 +93,7 @@ def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
             return all(r.is_finished for r in snapshot)
 
         flow.wait_until("the day's runs to finish", finished, stack, 120)
-        new_day = version(s3, files.new_day, "readings")
+        new_day = version_of(s3, files.new_day, "readings")
         assert ingest_batches(instance, "readings") == [
             ([history], success),
             ([new_day], success),

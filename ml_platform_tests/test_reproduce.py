@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -179,11 +180,15 @@ def test_changed_data_versions_fail_only_a_strict_reproduction(trained, tmp_path
     """Labels landed after the week: a new input partition, but not one the week's set uses."""
     late = tmp_path / "late_labels.csv"
     late.write_text("sensor_id,timestamp,failure\nsensor-001,2024-03-01T12:00:00Z,1\n")
-    partition = land_and_ingest(trained.instance, "labels", late)
+    land_and_ingest(trained.instance, "labels", late)
     code, report = reproduce(tmp_path, "--version", "1", "--strict")
     assert code == 1 and "NOT REPRODUCED" in capsys.readouterr().out
     # The only differences are the recorded inputs: without --strict they are warnings (exit 0).
-    assert report["mismatches"] == [f"raw_labels partitions added since: {partition}"]
+    # The late file landed today, so today's landing-day partition of raw_labels has a new
+    # data version (a new materialization).
+    today = datetime.now(UTC).date().isoformat()
+    [mismatch] = report["mismatches"]
+    assert mismatch.startswith(f"data version of raw_labels[{today}]: "), mismatch
     assert report["training_set"]["identical"]
     assert all(m["status"] == "identical" for m in report["metrics"])
 

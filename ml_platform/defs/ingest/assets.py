@@ -425,7 +425,7 @@ def _accepted_check(asset: str) -> dg.AssetCheckSpec:
     )
 
 
-@dg.asset(**_RAW_ASSET, pool="ingest_readings", check_specs=[_accepted_check("raw_readings")])
+@dg.asset(**_RAW_ASSET, check_specs=[_accepted_check("raw_readings")])
 def raw_readings(
     context: dg.AssetExecutionContext,
     config: IngestConfig,
@@ -437,7 +437,7 @@ def raw_readings(
     return ingest_batch(context, "readings", lake, ingest, config)
 
 
-@dg.asset(**_RAW_ASSET, pool="ingest_labels", check_specs=[_accepted_check("raw_labels")])
+@dg.asset(**_RAW_ASSET, check_specs=[_accepted_check("raw_labels")])
 def raw_labels(
     context: dg.AssetExecutionContext,
     config: IngestConfig,
@@ -450,8 +450,7 @@ def raw_labels(
 
 
 #: Run tags that the instance's run queue limits (dagster.yaml): one ingest run per dataset at a
-#: time. The assets' pools (one step at a time per pool) hold for any launch, so two batches
-#: never handle the same version at once.
+#: time, so two sensor batches never handle the same version at once.
 def ingest_tags(dataset: str) -> dict[str, str]:
     return {"ml_platform/kind": "ingest", "ml_platform/ingest": dataset}
 

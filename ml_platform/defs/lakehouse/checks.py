@@ -20,6 +20,7 @@ import dagster as dg
 from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
+from ml_platform.defs.runs import latest_run_of
 from ml_platform.lib import paths
 from ml_platform.lib.lakehouse import read_partitions
 from ml_platform.lib.quality import Expect, SuiteOutcome, run_suite_by_partition
@@ -75,12 +76,7 @@ def _read_record(store: ObjectStore, asset: str, run_id: str) -> dict[str, dict]
 
 
 def _materializing_runs(instance: dg.DagsterInstance, asset: str, days: list[str]) -> dict:
-    runs: dict[str, str | None] = dict.fromkeys(days)
-    for day in days:
-        event = instance.get_latest_materialization_event(dg.AssetKey(asset), partition=day)
-        if event is not None:
-            runs[day] = event.run_id
-    return runs
+    return {day: latest_run_of(instance, dg.AssetKey(asset), day) for day in days}
 
 
 def _no_record(day: str) -> SuiteOutcome:

@@ -15,7 +15,7 @@ import dagster as dg
 
 from ml_platform.defs.lakehouse.assets import LAKEHOUSE_TAGS, lakehouse_job
 from ml_platform.defs.partitions import daily
-from ml_platform.defs.runs import run_waiting
+from ml_platform.defs.runs import latest_run_of, run_waiting
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -75,21 +75,21 @@ def _touched_days(records: list[dg.EventLogRecord], known: set[str]) -> dict[str
     return newest
 
 
-def _run_start_ids(instance: dg.DagsterInstance, storage_ids: list[int]) -> dict[int, int]:
-    """For daily_aggregates materializations, the storage id of their run's start (-1 if none)."""
-    if not storage_ids:
-        return {}
+def _run_start_time(instance: dg.DagsterInstance, run_id: str, starts: dict) -> float:
+    """When a run started (epoch seconds; -1 if it never did). Storage ids of a run's own events
+    are not comparable with asset records on every storage (SQLite keeps one file per run)."""
+    if run_id not in starts:
+        record = instance.get_run_record_by_id(run_id)
+        starts[run_id] = record.start_time if record and record.start_time else -1.0
+    return starts[run_id]
+
+
+def _record_times(instance: dg.DagsterInstance, storage_ids: set[int]) -> dict[int, float]:
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=DAILY_AGGREGATES, storage_ids=storage_ids),
-        limit=len(storage_ids),
+        dg.AssetRecordsFilter(asset_key=RAW_READINGS, storage_ids=sorted(storage_ids)),
+        limit=max(len(storage_ids), 1),
     ).records
-    starts = {}
-    for run_id in {record.run_id for record in records}:
-        start = instance.get_records_for_run(
-            run_id, of_type=dg.DagsterEventType.RUN_START, limit=1
-        ).records
-        starts[run_id] = start[0].storage_id if start else -1
-    return {record.storage_id: starts[record.run_id] for record in records}
+    return {r.storage_id: r.timestamp for r in records}
 
 
 def _not_rebuilt_since(instance: dg.DagsterInstance, newest: dict[str, int]) -> dict[str, int]:
@@ -101,9 +101,17 @@ def _not_rebuilt_since(instance: dg.DagsterInstance, newest: dict[str, int]) -> 
     latest = instance.get_latest_storage_id_by_partition(
         DAILY_AGGREGATES, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(newest)
     )
-    later = [latest[day] for day in newest if latest.get(day, -1) > newest[day]]
-    started = _run_start_ids(instance, later)
-    return {day: sid for day, sid in newest.items() if started.get(latest.get(day), -1) < sid}
+    later = {day: sid for day, sid in newest.items() if latest.get(day, -1) > sid}
+    times = _record_times(instance, set(later.values())) if later else {}
+    starts: dict[str, float] = {}
+    todo = {}
+    for day, sid in newest.items():
+        if day in later and sid in times:
+            run_id = latest_run_of(instance, DAILY_AGGREGATES, day)
+            if run_id is not None and _run_start_time(instance, run_id, starts) > times[sid]:
+                continue
+        todo[day] = sid
+    return todo
 
 
 def _days_to_rebuild(
