@@ -383,13 +383,31 @@ class Stack:
 
     def stop_sensor(self, name: str) -> None:
         """Turn a sensor off as the UI does (its stored state says STOPPED)."""
+        self._set_sensor_status(name, InstigatorStatus.STOPPED)
+
+    def start_sensor(self, name: str) -> None:
+        """Turn a sensor back on as the UI does (its cursor is kept)."""
+        self._set_sensor_status(name, InstigatorStatus.RUNNING)
+
+    def _set_sensor_status(self, name: str, status: InstigatorStatus) -> None:
         state = self._sensor_state(name)
         assert state is not None, f"the daemon has not ticked {name} yet"
-        self.instance.update_instigator_state(state.with_status(InstigatorStatus.STOPPED))
+        self.instance.update_instigator_state(state.with_status(status))
 
     def cursor(self) -> str | None:
         state = self._sensor_state()
         return state.instigator_data.cursor if state and state.instigator_data else None
+
+    def describe(self) -> str:
+        """The latest runs and landing ticks, for a failure message."""
+        runs = [f"{r.run_id[:8]} {r.status.value} {r.tags.get('dagster/run_key')}"
+                for r in self.instance.get_runs(limit=8)]  # fmt: skip
+        state = self._sensor_state()
+        ticks = [] if state is None else [
+            f"{t.status.value} runs={len(t.run_ids)} skip={t.skip_reason} error={t.error}"
+            for t in self.instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5)
+        ]  # fmt: skip
+        return "runs:\n  " + "\n  ".join(runs) + "\nticks:\n  " + "\n  ".join(ticks)
 
     def failed_ticks(self, since: float) -> int:
         state = self._sensor_state()
@@ -582,8 +600,8 @@ def tag(request) -> str:
     return f"r{request.param}"
 
 
-def wait(event: threading.Event, what: str, timeout: float = 90) -> None:
-    assert event.wait(timeout), f"the fault never fired: {what}"
+def wait(event: threading.Event, what: str, stack: Stack, timeout: float = 180) -> None:
+    assert event.wait(timeout), f"the fault never fired: {what}\n{stack.describe()}"
 
 
 def report(name: str, **numbers) -> None:
@@ -626,7 +644,7 @@ def test_s3_down_during_a_runs_writes_and_sensor_ticks(stack: Stack, tag: str):
     since = time.time()
     cut = stack.s3.arm(bronze_put(stack), stack.s3.down, nth=2)
     writing = stack.put(f"faults/{tag}/s3/writing.csv", reading_file(1, f"s3{tag}"))
-    wait(cut, "second bronze PUT")
+    wait(cut, "second bronze PUT", stack)
     down_at = time.monotonic()
     landed = [
         stack.put(f"faults/{tag}/s3/tick-{i}.csv", reading_file(i, f"s3tick{tag}"))
@@ -668,7 +686,7 @@ def test_postgres_restarted_during_a_run(stack: Stack, tag: str):
     downtime: list[float] = []
     restarted = stack.s3.arm(bronze_put(stack), lambda: downtime.append(restart_postgres(stack)))
     partition = stack.put(f"faults/{tag}/pg/run.csv", reading_file(2, f"pgrun{tag}"))
-    wait(restarted, "bronze PUT")
+    wait(restarted, "bronze PUT", stack)
     back = time.monotonic()
     stack.settle([partition])
     recovery = time.monotonic() - back
@@ -693,7 +711,7 @@ def test_postgres_restarted_during_a_sensor_tick(stack: Stack, tag: str):
 
     restarted = stack.s3.arm(listed(PREFIX + names[0]), restart, from_server=True)
     landed = [stack.put(name, reading_file(i, f"pgtick{tag}")) for i, name in enumerate(names)]
-    wait(restarted, "a listing naming the new file")
+    wait(restarted, "a listing naming the new file", stack)
     back = time.monotonic()
     stack.settle(landed)
     recovery = time.monotonic() - back
@@ -730,7 +748,7 @@ def test_run_worker_sigkilled_mid_write(stack: Stack, tag: str):
 
     fired = stack.s3.arm(bronze_put(stack), kill_worker, nth=2)
     assert stack.put(f"faults/{tag}/kill/worker.csv", body) == partition
-    wait(fired, "second bronze PUT")
+    wait(fired, "second bronze PUT", stack)
     assert killed, "no process found for the run"
     at = time.monotonic()
     stack.settle([partition])
@@ -759,8 +777,12 @@ def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str
     fired = stack.pg.arm(
         rb"INSERT INTO runs \(.*(" + etags + rb")", lambda: os.kill(old.pid, signal.SIGKILL), nth=3
     )
+    # The sensor is off while they land, so that one tick sees all seven.
+    stack.stop_sensor(SENSOR)
+    time.sleep(3)  # a tick already under way ends (the interval is 1 s)
     landed = [stack.put(f"faults/{tag}/daemon/f{i}.csv", body) for i, body in enumerate(bodies)]
-    wait(fired, "third INSERT INTO runs")
+    stack.start_sensor(SENSOR)
+    wait(fired, "third INSERT INTO runs", stack)
     killed = time.monotonic()
     old.wait(10)
     time.sleep(1)  # the held INSERT is forwarded after the kill
