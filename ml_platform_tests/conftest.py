@@ -22,14 +22,16 @@ from ml_platform_tests.servers import (
 #: The longest modules go first, so that under ``pytest -n 2 --dist loadfile`` (``make test``)
 #: the two processes finish together instead of one waiting on a long module started last.
 SLOW_FIRST = (
-    "test_prod_profile.py",
-    "test_models.py",
-    "test_e2e_daemon.py",
     "test_faults_daemon.py",
+    "test_prod_profile.py",
+    "test_e2e_daemon.py",
+    "test_models.py",
     "test_faults_load.py",
     "test_reproduce.py",
     "test_serving.py",
     "test_features.py",
+    "test_faults_uploads.py",
+    "test_demo.py",
 )
 
 

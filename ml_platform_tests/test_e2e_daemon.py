@@ -21,6 +21,7 @@ from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 
 from ml_platform.lib import paths
+from ml_platform.lib.landing import LandingCursor
 from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.helpers import READINGS_HEADER as HEADER
 from ml_platform_tests.servers import dagster_daemon
@@ -261,38 +262,24 @@ def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed,
     )
     assert not [k for k in keys(client, bucket, paths.BRONZE) if paths.file_id(bad) in k]
 
-    # The same bytes re-put: same version, so the tick that sees it requests the same run key
-    # and no second run starts. Waited for on the sensor's own tick records, not a sleep.
+    # The same bytes re-put: the same version, already in the ledger, so the tick that sees it
+    # requests nothing. Waited for on the sensor's own cursor (past the re-put), not a sleep.
     time.sleep(1.1)  # a later LastModified second: the listing cursor takes it as new
-    handled = {t.tick_id for t in ticks(instance, LANDING_SENSOR) if t.run_keys}  # the 2 files
     reput = time.time()
     client.put_object(Bucket=bucket, Key="landing/readings/e2e/good.csv", Body=GOOD)
+    modified = client.head_object(Bucket=bucket, Key="landing/readings/e2e/good.csv")[
+        "LastModified"
+    ]
 
-    def saw_it():
-        # A tick that requested something, other than those of the two files: it may have
-        # started before the put and listed after it, so it is told by its end, not its start.
-        return [
-            t
-            for t in ticks(instance, LANDING_SENSOR, after=reput - 120)
-            if t.is_completed and t.run_keys and t.tick_id not in handled
-        ]
+    def past_it():
+        state = sensor_state(instance, LANDING_SENSOR)
+        cursor = LandingCursor.from_json(state.instigator_data.cursor)
+        return cursor.hwm is not None and cursor.hwm >= modified
 
-    seen = wait_until(
-        "a landing sensor tick that saw the re-put",
-        saw_it,
-        daemon,
-        90,
-    )
-    [tick] = seen
-    if landing_day(client, bucket, "landing/readings/e2e/good.csv") == day:
-        assert tick.run_keys == [root.tags["dagster/run_key"]], tick.run_keys
-        assert tick.run_ids == [] and tick.status == TickStatus.SKIPPED, tick
-        assert [r.run_id for r in root_runs(ingest_runs(instance, version))] == [root.run_id]
-    else:  # re-put after midnight UTC: another day's batch, and its run leaves the version alone
-        [again] = tick.run_ids
-        finished = wait_for_ingest(instance, version, daemon)
-        assert finished.run_id == again
-        assert [r["outcome"] for r in file_outcomes(instance, again)] == ["already_ingested"]
+    wait_until("a landing sensor tick that saw the re-put", past_it, daemon, 90)
+    after = [t for t in ticks(instance, LANDING_SENSOR, after=reput - 1) if t.is_completed]
+    assert after and not [t.run_keys for t in after if t.run_keys], [t.run_keys for t in after]
+    assert [r.run_id for r in root_runs(ingest_runs(instance, version))] == [root.run_id]
     assert ledger(client, bucket, version)["run_id"] == run.run_id
 
 
