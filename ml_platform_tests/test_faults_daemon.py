@@ -560,6 +560,9 @@ def stack(tmp_path_factory, s3_server, postgres):
         "ML_PLATFORM_SENSOR_INTERVAL_S": "1",
         "ML_PLATFORM_BATCH_MAX_FILES": str(BATCH_MAX_FILES),
         "ML_PLATFORM_FEAST_REPO": str(copy_feature_repo(tmp / "feature_repo")),
+        # The daemon's calls to the code server wait longer than Dagster's 60 s: on a loaded
+        # 2-core CI machine a run launch while another stack starts can take more.
+        "DAGSTER_GRPC_TIMEOUT_SECONDS": "180",
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
