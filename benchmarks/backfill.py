@@ -148,7 +148,10 @@ def duckdb_reference(out: Path) -> dict:
         "(FORMAT parquet, COMPRESSION zstd, PARTITION_BY (day), OVERWRITE_OR_IGNORE)"
     )
     failing = _duckdb_checks(con, work)
-    return {"failing_days": failing, "rows": con.execute("SELECT count(*) FROM chunks").one()[0]}
+    return {
+        "failing_days": failing,
+        "rows": con.execute("SELECT count(*) FROM chunks").fetchone()[0],
+    }
 
 
 def _duckdb_checks(con, work: Path) -> int:
@@ -178,7 +181,7 @@ def _duckdb_checks(con, work: Path) -> int:
                                 OR g.mismatched > 0)
         FROM s JOIN p USING (day) JOIN g USING (day)
         """
-    ).one()
+    ).fetchone()
     return int(per_day[0])
 
 
