@@ -20,4 +20,4 @@ def latest_run_of(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: s
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
     ).records
-    return records[0].run_id or None if records else None
+    return (records[0].run_id or None) if records else None

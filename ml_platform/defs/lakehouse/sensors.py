@@ -15,7 +15,7 @@ import dagster as dg
 
 from ml_platform.defs.lakehouse.assets import LAKEHOUSE_TAGS, lakehouse_job
 from ml_platform.defs.partitions import daily
-from ml_platform.defs.runs import latest_run_of, run_waiting
+from ml_platform.defs.runs import run_waiting
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -75,43 +75,48 @@ def _touched_days(records: list[dg.EventLogRecord], known: set[str]) -> dict[str
     return newest
 
 
-def _run_start_time(instance: dg.DagsterInstance, run_id: str, starts: dict) -> float:
-    """When a run started (epoch seconds; -1 if it never did). Storage ids of a run's own events
-    are not comparable with asset records on every storage (SQLite keeps one file per run)."""
-    if run_id not in starts:
-        record = instance.get_run_record_by_id(run_id)
-        starts[run_id] = record.start_time if record and record.start_time else -1.0
-    return starts[run_id]
-
-
-def _record_times(instance: dg.DagsterInstance, storage_ids: set[int]) -> dict[int, float]:
+def _records_by_id(
+    instance: dg.DagsterInstance, asset: dg.AssetKey, storage_ids: set[int]
+) -> dict[int, dg.EventLogRecord]:
+    """The asset's materialization records with these ids, in one query."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RAW_READINGS, storage_ids=sorted(storage_ids)),
+        dg.AssetRecordsFilter(asset_key=asset, storage_ids=sorted(storage_ids)),
         limit=max(len(storage_ids), 1),
     ).records
-    return {r.storage_id: r.timestamp for r in records}
+    return {r.storage_id: r for r in records}
+
+
+def _start_times(instance: dg.DagsterInstance, run_ids: set[str]) -> dict[str, float]:
+    """When each run started (epoch seconds; -1 if it never did)."""
+    records = instance.get_run_records(dg.RunsFilter(run_ids=sorted(run_ids))) if run_ids else []
+    return {r.dagster_run.run_id: r.start_time or -1.0 for r in records}
 
 
 def _not_rebuilt_since(instance: dg.DagsterInstance, newest: dict[str, int]) -> dict[str, int]:
     """The days whose daily_aggregates no run started after their newest record has rebuilt.
 
     A run that started after the record read the file's bronze part (written before the record);
-    one that merely finished after it (a higher materialization id) may have read before.
+    one that merely finished after it may have read before. Run start times are compared with
+    record times, not storage ids: a run's own events are not comparable with asset records on
+    every storage (SQLite keeps one file per run).
     """
     latest = instance.get_latest_storage_id_by_partition(
         DAILY_AGGREGATES, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(newest)
     )
-    later = {day: sid for day, sid in newest.items() if latest.get(day, -1) > sid}
-    times = _record_times(instance, set(later.values())) if later else {}
-    starts: dict[str, float] = {}
-    todo = {}
-    for day, sid in newest.items():
-        if day in later and sid in times:
-            run_id = latest_run_of(instance, DAILY_AGGREGATES, day)
-            if run_id is not None and _run_start_time(instance, run_id, starts) > times[sid]:
-                continue
-        todo[day] = sid
-    return todo
+    later = {day: latest[day] for day, sid in newest.items() if latest.get(day, -1) > sid}
+    if not later:
+        return newest
+    raw = _records_by_id(instance, RAW_READINGS, {newest[day] for day in later})
+    built = _records_by_id(instance, DAILY_AGGREGATES, set(later.values()))
+    starts = _start_times(instance, {r.run_id for r in built.values() if r.run_id})
+    return {
+        day: sid
+        for day, sid in newest.items()
+        if day not in later
+        or sid not in raw
+        or later[day] not in built
+        or starts.get(built[later[day]].run_id, -1.0) <= raw[sid].timestamp
+    }
 
 
 def _days_to_rebuild(
