@@ -15,8 +15,7 @@ from ml_platform.defs.ingest.sensors import BatchLimits, build_landing_sensor
 from ml_platform.defs.lakehouse.assets import daily_aggregates, lakehouse_job, sensor_chunks
 from ml_platform.defs.lakehouse.checks import (
     daily_aggregates_pass_quality_suite,
-    sensor_chunks_pass_quality_suite,
-    sensor_chunks_values_within_contract_ranges,
+    sensor_chunks_checks,
 )
 from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
 from ml_platform.defs.ml.assets import training_set
@@ -63,8 +62,7 @@ defs = dg.Definitions(
         live_performance,
     ],
     asset_checks=[
-        sensor_chunks_pass_quality_suite,
-        sensor_chunks_values_within_contract_ranges,
+        sensor_chunks_checks,
         daily_aggregates_pass_quality_suite,
     ],
     jobs=[ingest_readings_job, ingest_labels_job, lakehouse_job, weekly_training_job, scoring_job],

@@ -26,8 +26,7 @@ MEASUREMENTS = ["temperature", "vibration", "pressure", "current"]
 LAKEHOUSE = [
     sensor_chunks,
     daily_aggregates,
-    checks.sensor_chunks_pass_quality_suite,
-    checks.sensor_chunks_values_within_contract_ranges,
+    checks.sensor_chunks_checks,
     checks.daily_aggregates_pass_quality_suite,
 ]
 

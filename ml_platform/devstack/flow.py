@@ -83,9 +83,21 @@ def timeline(instance) -> str:
         assets = ",".join(k.to_user_string() for k in run.asset_selection or [])
         lines.append(
             f"{record.create_timestamp:%H:%M:%S} {took} {run.status.value:8} {run.job_name} "
-            f"{assets} {run.tags.get('dagster/partition', '')}"
+            f"{assets} {run.tags.get('dagster/partition', '')}{_step_seconds(instance, run)}"
         )
     return "\n".join(lines)
+
+
+def _step_seconds(instance, run) -> str:
+    """`` [step 1.2 s, ...]`` for a run of several steps: where a slow run spent its time."""
+    from dagster._core.events import DagsterEventType
+
+    records = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_SUCCESS)
+    steps = [
+        f"{r.event_log_entry.step_key} {r.event_log_entry.dagster_event.event_specific_data.duration_ms / 1000:.1f} s"
+        for r in records.records
+    ]
+    return f" [{', '.join(steps)}]" if len(steps) > 1 else ""
 
 
 def wait_until(what: str, predicate, stack: Stack, timeout: float) -> float:

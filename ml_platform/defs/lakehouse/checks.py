@@ -149,24 +149,44 @@ def _chunks(
     return frame, inputs
 
 
-@dg.asset_check(
-    asset=sensor_chunks,
-    blocking=True,
-    partitions_def=daily,
-    description="GX: no null keys, unique (sensor_id, timestamp), rows inside their day, "
-    "row count = distinct keys of the bronze parts the asset read.",
-)
-def sensor_chunks_pass_quality_suite(
-    context: dg.AssetCheckExecutionContext, lake: LakeResource
+CHUNK_CHECKS = [
+    dg.AssetCheckSpec(
+        "sensor_chunks_pass_quality_suite",
+        asset=sensor_chunks,
+        blocking=True,
+        partitions_def=daily,
+        description="GX: no null keys, unique (sensor_id, timestamp), rows inside their day, "
+        "row count = distinct keys of the bronze parts the asset read.",
+    ),
+    dg.AssetCheckSpec(
+        "sensor_chunks_values_within_contract_ranges",
+        asset=sensor_chunks,
+        partitions_def=daily,
+        description="GX (warn): measurement values inside the contract's plausible ranges.",
+    ),
+]
+
+
+@dg.multi_asset_check(specs=CHUNK_CHECKS, name="sensor_chunks_checks")
+def sensor_chunks_checks(
+    context: dg.AssetCheckExecutionContext, lake: LakeResource, ingest: IngestResource
 ) -> Iterator[Any]:
+    """Both suites of the chunks in one step: the objects are fetched and read once."""
     store = lake.store()
     with tempfile.TemporaryDirectory(prefix="check-") as tmp:
         frame, inputs = _chunks(context, store, Path(tmp))
-    expected = {day: read["input_keys"] for day, read in inputs.items() if read}
-    if len(frame):
-        frame = _with_day_counts(frame, expected)
-    outcomes = _by_day(frame, CHUNK_SUITE, "sensor_chunks", expected)
     rows = frame.groupby(DAY).size().to_dict() if len(frame) else {}
+    yield from _chunk_suite(frame, inputs, rows)
+    yield from _chunk_ranges(frame, inputs, rows, ingest.contract("readings").columns)
+    for spec in CHUNK_CHECKS:
+        yield dg.Output(None, output_name=f"sensor_chunks_{spec.name}")
+
+
+def _chunk_suite(frame: Any, inputs: dict, rows: dict) -> Iterator[dg.AssetCheckEvaluation]:
+    """The blocking suite: keys, days and row counts against the recorded inputs."""
+    expected = {day: read["input_keys"] for day, read in inputs.items() if read}
+    judged = _with_day_counts(frame.copy(), expected) if len(frame) else frame
+    outcomes = _by_day(judged, CHUNK_SUITE, "sensor_chunks", expected)
     for day, read in inputs.items():
         seen = {"rows": int(rows.get(day, 0))}
         if read:
@@ -176,41 +196,28 @@ def sensor_chunks_pass_quality_suite(
             "sensor_chunks", "sensor_chunks_pass_quality_suite", day,
             outcomes[day] if read else _no_record(day), seen, blocking=True,
         )  # fmt: skip
-    yield dg.Output(None)
 
 
-@dg.asset_check(
-    asset=sensor_chunks,
-    partitions_def=daily,
-    description="GX (warn): measurement values inside the contract's plausible ranges.",
-)
-def sensor_chunks_values_within_contract_ranges(
-    context: dg.AssetCheckExecutionContext, lake: LakeResource, ingest: IngestResource
-) -> Iterator[Any]:
-    store = lake.store()
-    ranged = [
-        c for c in ingest.contract("readings").columns if c.min is not None or c.max is not None
-    ]
-    with tempfile.TemporaryDirectory(prefix="check-") as tmp:
-        frame, inputs = _chunks(context, store, Path(tmp))
+def _chunk_ranges(
+    frame: Any, inputs: dict, rows: dict, columns: list
+) -> Iterator[dg.AssetCheckEvaluation]:
+    """The warning suite: measurements inside the contract's plausible ranges."""
     expectations = [
         Expect("ExpectColumnValuesToBeBetween",
                {"column": c.name, "min_value": c.min, "max_value": c.max})
-        for c in ranged if c.name in frame
+        for c in columns if (c.min is not None or c.max is not None) and c.name in frame
     ]  # fmt: skip
     outcomes = (
         run_suite_by_partition(frame, expectations, "sensor_chunk_ranges", DAY)
         if len(frame) and expectations
         else {}
     )
-    rows = frame.groupby(DAY).size().to_dict() if len(frame) else {}
     nothing = SuiteOutcome(success=True, evaluated=0, failed=[])
     for day in inputs:
         yield _evaluation(
             "sensor_chunks", "sensor_chunks_values_within_contract_ranges", day,
             outcomes.get(day, nothing), {"rows": int(rows.get(day, 0))}, blocking=False,
         )  # fmt: skip
-    yield dg.Output(None)
 
 
 def _aggregates_suite(measurements: list[str]) -> list[Expect]:
