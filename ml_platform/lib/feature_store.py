@@ -310,8 +310,8 @@ def postgres_url(offline_store: dict) -> str:
     )
 
 
-def publish_offline_day(profile: Profile, day: str, rows) -> int:
-    """Replace one day's gold rows in the PostgreSQL offline table, in one transaction."""
+def publish_offline_days(profile: Profile, days: list[str], rows) -> int:
+    """Replace the gold rows of ``days`` in the PostgreSQL offline table, in one transaction."""
     import sqlalchemy as sa
 
     engine = sa.create_engine(postgres_url(profile.config["offline_store"]))
@@ -321,10 +321,11 @@ def publish_offline_day(profile: Profile, day: str, rows) -> int:
             con.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
             if sa.inspect(con).has_table(OFFLINE_TABLE, schema=schema):
                 con.execute(
-                    sa.text(f"DELETE FROM {profile.offline_table} WHERE day = :day"),
-                    {"day": day},
+                    sa.text(f"DELETE FROM {profile.offline_table} WHERE day = ANY(:days)"),
+                    {"days": list(days)},
                 )
-            rows.to_sql(OFFLINE_TABLE, con, schema=schema, if_exists="append", index=False)
+            if len(rows):
+                rows.to_sql(OFFLINE_TABLE, con, schema=schema, if_exists="append", index=False)
     finally:
         engine.dispose()
     return len(rows)
@@ -368,44 +369,68 @@ def _online_seconds(feature_store, view: str, feature: str, sensors: list[str]) 
     return [ts if ts else None for ts in got[f"{feature}__ts"]]
 
 
-def publish_online_day(feature_store, rows, names: dict[str, list[str]]) -> dict:
-    """Write one day's gold ``rows`` to the online store, view by view, through Feast's online
-    write path, skipping sensors whose online row is already newer (a backfill never regresses
-    what is served), then read the values back.
+def publish_online_days(feature_store, rows, names: dict[str, list[str]]) -> dict[str, dict]:
+    """Write the gold ``rows`` of a range of days (column ``day``) to the online store and report
+    on each day.
 
-    Returns what was written and kept, how many sensors the store does not answer for, and how
-    many just-written rows read back differently.
+    Only each sensor's newest row of the range is written, view by view, through Feast's online
+    write path (an older day's row would be overwritten by the newer one anyway), and only where
+    the online row is not already newer (a backfill never regresses what is served); then the
+    written values are read back once for the whole range.
     """
+    rows = rows.assign(sensor_id=rows["sensor_id"].astype(str))
+    newest = rows.sort_values(["event_timestamp", "day"]).groupby("sensor_id").tail(1)
+    written = _write_newest(feature_store, newest, names)
+    stats = names[DAILY_STATS_VIEW]
+    answer = _online_values(feature_store, stats, sorted(set(rows["sensor_id"])))
+    just_written = newest.set_index("sensor_id").loc[sorted(written[DAILY_STATS_VIEW])]
+    got = answer.loc[just_written.index, stats].astype("float64")
+    want = just_written[stats].astype("float64")
+    differ = set(got.index[~((got == want) | (got.isna() & want.isna())).all(axis=1)])
+    unanswered = set(answer.index[answer[stats].isna().all(axis=1)])
+    newest_day = dict(zip(newest["sensor_id"], newest["day"], strict=True))
+    reports = {}
+    for day, group in rows.groupby("day"):
+        sensors = set(group["sensor_id"])
+        mine = {s for s in sensors if newest_day[s] == day}  # this day's rows are the newest
+        reports[str(day)] = {
+            "written": {view: len(mine & w) for view, w in written.items()},
+            "kept_newer_online": {view: len(sensors - (mine & w)) for view, w in written.items()},
+            "sensors_without_answer": len(sensors & unanswered),
+            "values_not_as_written": len(mine & differ),
+        }
+    return reports
+
+
+def _write_newest(feature_store, newest, names: dict[str, list[str]]) -> dict[str, set[str]]:
+    """Each view's rows of ``newest`` (one per sensor) that are not older than the online row,
+    written; returns the sensors written per view."""
     import pandas as pd
 
-    rows = rows.assign(sensor_id=rows["sensor_id"].astype(str))
-    sensors = rows["sensor_id"].tolist()
-    row_seconds = rows["event_timestamp"].map(lambda t: int(t.timestamp()))
-    written, kept_newer = {}, {}
+    sensors = newest["sensor_id"].tolist()
+    row_seconds = newest["event_timestamp"].map(lambda t: int(t.timestamp()))
+    written = {}
     for view in VIEWS:
-        online = pd.Series(_online_seconds(feature_store, view, names[view][0], sensors))
+        online = pd.Series(
+            _online_seconds(feature_store, view, names[view][0], sensors), index=newest.index
+        )
         fresh = (online.isna() | (online <= row_seconds)).to_numpy()
-        batch = rows.loc[fresh, ["sensor_id", "event_timestamp", "created_timestamp", *names[view]]]
+        batch = newest.loc[
+            fresh, ["sensor_id", "event_timestamp", "created_timestamp", *names[view]]
+        ]
         if len(batch):
             feature_store.write_to_online_store(view, batch)
-        written[view] = batch["sensor_id"].tolist()
-        kept_newer[view] = int((~fresh).sum())
-    stats = names[DAILY_STATS_VIEW]
-    answer = (
+        written[view] = set(batch["sensor_id"])
+    return written
+
+
+def _online_values(feature_store, features: list[str], sensors: list[str]):
+    """The online values of the daily-stats ``features`` for ``sensors``, indexed by sensor."""
+    return (
         feature_store.get_online_features(
-            features=[f"{DAILY_STATS_VIEW}:{n}" for n in stats],
+            features=[f"{DAILY_STATS_VIEW}:{n}" for n in features],
             entity_rows=[{"sensor_id": s} for s in sensors],
         )
         .to_df()
         .set_index("sensor_id")
     )
-    just_written = written[DAILY_STATS_VIEW]
-    got = answer.loc[just_written, stats].astype("float64")
-    want = rows.set_index("sensor_id").loc[just_written, stats].astype("float64")
-    differ = ~((got == want) | (got.isna() & want.isna())).all(axis=1)
-    return {
-        "written": {view: len(w) for view, w in written.items()},
-        "kept_newer_online": kept_newer,
-        "sensors_without_answer": int(answer[stats].isna().all(axis=1).sum()),
-        "values_not_as_written": int(differ.sum()),
-    }

@@ -393,8 +393,9 @@ def read_frame(store: ObjectStore, keys: list[str]) -> Any:
 
 def read_prefixes(store: ObjectStore, prefixes: list[str]) -> Any:
     """Every Parquet object under ``prefixes`` (e.g. day folders) as one DataFrame."""
-    keys = [o.key for p in prefixes for o in store.list(p) if o.key.endswith(".parquet")]
-    return read_frame(store, keys)
+    with ThreadPoolExecutor(FETCH_THREADS) as pool:
+        listings = list(pool.map(lambda prefix: list(store.list(prefix)), prefixes))
+    return read_frame(store, [o.key for lst in listings for o in lst if o.key.endswith(".parquet")])
 
 
 def write_frame(store: ObjectStore, frame: Any, key: str, **csv_options: Any) -> None:

@@ -141,41 +141,45 @@ def online_features(
     feast: FeastResource,
     ingest: IngestResource,
 ) -> dg.MaterializeResult:
-    """Exactly one day's gold rows written to the Feast online store, for every sensor of the day.
+    """The gold rows of a range of days written to the Feast online store, every sensor of
+    every day answered.
 
-    The day's window is written through Feast's online write path (what ``feast materialize``
-    calls per row batch), reading the day's gold file directly instead of scanning the whole
-    offline store per day. Idempotent: the same day writes the same values. Backfilling an old
-    day never replaces a newer value already online. With the PostgreSQL offline store, the day's
-    rows are first published to its table (replacing that day), so training sees them too.
+    The range is written through Feast's online write path (what ``feast materialize`` calls per
+    row batch), reading the days' gold files directly instead of scanning the whole offline
+    store. Each sensor's newest row of the range is written once; an older day (a backfill)
+    never replaces a newer value already online, and the same range writes the same values.
+    With the PostgreSQL offline store, the days' rows are first published to its table
+    (replacing those days) in one transaction, so training sees them too.
     """
     from ml_platform.lib.training import completeness
 
     started = time.perf_counter()
     store, feature_store, profile = lake.store(), feast.store(), feast.profile()
     names = fs.feature_names(ingest.contract("readings").columns)
+    days = sorted(context.partition_keys)
+    rows = read_prefixes(store, [paths.aggregates_day_prefix(day) for day in days])
+    if profile.offline_type == "postgres":
+        fs.publish_offline_days(profile, days, rows)
+    reports = fs.publish_online_days(feature_store, rows, names) if len(rows) else {}
     per_day: dict[str, dict] = {}
     failing: list[str] = []
     sparse: dict[str, list[str]] = {view: [] for view in fs.VIEWS}
-    preview: list[dict] = []
-    for day in sorted(context.partition_keys):
-        rows = read_prefixes(store, [paths.aggregates_day_prefix(day)])
-        if rows.empty:
+    for day in days:
+        if day not in reports:
             per_day[day] = {"sensors": 0}
             context.log.warning(f"{day}: no gold rows; nothing written")
             continue
-        if profile.offline_type == "postgres":
-            fs.publish_offline_day(profile, day, rows)
-        report = fs.publish_online_day(feature_store, rows, names)
-        per_day[day] = {"sensors": len(rows), **report}
-        if report["sensors_without_answer"] or report["values_not_as_written"]:
+        day_rows = rows[rows["day"] == day]
+        per_day[day] = {"sensors": len(day_rows), **reports[day]}
+        if reports[day]["sensors_without_answer"] or reports[day]["values_not_as_written"]:
             failing.append(day)
         for view in fs.VIEWS:
-            share = completeness(rows, names[view])
+            share = completeness(day_rows, names[view])
             if share < COMPLETENESS_WARN_BELOW:
                 sparse[view].append(f"{day}: {share:.1%}")
-        preview = rows.head(5)[["sensor_id", *names[fs.DAILY_STATS_VIEW][:5]]].to_dict("records")
-        context.log.info(f"{day}: {per_day[day]}")
+    context.log.info(f"{len(reports)} days written, {len(failing)} failing: {failing[:10]}")
+    newest = rows[rows["day"] == max(reports)] if reports else rows
+    preview = newest.head(5)[["sensor_id", *names[fs.DAILY_STATS_VIEW][:5]]].to_dict("records")
     return dg.MaterializeResult(
         metadata={
             "days": dg.MetadataValue.json(per_day),

@@ -9,6 +9,7 @@ file is quarantined with its reason and the rest of the batch goes on; the run's
 every file with its outcome.
 """
 
+import contextlib
 import json
 import shutil
 import tempfile
@@ -37,8 +38,10 @@ TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.E
 
 #: Files at most this large share the batch's worker threads (one DuckDB thread each); larger
 #: ones are ingested one at a time with the whole budget.
-SMALL_FILE_BYTES = 64 << 20
-WORKERS = 2
+SMALL_FILE_BYTES = 16 << 20
+#: Versions of a batch in flight at once: a small file's cost is mostly waiting on the store
+#: (ledger, download, parts, ledger again), so more threads than cores keep both cores busy.
+WORKERS = 8
 
 _TYPE_NAMES = {"TIMESTAMP WITH TIME ZONE": "timestamp[UTC]", "VARCHAR": "string"}
 
@@ -153,12 +156,12 @@ def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
             dates=previous["dates"], rows_by_date=previous["rows_by_date"],
             reason=previous.get("reason", ""), message=f"by run {previous['run_id']}",
         )  # fmt: skip
-    if not store.exists(key):
-        return Outcome(version, store.uri(key), "gone", message="no longer exists")
     try:
         outcome = _ingest_version(batch, version, key, etag)
     except ObjectChangedError:
         outcome = None
+    except _Gone:
+        return Outcome(version, store.uri(key), "gone", message="no longer exists")
     if outcome is None:
         return Outcome(version, store.uri(key), "gone",
                        message="overwritten since it landed; the new version is its own")  # fmt: skip
@@ -167,16 +170,22 @@ def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
     return outcome
 
 
+class _Gone(Exception):
+    """The landed object was deleted before its download."""
+
+
 def _ingest_version(batch: _Batch, version: str, key: str, etag: str) -> Outcome | None:
     """Read the exact version, cast it, and publish its parts or quarantine it. None: the
     object was overwritten since it landed (its new version has its own batch)."""
     store, dataset = batch.store, batch.dataset
     # S3: the download asks for exactly this ETag. Local: the content hash is compared below.
     if_match = None if store.etag_is_content_hash else etag
-    with (
-        store.local_copy(key, if_match) as local,
-        tempfile.TemporaryDirectory(prefix="bronze-") as out,
-    ):
+    with contextlib.ExitStack() as scope:
+        try:
+            local = scope.enter_context(store.local_copy(key, if_match))
+        except FileNotFoundError:
+            raise _Gone(key) from None
+        out = scope.enter_context(tempfile.TemporaryDirectory(prefix="bronze-"))
         sha256 = sha256_file(local)
         if store.etag_is_content_hash and content_etag(sha256) != etag:
             return None
