@@ -59,7 +59,7 @@ def start(app: str, port: int, env: dict[str, str]) -> subprocess.Popen:
         [str(Path(sys.executable).with_name("uvicorn")), "--factory", app, "--host", "127.0.0.1",
          "--port", str(port), "--workers", "1", "--log-level", "warning", "--no-access-log"],
         cwd=ROOT, env={**os.environ, **env, "ML_PLATFORM_API_RELOAD_S": "3600"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
     )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -47,7 +47,8 @@ def dagster_daemon(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
          str(ROOT / "workspace.yaml")],
         cwd=ROOT, env={**env, "DAGSTER_HOME": str(home)}, stdout=out, stderr=subprocess.STDOUT,
-        start_new_session=True,  # its code server and run workers die with the group
+        stdin=subprocess.DEVNULL,
+        process_group=0,  # its code server and run workers die with the group (same session)
     )  # fmt: skip
     instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     try:

@@ -158,7 +158,7 @@ def test_the_api_serves_on_its_read_only_role(deployed_postgres, tmp_path, monke
             [str(Path(sys.executable).with_name("uvicorn")), "--factory",
              "ml_platform.serving.app:create_app", "--host", "127.0.0.1", "--port", str(port),
              "--workers", "1"],
-            env=api_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            env=api_env, stdout=out, stderr=subprocess.STDOUT, process_group=0,
         )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

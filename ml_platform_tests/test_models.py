@@ -357,7 +357,7 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
         env={**os.environ, **server_env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        process_group=0,
     )
 
     def healthy() -> bool:

@@ -50,7 +50,7 @@ def test_a_ui_backfill_over_three_days_is_one_run(tmp_path, store, landed, monke
         [str(Path(sys.executable).with_name("dagster-webserver")), "-h", "127.0.0.1", "-p",
          str(port), "-w", str(ROOT / "workspace.yaml")],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        process_group=0,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -207,7 +207,11 @@ def _start(stack: Stack, name: str, cmd: list[str], env: dict[str, str] | None =
             env={**os.environ, **stack.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # each service with its children is one process group
+            stdin=subprocess.DEVNULL,
+            # Each service with its children is one process group, in the caller's session: a
+            # session of its own would also be a CPU scheduling group of its own (Linux autogroup)
+            # and take as much CPU as everything else on the machine together.
+            process_group=0,
         )
 
 
