@@ -369,3 +369,31 @@ def test_s3_profile_reads_gold_parquet_through_the_endpoint_override(
         frame = pd.read_parquet(local)
         # Week 2024-01-08 labels the days up to 01-13 (its last day plus a one-day horizon).
         assert len(frame) == 5 * 13 and frame["temperature_mean"].notna().all()
+
+
+def test_a_range_serves_each_sensors_newest_day_and_writes_it_once(env):
+    """A run over three days serves the newest day's values and writes an older day's row only for
+    a sensor absent from every later day of the range."""
+    days = env.days[-3:]
+    assert materialize(env.instance, [feature_views]).success
+    tags = {RANGE_START: days[0], RANGE_END: days[-1]}
+    result = materialize(env.instance, [online_features], tags=tags)
+    assert result.success and checks(result)["online_store_answers_for_every_sensor"]
+    shown = metadata(result, "online_features")["days"]
+    frames = {day: gold(env.store, day) for day in days}
+    for i, day in enumerate(days):
+        later = set().union(*(frames[d].index for d in days[i + 1 :]))
+        expected = len(set(frames[day].index) - later)
+        assert shown[day]["written"][fs.DAILY_STATS_VIEW] == expected, (day, shown[day])
+        assert shown[day]["sensors_without_answer"] == 0
+    refs = feature_refs()
+    want = frames[days[-1]][list(refs)]
+    got = (
+        feature_store()
+        .get_online_features(
+            features=list(refs.values()), entity_rows=[{"sensor_id": s} for s in want.index]
+        )
+        .to_df()
+        .set_index("sensor_id")[list(refs)]
+    )
+    pd.testing.assert_frame_equal(got.astype(float), want.astype(float), check_names=False)

@@ -179,7 +179,7 @@ def sensor_chunks_checks(
     yield from _chunk_suite(frame, inputs, rows)
     yield from _chunk_ranges(frame, inputs, rows, ingest.contract("readings").columns)
     for spec in CHUNK_CHECKS:
-        yield dg.Output(None, output_name=f"sensor_chunks_{spec.name}")
+        yield dg.Output(None, output_name=spec.get_python_identifier())
 
 
 def _chunk_suite(frame: Any, inputs: dict, rows: dict) -> Iterator[dg.AssetCheckEvaluation]:
