@@ -15,9 +15,19 @@ def run_waiting(instance: dg.DagsterInstance, tags: dict[str, str]) -> bool:
     return bool(instance.get_runs(filters=dg.RunsFilter(tags=tags, statuses=WAITING), limit=1))
 
 
-def latest_run_of(instance: dg.DagsterInstance, asset: dg.AssetKey, partition: str) -> str | None:
-    """The run that last materialized ``partition`` of ``asset`` (None: never, or not in a run)."""
+def latest_runs_of(
+    instance: dg.DagsterInstance, asset: dg.AssetKey, partitions: list[str]
+) -> dict[str, str]:
+    """The run that last materialized each of ``partitions`` (absent: never, or not in a run),
+    in two queries whatever the number of partitions."""
+    latest = instance.get_latest_storage_id_by_partition(
+        asset, dg.DagsterEventType.ASSET_MATERIALIZATION, partitions=set(partitions)
+    )
+    if not latest:
+        return {}
+    ids = sorted(set(latest.values()))
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=asset, asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=asset, storage_ids=ids), limit=len(ids)
     ).records
-    return (records[0].run_id or None) if records else None
+    run_of = {r.storage_id: r.run_id for r in records}
+    return {day: run_of[sid] for day, sid in latest.items() if run_of.get(sid)}

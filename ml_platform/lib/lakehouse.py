@@ -10,6 +10,7 @@ days at a time (:func:`batch_days`) and publishes the outputs.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ml_platform.lib.sql import file_list, ident, literal
+from ml_platform.lib.store import ObjectInfo
 
 PREVIEW_ROWS = 5
 #: A gap is an interval between two readings of a sensor longer than this many median intervals.
@@ -168,6 +170,42 @@ def _runs(reader: pa.RecordBatchReader, key: str) -> Iterator[tuple[str, list[pa
 def _write_file(table: pa.Table, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, compression="zstd")
+
+
+def _part_order(part: ObjectInfo) -> tuple[str, str]:
+    return part.last_modified.isoformat(), part.key
+
+
+def oldest_first(parts: list[ObjectInfo]) -> list[ObjectInfo]:
+    """A day's bronze parts in ingestion order: the newest part's row wins a repeated key."""
+    return sorted(parts, key=_part_order)
+
+
+def parts_fingerprint(parts: list[ObjectInfo]) -> dict[str, Any]:
+    """What a later build of the day compares its listing with (``parts`` oldest first): how
+    many parts, the newest one's position, and a digest of every part's identity."""
+    digest = hashlib.sha256()
+    for p in parts:
+        digest.update(
+            f"{p.key}\0{p.etag or ''}\0{p.size}\0{p.last_modified.isoformat()}\n".encode()
+        )
+    return {
+        "count": len(parts),
+        "newest": list(_part_order(parts[-1])) if parts else None,
+        "digest": digest.hexdigest(),
+    }
+
+
+def parts_added_since(parts: list[ObjectInfo], recorded: dict[str, Any] | None) -> list | None:
+    """The parts (oldest first) added after a build whose fingerprint is ``recorded``; None when
+    that build's parts are not all still there unchanged (a part was removed or replaced, or
+    nothing was recorded), so that the day must be built from all of its parts again."""
+    if not recorded or not recorded.get("count") or recorded.get("newest") is None:
+        return None
+    newest = tuple(recorded["newest"])
+    if parts_fingerprint([p for p in parts if _part_order(p) <= newest]) != recorded:
+        return None
+    return [p for p in parts if _part_order(p) > newest]
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES, raw_readings
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
+from ml_platform.defs.runs import latest_runs_of
 from ml_platform.lib import paths
 from ml_platform.lib.lakehouse import (
     ChunkMerger,
@@ -27,6 +28,9 @@ from ml_platform.lib.lakehouse import (
     DailyAggregator,
     DayAggregates,
     batch_days,
+    oldest_first,
+    parts_added_since,
+    parts_fingerprint,
     previous_days,
 )
 from ml_platform.lib.store import ObjectInfo, ObjectStore
@@ -95,29 +99,31 @@ def _delete_all(store: ObjectStore, keys: Iterable[str]) -> None:
     ],
 )
 def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest: IngestResource):
-    """One day's readings: every bronze part merged, de-duplicated, one sorted object per sensor."""
+    """One day's readings: every bronze part merged, de-duplicated, one sorted object per sensor.
+
+    A day built before is built again from its chunks and the parts added since, when every
+    part that build read is still there unchanged; otherwise from all of its parts.
+    """
     store = lake.store()
     started = time.perf_counter()
     days = list(context.partition_keys)
     bronze = _list_each(store, [paths.bronze_day_prefix("readings", day) for day in days])
-    silver = _list_each(store, [paths.chunks_day_prefix(day) for day in days])
-    parts = {  # oldest ingestion first: newest wins
-        day: sorted(objects, key=lambda o: (o.last_modified, o.key))
-        for day, objects in zip(days, bronze, strict=True)
-    }
-    reports = _build_chunks(store, parts, ingest.memory_limit)
+    silver = dict(
+        zip(days, _list_each(store, [paths.chunks_day_prefix(d) for d in days]), strict=True)
+    )
+    parts = {day: oldest_first(objects) for day, objects in zip(days, bronze, strict=True)}
+    reads, reused = _what_to_read(context, store, parts, silver)
+    reports = _build_chunks(store, reads, ingest.memory_limit)
     written = {
         day: {paths.chunk_object(day, name) for name in r.files} for day, r in reports.items()
     }
     # Sensors that vanished from a re-run day are removed: the day equals its bronze parts.
-    stale = {
-        day: [o.key for o in objects if o.key not in written[day]]
-        for day, objects in zip(days, silver, strict=True)
-    }
+    stale = {day: [o.key for o in silver[day] if o.key not in written[day]] for day in days}
     _delete_all(store, [key for keys in stale.values() for key in keys])
-    per_day, details, problems, preview = _chunk_summary(parts, reports, stale)
-    inputs = {  # what the checks judge the day's objects against: counted on the parts read
-        day: {"bronze_parts": len(parts[day]), "input_keys": r.input_keys,
+    per_day, details, problems, preview = _chunk_summary(parts, reads, reused, reports, stale)
+    inputs = {  # what the checks judge the day's objects against: counted on what was read
+        day: {"bronze_parts": len(parts[day]), "parts": parts_fingerprint(parts[day]),
+              "chunks_reused": reused[day], "input_keys": r.input_keys,
               "objects": sorted(written[day])}
         for day, r in reports.items()
     }  # fmt: skip
@@ -132,6 +138,61 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
         },
         check_results=[_invariant("sensor_chunks_conserve_rows", per_day, problems)],
     )
+
+
+def _what_to_read(
+    context: dg.AssetExecutionContext,
+    store: ObjectStore,
+    parts: dict[str, list[ObjectInfo]],
+    silver: dict[str, list[ObjectInfo]],
+) -> tuple[dict[str, list[ObjectInfo]], dict[str, int]]:
+    """Each day's inputs, oldest first, and how many of them are the day's previous chunks:
+    those chunks and the parts added since they were built, or every part of the day."""
+    previous = _previous_builds(context, store, list(parts))
+    reads, reused = {}, {}
+    for day, day_parts in parts.items():
+        record, written = previous.get(day, ({}, None))
+        base = _reusable_chunks(record, written, silver[day])
+        added = parts_added_since(day_parts, record.get("parts")) if base else None
+        if added:
+            reads[day], reused[day] = [*base, *added], len(base)
+        else:
+            reads[day], reused[day] = day_parts, 0
+    return reads, reused
+
+
+def _previous_builds(
+    context: dg.AssetExecutionContext, store: ObjectStore, days: list[str]
+) -> dict[str, tuple[dict, datetime]]:
+    """Each day's input record from the run that last built it, with when it was written."""
+    runs = latest_runs_of(context.instance, context.asset_key, days)
+    records: dict[str, tuple[dict, datetime]] = {}
+    for run_id in set(runs.values()):
+        key = paths.run_inputs_object("sensor_chunks", run_id)
+        try:
+            records[run_id] = (
+                json.loads(store.read_bytes(key))["days"],
+                store.head(key).last_modified,
+            )
+        except FileNotFoundError:
+            continue
+    return {
+        day: (records[run][0][day], records[run][1])
+        for day, run in runs.items()
+        if run in records and day in records[run][0]
+    }
+
+
+def _reusable_chunks(
+    record: dict, written: datetime | None, silver: list[ObjectInfo]
+) -> list[ObjectInfo] | None:
+    """The day's chunk objects, if they are exactly those the recorded build wrote: the same
+    keys, none written after the record (as a later build that failed before its own would)."""
+    if not silver or written is None or {o.key for o in silver} != set(record.get("objects", [])):
+        return None
+    if any(o.last_modified > written for o in silver):
+        return None
+    return sorted(silver, key=lambda o: o.key)
 
 
 def _build_chunks(
@@ -155,7 +216,11 @@ def _build_chunks(
 
 
 def _chunk_summary(
-    parts: dict[str, list[ObjectInfo]], reports: dict[str, ChunkReport], stale: dict
+    parts: dict[str, list[ObjectInfo]],
+    reads: dict[str, list[ObjectInfo]],
+    reused: dict[str, int],
+    reports: dict[str, ChunkReport],
+    stale: dict,
 ) -> tuple[dict, dict, list[str], list[dict]]:
     """Per-day figures, details, days failing the conservation invariant, and a preview."""
     per_day, rows_per_sensor, gaps, problems = {}, {}, {}, []
@@ -168,6 +233,8 @@ def _chunk_summary(
             problems.append(day)
         per_day[day] = {
             "bronze_parts": len(parts[day]),
+            "bronze_parts_read": len(reads[day]) - reused[day],
+            "chunks_reused": reused[day],
             "rows_in": report.rows_in,
             "rows": report.rows_out,
             "duplicates_removed": report.duplicates_removed,

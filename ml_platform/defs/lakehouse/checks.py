@@ -20,7 +20,7 @@ import dagster as dg
 from ml_platform.defs.lakehouse.assets import daily_aggregates, sensor_chunks
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
-from ml_platform.defs.runs import latest_run_of
+from ml_platform.defs.runs import latest_runs_of
 from ml_platform.lib import paths
 from ml_platform.lib.lakehouse import read_partitions
 from ml_platform.lib.quality import Expect, SuiteOutcome, run_suite_by_partition
@@ -57,15 +57,16 @@ def recorded_inputs(
     """What the asset read for each checked day: from this run's record, or (for a check run on
     its own) from the record of the run that last materialized the day. None: no record."""
     days = list(context.partition_keys)
-    runs = {day: context.run.run_id for day in days}
+    runs: dict[str, str | None] = {day: context.run.run_id for day in days}
     own = _read_record(store, asset, context.run.run_id)
     missing = [d for d in days if d not in own]
     if missing:
-        runs |= _materializing_runs(context.instance, asset, missing)
+        found = latest_runs_of(context.instance, dg.AssetKey(asset), missing)
+        runs |= {day: found.get(day) for day in missing}
     records = {context.run.run_id: own}
-    for run_id in set(runs.values()) - set(records):
+    for run_id in {r for r in runs.values() if r} - set(records):
         records[run_id] = _read_record(store, asset, run_id)
-    return {day: records[runs[day]].get(day) if runs[day] else None for day in days}
+    return {day: records[run].get(day) if (run := runs[day]) else None for day in days}
 
 
 def _read_record(store: ObjectStore, asset: str, run_id: str) -> dict[str, dict]:
@@ -73,10 +74,6 @@ def _read_record(store: ObjectStore, asset: str, run_id: str) -> dict[str, dict]
         return json.loads(store.read_bytes(paths.run_inputs_object(asset, run_id)))["days"]
     except FileNotFoundError:
         return {}
-
-
-def _materializing_runs(instance: dg.DagsterInstance, asset: str, days: list[str]) -> dict:
-    return {day: latest_run_of(instance, dg.AssetKey(asset), day) for day in days}
 
 
 def _no_record(day: str) -> SuiteOutcome:
