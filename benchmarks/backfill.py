@@ -52,12 +52,33 @@ def setup(sensors: int, interval_s: int, out: Path) -> dict:
     return {"rows": int(event.metadata["dagster/row_count"].value), "store_url": store_url}
 
 
-def materialize(store_url: str, home: Path, first: str, last: str) -> dict:
+#: The deployed profile's instance storage (dagster.yaml), values from the environment.
+POSTGRES_STORAGE = """storage:
+  postgres:
+    postgres_db:
+      hostname: {env: DAGSTER_PG_HOST}
+      port: {env: DAGSTER_PG_PORT}
+      username: {env: DAGSTER_PG_USER}
+      password: {env: DAGSTER_PG_PASSWORD}
+      db_name: {env: DAGSTER_PG_DB}
+      scheme: postgresql+psycopg2
+"""
+
+
+def materialize(
+    store_url: str, home: Path, first: str, last: str, *, storage: str = "", env: dict | None = None
+) -> dict:
     """``dagster asset materialize`` of both lakehouse assets (and so their checks) over
-    ``first...last`` from a fresh process; wall time measured around it."""
+    ``first...last`` from a fresh process; wall time measured around it. ``storage``: the
+    instance's storage section (default: Dagster's SQLite storage under ``home``)."""
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = {**os.environ, "DAGSTER_HOME": str(home), "ML_PLATFORM_STORE_URL": store_url}
+    (home / "dagster.yaml").write_text(storage + "telemetry:\n  enabled: false\n")
+    env = {
+        **os.environ,
+        **(env or {}),
+        "DAGSTER_HOME": str(home),
+        "ML_PLATFORM_STORE_URL": store_url,
+    }
     cmd = [str(Path(sys.executable).with_name("dagster")), "asset", "materialize", "-m",
            "ml_platform.definitions", "--select", "sensor_chunks,daily_aggregates",
            "--partition-range", f"{first}...{last}"]  # fmt: skip
@@ -66,16 +87,17 @@ def materialize(store_url: str, home: Path, first: str, last: str) -> dict:
     wall = time.monotonic() - started
     if done.returncode != 0:
         raise RuntimeError(f"materialize failed:\n{done.stderr[-3000:]}")
-    summary = {"wall_s": wall, **_run_summary(home)}
+    summary = {"wall_s": wall, **_run_summary(home, env)}
     print(f"[bench]   materialize {first}...{last}: {json.dumps(summary)}", flush=True)
     return summary
 
 
-def _run_summary(home: Path) -> dict:
+def _run_summary(home: Path, env: dict) -> dict:
     """Step seconds, evaluations per check and whether every blocking one passed."""
     import dagster as dg
     from dagster._core.instance.ref import InstanceRef
 
+    os.environ.update({k: v for k, v in env.items() if k.startswith("DAGSTER_PG_")})
     with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home))) as instance:
         [run] = instance.get_runs(limit=1)
         steps: dict[str, float] = {}

@@ -196,18 +196,22 @@ class Ledger:
 # --- the instance ---------------------------------------------------------------------------------
 
 
-def _raw_materialization_id(instance, run_id: str) -> int | None:
+def _raw_materialization(instance, run_id: str) -> tuple[int, list[str]] | None:
+    """The run's raw_readings materialization: its storage id and the days it touched."""
     import dagster as dg
 
     records = instance.get_records_for_run(
         run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
     ).records
-    ids = [
-        r.storage_id
+    found = [
+        (r.storage_id, r.event_log_entry.asset_materialization.metadata)
         for r in records
         if r.event_log_entry.asset_materialization.asset_key == dg.AssetKey("raw_readings")
     ]
-    return max(ids) if ids else None
+    if not found:
+        return None
+    storage_id, metadata = max(found, key=lambda f: f[0])
+    return storage_id, list(metadata["dates"].value)
 
 
 def _run_start_id(instance, run_id: str) -> int | None:
@@ -221,18 +225,21 @@ def _run_start_id(instance, run_id: str) -> int | None:
 
 def gold_status(instance, days: set[str], ingest_run_ids: set[str]) -> dict:
     """Per touched day, whether gold holds everything ingested: the latest daily_aggregates
-    materialization's run started after the last ingest run's raw_readings materialization, and
-    that run's evaluations of both blocking suites for the day passed."""
+    materialization's run started after the last raw_readings materialization that touched the
+    day, and that run's evaluations of both blocking suites for the day passed."""
     import dagster as dg
     from dagster._core.event_api import PartitionKeyFilter
     from dagster._core.storage.asset_check_execution_record import (
         AssetCheckExecutionRecordStatus,
     )
 
-    ids = [_raw_materialization_id(instance, r) for r in ingest_run_ids]
-    if not ids or None in ids:
+    found = [_raw_materialization(instance, r) for r in ingest_run_ids]
+    if not found or None in found:
         return {"ready": False, "why": "an ingest run has not materialized yet"}
-    last_ingest = max(ids)
+    last_touch: dict[str, int] = {}
+    for storage_id, touched in found:
+        for day in touched:
+            last_touch[day] = max(last_touch.get(day, -1), storage_id)
     status: dict[str, dict] = {}
     for day in sorted(days):
         result = instance.fetch_materializations(
@@ -246,7 +253,7 @@ def gold_status(instance, days: set[str], ingest_run_ids: set[str]) -> dict:
             continue
         run_id = result[0].run_id
         start = _run_start_id(instance, run_id)
-        fresh = start is not None and start > last_ingest
+        fresh = start is not None and start > last_touch.get(day, -1)
         checks = {}
         for asset, name in CHECKS:
             key = dg.AssetCheckKey(dg.AssetKey(asset), name)
