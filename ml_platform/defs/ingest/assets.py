@@ -138,10 +138,20 @@ def ingest_batch(
             outcomes = list(pool.map(lambda v: _handle(batch, v, config.reingest), versions))
     finally:
         batch.close()
+    # One event log entry per rejected file; the others are in the run's file_outcomes table
+    # (an entry per file would cost a batch of 500 small files 500 event writes).
     for o in outcomes:
-        log = context.log.error if o.outcome == "quarantined" else context.log.debug
-        log(f"{o.object}: {o.outcome} {o.message}".rstrip())
+        if o.outcome == "quarantined":
+            context.log.error(f"{o.object}: {o.outcome} {o.message}".rstrip())
+    context.log.info(f"{len(outcomes)} files: {_count_outcomes(outcomes)}")
     return _batch_result(outcomes, time.perf_counter() - started)
+
+
+def _count_outcomes(outcomes: list[Outcome]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+    return counts
 
 
 def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
@@ -332,9 +342,7 @@ def _batch_result(outcomes: list[Outcome], seconds: float) -> dg.MaterializeResu
     for o in done:
         for day, n in o.rows_by_date.items():
             rows_by_date[day] = rows_by_date.get(day, 0) + n
-    counts: dict[str, int] = {}
-    for o in outcomes:
-        counts[o.outcome] = counts.get(o.outcome, 0) + 1
+    counts = _count_outcomes(outcomes)
     quarantined = [o for o in outcomes if o.outcome == "quarantined"]
     first = next((o for o in outcomes if o.outcome == "ingested"), None)
     metadata = {
