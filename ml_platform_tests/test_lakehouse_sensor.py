@@ -1,6 +1,7 @@
 """The lakehouse sensor on a real Dagster instance: coalesced runs, one waiting at a time."""
 
 import json
+import time
 
 import dagster as dg
 import pytest
@@ -137,6 +138,51 @@ def test_a_finished_waiting_run_unblocks_the_sensor(instance):
     assert isinstance(tick(instance), dg.SkipReason)
     instance.report_run_canceled(waiting)
     assert ranges(tick(instance)) == [("2024-01-02", "2024-01-02")]
+
+
+def test_waiting_readings_batches_defer_the_run_for_at_most_two_minutes(instance, monkeypatch):
+    batch = {"ml_platform/kind": "ingest", "ml_platform/ingest": "readings"}
+    lakehouse_run(instance, dg.DagsterRunStatus.QUEUED, job_name="ingest_labels_job",
+                  tags={"ml_platform/kind": "ingest", "ml_platform/ingest": "labels"})  # fmt: skip
+    land(instance, "2024-01-02")
+    assert ranges(tick(instance)) == [("2024-01-02", "2024-01-02")]  # a labels batch: no wait
+    waiting = lakehouse_run(instance, dg.DagsterRunStatus.QUEUED, job_name="ingest_readings_job",
+                            tags=batch)  # fmt: skip
+    skipped = tick(instance)
+    assert isinstance(skipped, dg.SkipReason) and "batches" in skipped.skip_message
+    # Two minutes after the oldest new materialization the run goes ahead, batches or not.
+    now = time.time()
+    monkeypatch.setattr(sensors.time, "time", lambda: now + 121)
+    assert ranges(tick(instance)) == [("2024-01-02", "2024-01-02")]
+    monkeypatch.undo()
+    instance.report_run_canceled(waiting)
+    assert ranges(tick(instance)) == [("2024-01-02", "2024-01-02")]
+
+
+def started_lakehouse_run(instance, first: str, last: str):
+    run = lakehouse_run(instance, dg.DagsterRunStatus.NOT_STARTED,
+                        tags={**SERIAL, RANGE_START: first, RANGE_END: last})  # fmt: skip
+    report(instance, run, DagsterEventType.RUN_START, dg.DagsterRunStatus.STARTED)
+    return run
+
+
+def test_no_request_while_a_run_started_after_the_files_covers_their_days(instance):
+    land(instance, "2024-01-02", "2024-01-03")
+    running = started_lakehouse_run(instance, "2024-01-01", "2024-01-03")
+    skipped = tick(instance)
+    assert isinstance(skipped, dg.SkipReason) and "running" in skipped.skip_message
+    instance.report_run_failed(running)  # it failed: the days still need their run
+    assert ranges(tick(instance)) == [("2024-01-02", "2024-01-03")]
+
+
+def test_a_running_run_that_misses_a_day_or_started_before_the_file_does_not_hold_it(instance):
+    land(instance, "2024-01-02", "2024-01-04")
+    first = started_lakehouse_run(instance, "2024-01-01", "2024-01-03")  # 01-04 outside it
+    assert ranges(tick(instance)) == [("2024-01-02", "2024-01-04")]
+    instance.report_run_canceled(first)
+    started_lakehouse_run(instance, "2024-01-01", "2024-01-05")
+    land(instance, "2024-01-02")  # after the run started: it may not have listed the file
+    assert ranges(tick(instance)) == [("2024-01-02", "2024-01-04")]
 
 
 def test_far_apart_days_run_oldest_group_first_then_pending_groups(instance):

@@ -3,16 +3,21 @@
 Each tick reads every ``raw_readings`` materialization after its cursor and unions the days they
 touched (metadata ``dates``; a quarantined file brings none). While a lakehouse run is waiting
 to start, the tick requests nothing and keeps its cursor: the next run, requested once that one
-has started, covers everything that landed meanwhile. Otherwise the tick requests one run over
+has started, covers everything that landed meanwhile. While readings batches wait to start, it
+also waits (at most MAX_DEFER_S after the oldest new materialization), so that a burst of
+batches becomes a few lakehouse runs. Nor does it while the running lakehouse run started after
+the new files landed and covers their days. Otherwise the tick requests one run over
 the oldest group of nearby touched days and keeps the other days pending in its cursor for the
 following ticks, so a late file for an old day does not rebuild every day up to today.
 """
 
 import json
+import time
 from datetime import date
 
 import dagster as dg
 
+from ml_platform.defs.ingest.assets import ingest_tags
 from ml_platform.defs.lakehouse.assets import LAKEHOUSE_TAGS, lakehouse_job
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.runs import run_waiting
@@ -23,6 +28,11 @@ RANGE_END = "dagster/asset_partition_range_end"
 #: Two groups of touched days with at most this many untouched days between them run as one
 #: range: the later group's daily_aggregates reads those days anyway (its trailing week).
 MERGE_GAP_DAYS = 7
+#: While readings batches wait to start, a tick requests nothing, so that their days join the
+#: next run (a burst of batches becomes a few lakehouse runs, which also leave the cores to the
+#: batches), for at most this long after the oldest materialization not in a run yet: a steady
+#: stream still reaches gold.
+MAX_DEFER_S = 120
 #: Bounds of one tick's read of new raw_readings materializations.
 PAGE_SIZE = 1000
 MAX_RECORDS_PER_TICK = 10_000
@@ -152,6 +162,28 @@ def _lakehouse_selection(instance: dg.DagsterInstance) -> list[dg.AssetKey]:
     return selection
 
 
+def _batches_waiting(instance: dg.DagsterInstance, oldest: dg.EventLogRecord) -> bool:
+    """Whether readings batches wait to start while the oldest new materialization is younger
+    than MAX_DEFER_S."""
+    young = time.time() - oldest.timestamp < MAX_DEFER_S
+    return young and run_waiting(instance, ingest_tags("readings"))
+
+
+def _running_run_covers(
+    instance: dg.DagsterInstance, newest: dg.EventLogRecord, days: dict[str, int]
+) -> bool:
+    """Whether the running lakehouse run started after ``newest`` (so it lists those files'
+    parts) and its range holds every day to rebuild: the next tick then finds them rebuilt."""
+    [running] = instance.get_run_records(
+        dg.RunsFilter(tags=LAKEHOUSE_TAGS, statuses=[dg.DagsterRunStatus.STARTED]), limit=1
+    ) or [None]
+    if running is None or not running.start_time or running.start_time <= newest.timestamp:
+        return False
+    tags = running.dagster_run.tags
+    first, last = tags.get(RANGE_START), tags.get(RANGE_END)
+    return bool(first and last) and all(first <= day <= last for day in days)
+
+
 def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg.SensorDefinition:
     """The lakehouse sensor; it requests at most one run per tick (``max_requests_per_tick`` is
     not used: a tick reads up to MAX_RECORDS_PER_TICK materializations in pages of PAGE_SIZE).
@@ -165,7 +197,7 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
         description="Coalesces new raw_readings materializations into one run that rebuilds "
         "sensor_chunks and daily_aggregates (and publishes online_features) over the days they "
         "touched, the oldest group of nearby days first; requests nothing while a lakehouse run "
-        "is waiting to start.",
+        "is waiting to start, nor (for up to two minutes) while readings batches are.",
     )
     def lakehouse_on_new_readings_sensor(context: dg.SensorEvaluationContext):
         instance = context.instance
@@ -175,6 +207,8 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
         records = _new_raw_readings(instance, after)
         if not records and not pending:
             return dg.SkipReason("no new raw_readings materializations")
+        if records and _batches_waiting(instance, records[0]):
+            return dg.SkipReason("readings batches are waiting to start; their days join the run")
         if records:
             after = records[-1].storage_id
         todo = _days_to_rebuild(instance, records, pending)
@@ -183,6 +217,9 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
                 cursor=_write_cursor(after, {}),
                 skip_reason="no day to rebuild: outside the partitions or rebuilt since",
             )
+        if records and _running_run_covers(instance, records[-1], todo):
+            return dg.SkipReason("the running lakehouse run started after these files and "
+                                 "rebuilds their days")  # fmt: skip
         first, *rest = _nearby_groups(sorted(todo))
         pending = {day: todo[day] for group in rest for day in group}
         context.log.info(
