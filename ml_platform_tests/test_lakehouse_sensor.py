@@ -140,7 +140,7 @@ def test_a_finished_waiting_run_unblocks_the_sensor(instance):
     assert ranges(tick(instance)) == [("2024-01-02", "2024-01-02")]
 
 
-def test_waiting_readings_batches_defer_the_run_for_at_most_two_minutes(instance, monkeypatch):
+def test_waiting_readings_batches_defer_the_run_for_a_bounded_time(instance, monkeypatch):
     batch = {"ml_platform/kind": "ingest", "ml_platform/ingest": "readings"}
     lakehouse_run(instance, dg.DagsterRunStatus.QUEUED, job_name="ingest_labels_job",
                   tags={"ml_platform/kind": "ingest", "ml_platform/ingest": "labels"})  # fmt: skip
@@ -150,9 +150,9 @@ def test_waiting_readings_batches_defer_the_run_for_at_most_two_minutes(instance
                             tags=batch)  # fmt: skip
     skipped = tick(instance)
     assert isinstance(skipped, dg.SkipReason) and "batches" in skipped.skip_message
-    # Two minutes after the oldest new materialization the run goes ahead, batches or not.
+    # MAX_DEFER_S after the oldest new materialization the run goes ahead, batches or not.
     now = time.time()
-    monkeypatch.setattr(sensors.time, "time", lambda: now + 121)
+    monkeypatch.setattr(sensors.time, "time", lambda: now + sensors.MAX_DEFER_S + 1)
     assert ranges(tick(instance)) == [("2024-01-02", "2024-01-02")]
     monkeypatch.undo()
     instance.report_run_canceled(waiting)

@@ -32,7 +32,7 @@ MERGE_GAP_DAYS = 7
 #: next run (a burst of batches becomes a few lakehouse runs, which also leave the cores to the
 #: batches), for at most this long after the oldest materialization not in a run yet: a steady
 #: stream still reaches gold.
-MAX_DEFER_S = 120
+MAX_DEFER_S = 30
 #: Bounds of one tick's read of new raw_readings materializations.
 PAGE_SIZE = 1000
 MAX_RECORDS_PER_TICK = 10_000
@@ -197,7 +197,7 @@ def build_lakehouse_sensor(*, interval_s: int, max_requests_per_tick: int) -> dg
         description="Coalesces new raw_readings materializations into one run that rebuilds "
         "sensor_chunks and daily_aggregates (and publishes online_features) over the days they "
         "touched, the oldest group of nearby days first; requests nothing while a lakehouse run "
-        "is waiting to start, nor (for up to two minutes) while readings batches are.",
+        "is waiting to start, nor (for up to 30 s) while readings batches are.",
     )
     def lakehouse_on_new_readings_sensor(context: dg.SensorEvaluationContext):
         instance = context.instance
