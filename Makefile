@@ -24,9 +24,9 @@ $(VENV)/.installed: pyproject.toml
 	fi
 	@touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.local.yaml
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)
-	@cp dagster.local.yaml $@
+	@cp dagster.yaml $@
 
 dev: install $(DAGSTER_HOME)/dagster.yaml  ## Dagster UI + daemon on http://127.0.0.1:3000 (embedded defaults)
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
@@ -64,9 +64,10 @@ soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S
 bench: install  ## benchmarks -> benchmarks/results.json and RESULTS.md (BENCH=name for one)
 	$(BIN)/python -m benchmarks.run $(if $(BENCH),--only $(BENCH))
 
-lint: install  ## ruff lint + format check
+lint: install $(DAGSTER_HOME)/dagster.yaml  ## ruff lint + format check, and `dg check defs`
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 
 format: install  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .

@@ -57,7 +57,7 @@ def setup(sensors: int, interval_s: int, out: Path) -> dict:
     return {"rows": int(event.metadata["dagster/row_count"].value), "store_url": store_url}
 
 
-#: The deployed profile's instance storage (dagster.yaml), values from the environment.
+#: The deployed profile's instance storage (docker/dagster.yaml), values from the environment.
 POSTGRES_STORAGE = """storage:
   postgres:
     postgres_db:

@@ -359,7 +359,7 @@ def bench_demo() -> list[dict]:
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         work = Path(tmp)
         (work / "home").mkdir()
-        shutil.copy(ROOT / "dagster.local.yaml", work / "home" / "dagster.yaml")
+        shutil.copy(ROOT / "dagster.yaml", work / "home" / "dagster.yaml")
         shutil.copytree(
             ROOT / "feature_repo", work / "feature_repo", ignore=shutil.ignore_patterns("data")
         )

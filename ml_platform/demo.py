@@ -127,135 +127,183 @@ def _metadata(instance, asset: str, partition: str | None = None) -> dict:
 def run_demo(demo: Demo) -> dict:
     import dagster as dg
 
-    from ml_platform.defs.lakehouse.sensors import RANGE_END, RANGE_START
     from ml_platform.lib import paths
-    from ml_platform.lib.generator import GeneratorConfig, write_files
     from ml_platform.lib.store import open_store
 
     store = open_store(os.environ.get("ML_PLATFORM_STORE_URL") or paths.default_store_url())
-    days, week, last_day = demo.day_keys, demo.training_week, demo.day_keys[-1]
+    week, last_day = demo.training_week, demo.day_keys[-1]
     started = time.perf_counter()
     _say(
         f"ML platform demo: {demo.days} days x {demo.sensors} sensors into {store.uri('')}\n"
         f"Dagster instance: {os.environ.get('DAGSTER_HOME', '(temporary)')}"
     )
     with dg.DagsterInstance.get() as instance, tempfile.TemporaryDirectory() as tmp:
-        runner = Runner(instance, demo)
-        landed: dict[str, list[str]] = {}
-
-        def generate_and_land() -> str:
-            cfg = GeneratorConfig(
-                days=demo.days,
-                sensors=demo.sensors,
-                start=demo.start,
-                interval_s=demo.interval_s,
-                seed=demo.seed,
-                failures_per_sensor_month=demo.failures_per_sensor_month,
-            )
-            files = write_files(cfg, Path(tmp))
-            for dataset, paths_ in (("readings", files.readings), ("labels", [files.labels])):
-                keys = []
-                for path in paths_:
-                    key = paths.landing_object(dataset, path.name)
-                    store.put_file(path, key)
-                    keys.append(paths.partition_key(path.name, store.etag(key)))
-                landed[dataset] = keys
-            return (
-                f"{files.rows:,} readings rows in {len(files.readings)} files and "
-                f"{files.failures} failure events landed under {store.uri('landing/')}"
-            )
-
-        def ingest() -> str:
-            # One batch run per dataset, as a landing sensor tick does; versions the ledger
-            # already has (a second demo run) are left alone.
-            done = {}
-            for dataset in ("readings", "labels"):
-                asset = f"raw_{dataset}"
-                ledger = [paths.ledger_object(dataset, paths.file_id(v)) for v in landed[dataset]]
-                if all(store.exists(key) for key in ledger):
-                    done[dataset] = {"already_ingested": len(ledger)}
-                    continue
-                result = runner.materialize(
-                    [asset],
-                    partition_key=paths.landing_day(datetime.now(UTC)),
-                    config={"ops": {asset: {"config": {"versions": landed[dataset]}}}},
-                )
-                [event] = result.asset_materializations_for_node(asset)
-                done[dataset] = event.metadata["outcomes"].value
-            new = done["readings"].get("ingested", 0)
-            return (
-                f"{new} readings files and {done['labels'].get('ingested', 0)} labels file "
-                f"validated into bronze in one run each "
-                f"({len(landed['readings']) - new} already there)"
-            )
-
-        def ranged(assets: list[str], what: str) -> Callable[[], str]:
-            def action() -> str:
-                if not runner.missing(assets[-1], days):
-                    return f"{what}: all {len(days)} days already built"
-                runner.materialize(assets, tags={RANGE_START: days[0], RANGE_END: days[-1]})
-                return f"{what}: {days[0]} .. {days[-1]} in one run"
-
-            return action
-
-        def feature_views() -> str:
-            if runner.materialized("feature_views"):
-                return "Feast registry already applied"
-            runner.materialize(["feature_views"])
-            return "Feast registry applied (entity sensor, 2 feature views, 1 feature service)"
-
-        def weekly(asset: str, what: str, config: dict | None = None) -> Callable[[], str]:
-            def action() -> str:
-                if not runner.missing(asset, [week]):
-                    return f"{what} of week {week}: already built"
-                runner.materialize([asset], partition_key=week, config=config)
-                return f"{what} of week {week}"
-
-            return action
-
-        def model() -> str:
-            trained = bool(runner.missing("failure_model", [week]))
-            weekly("failure_model", "model", {"ops": {"failure_model": {"config": MODEL_CONFIG}}})()
-            weekly("sensor_clusters", "clusters")()
-            if trained or not runner.materialized("champion_model"):
-                runner.materialize(["champion_model"])
-            meta = _metadata(instance, "failure_model", week)
-            champion = _metadata(instance, "champion_model")
-            return (
-                f"failure_model v{meta.get('model_version')}: holdout F1 "
-                f"{meta.get('holdout_f1', float('nan')):.3f} vs baseline "
-                f"{meta.get('baseline_f1', float('nan')):.3f}; champion: "
-                f"v{champion.get('champion_version')} ({champion.get('decision')})"
-            )
-
-        def predict() -> str:
-            if runner.missing("daily_predictions", [last_day]):
-                runner.materialize(["feature_drift"], partition_key=last_day)
-                runner.materialize(["daily_predictions"], partition_key=last_day)
-            meta = _metadata(instance, "daily_predictions", last_day)
-            return (
-                f"{meta.get('dagster/row_count')} sensors scored for {last_day} by model "
-                f"v{meta.get('model_version')}"
-            )
-
-        runner.step("generate and land readings and labels", generate_and_land)
-        runner.step("ingest: validate raw files into bronze", ingest)
-        runner.step(
-            "lakehouse: sensor chunks and daily aggregates",
-            ranged(["sensor_chunks", "daily_aggregates"], "chunks and aggregates"),
-        )
-        runner.step("feature views: apply the Feast registry", feature_views)
-        runner.step("online features: publish each day", ranged(["online_features"], "online"))
-        runner.step("training set: point-in-time join", weekly("training_set", "training set"))
-        runner.step("model: train, register, choose the champion", model)
-        runner.step("predictions: drift gate and prediction files", predict)
-
+        Steps(Runner(instance, demo), store, Path(tmp)).run_all()
         failure = _metadata(instance, "failure_model", week)
         predictions = _metadata(instance, "daily_predictions", last_day)
-    summary = {
-        "seconds": round(time.perf_counter() - started, 1),
+    summary = _summary(demo, store, time.perf_counter() - started, failure, predictions)
+    _print_summary(summary)
+    return summary
+
+
+class Steps:
+    """The demo's steps, in the order the sensors and automation would run them; each skips
+    what an earlier demo run already built."""
+
+    def __init__(self, runner: Runner, store, scratch: Path):
+        demo = runner.demo
+        self.runner, self.instance = runner, runner.instance
+        self.store, self.scratch = store, scratch
+        self.days, self.week, self.last_day = demo.day_keys, demo.training_week, demo.day_keys[-1]
+        #: The partition keys of the landed files, per dataset.
+        self.landed: dict[str, list[str]] = {}
+
+    def run_all(self) -> None:
+        step = self.runner.step
+        step("generate and land readings and labels", self.generate_and_land)
+        step("ingest: validate raw files into bronze", self.ingest)
+        step(
+            "lakehouse: sensor chunks and daily aggregates",
+            lambda: self.ranged(["sensor_chunks", "daily_aggregates"], "chunks and aggregates"),
+        )
+        step("feature views: apply the Feast registry", self.feature_views)
+        step(
+            "online features: publish each day", lambda: self.ranged(["online_features"], "online")
+        )
+        step(
+            "training set: point-in-time join", lambda: self.weekly("training_set", "training set")
+        )
+        step("model: train, register, choose the champion", self.model)
+        step("predictions: drift gate and prediction files", self.predict)
+
+    def generate_and_land(self) -> str:
+        from ml_platform.lib.generator import write_files
+
+        files = write_files(_generator_config(self.runner.demo), self.scratch)
+        self.landed = _land(self.store, files)
+        return (
+            f"{files.rows:,} readings rows in {len(files.readings)} files and "
+            f"{files.failures} failure events landed under {self.store.uri('landing/')}"
+        )
+
+    def ingest(self) -> str:
+        # One batch run per dataset, as a landing sensor tick does.
+        done = {dataset: self.ingest_dataset(dataset) for dataset in ("readings", "labels")}
+        new = done["readings"].get("ingested", 0)
+        return (
+            f"{new} readings files and {done['labels'].get('ingested', 0)} labels file "
+            f"validated into bronze in one run each "
+            f"({len(self.landed['readings']) - new} already there)"
+        )
+
+    def ingest_dataset(self, dataset: str) -> dict:
+        """The outcomes of ingesting ``dataset``'s landed files; versions the ledger already has
+        (a second demo run) are left alone."""
+        from ml_platform.lib import paths
+
+        asset, versions = f"raw_{dataset}", self.landed[dataset]
+        ledger = [paths.ledger_object(dataset, paths.file_id(v)) for v in versions]
+        if all(self.store.exists(key) for key in ledger):
+            return {"already_ingested": len(ledger)}
+        result = self.runner.materialize(
+            [asset],
+            partition_key=paths.landing_day(datetime.now(UTC)),
+            config={"ops": {asset: {"config": {"versions": versions}}}},
+        )
+        [event] = result.asset_materializations_for_node(asset)
+        return event.metadata["outcomes"].value
+
+    def ranged(self, assets: list[str], what: str) -> str:
+        """``assets`` over every generated day in one partition-range run, as the lakehouse sensor
+        launches them."""
+        from ml_platform.defs.lakehouse.sensors import RANGE_END, RANGE_START
+
+        days = self.days
+        if not self.runner.missing(assets[-1], days):
+            return f"{what}: all {len(days)} days already built"
+        self.runner.materialize(assets, tags={RANGE_START: days[0], RANGE_END: days[-1]})
+        return f"{what}: {days[0]} .. {days[-1]} in one run"
+
+    def feature_views(self) -> str:
+        if self.runner.materialized("feature_views"):
+            return "Feast registry already applied"
+        self.runner.materialize(["feature_views"])
+        return "Feast registry applied (entity sensor, 2 feature views, 1 feature service)"
+
+    def weekly(self, asset: str, what: str, config: dict | None = None) -> str:
+        """``asset``'s partition of the training week."""
+        week = self.week
+        if not self.runner.missing(asset, [week]):
+            return f"{what} of week {week}: already built"
+        self.runner.materialize([asset], partition_key=week, config=config)
+        return f"{what} of week {week}"
+
+    def model(self) -> str:
+        runner, week = self.runner, self.week
+        trained = bool(runner.missing("failure_model", [week]))
+        self.weekly("failure_model", "model", {"ops": {"failure_model": {"config": MODEL_CONFIG}}})
+        self.weekly("sensor_clusters", "clusters")
+        if trained or not runner.materialized("champion_model"):
+            runner.materialize(["champion_model"])
+        meta = _metadata(self.instance, "failure_model", week)
+        champion = _metadata(self.instance, "champion_model")
+        return (
+            f"failure_model v{meta.get('model_version')}: holdout F1 "
+            f"{meta.get('holdout_f1', float('nan')):.3f} vs baseline "
+            f"{meta.get('baseline_f1', float('nan')):.3f}; champion: "
+            f"v{champion.get('champion_version')} ({champion.get('decision')})"
+        )
+
+    def predict(self) -> str:
+        last_day = self.last_day
+        if self.runner.missing("daily_predictions", [last_day]):
+            self.runner.materialize(["feature_drift"], partition_key=last_day)
+            self.runner.materialize(["daily_predictions"], partition_key=last_day)
+        meta = _metadata(self.instance, "daily_predictions", last_day)
+        return (
+            f"{meta.get('dagster/row_count')} sensors scored for {last_day} by model "
+            f"v{meta.get('model_version')}"
+        )
+
+
+def _generator_config(demo: Demo):
+    """The generator's settings for ``demo``'s days, sensors and seed."""
+    from ml_platform.lib.generator import GeneratorConfig
+
+    return GeneratorConfig(
+        days=demo.days,
+        sensors=demo.sensors,
+        start=demo.start,
+        interval_s=demo.interval_s,
+        seed=demo.seed,
+        failures_per_sensor_month=demo.failures_per_sensor_month,
+    )
+
+
+def _land(store, files) -> dict[str, list[str]]:
+    """``files`` put under the landing prefix; the partition key of each, per dataset."""
+    from ml_platform.lib import paths
+
+    landed = {}
+    for dataset, paths_ in (("readings", files.readings), ("labels", [files.labels])):
+        keys = []
+        for path in paths_:
+            key = paths.landing_object(dataset, path.name)
+            store.put_file(path, key)
+            keys.append(paths.partition_key(path.name, store.etag(key)))
+        landed[dataset] = keys
+    return landed
+
+
+def _summary(demo: Demo, store, seconds: float, failure: dict, predictions: dict) -> dict:
+    """What the demo built and where to look at it."""
+    from ml_platform.lib import paths
+
+    last_day = demo.day_keys[-1]
+    return {
+        "seconds": round(seconds, 1),
         "store": store.uri(""),
-        "training_week": week,
+        "training_week": demo.training_week,
         "prediction_day": last_day,
         "model_version": failure.get("model_version"),
         "holdout_f1": failure.get("holdout_f1"),
@@ -264,8 +312,6 @@ def run_demo(demo: Demo) -> dict:
         "scored_sensors": predictions.get("dagster/row_count"),
         "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI") or _default_mlflow_uri(),
     }
-    _print_summary(summary)
-    return summary
 
 
 def _default_mlflow_uri() -> str:

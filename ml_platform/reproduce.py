@@ -15,6 +15,7 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,30 @@ _TIMINGS = {"train_seconds"}
 
 class ReproduceError(Exception):
     """The version cannot be reproduced at all (unknown version, no manifest, ...)."""
+
+
+@dataclass
+class _Records:
+    """What a registered version recorded: its MLflow run and tags, and the week's manifest in
+    the lake they point into."""
+
+    version: int
+    client: Any
+    run: Any
+    tags: Mapping[str, str]
+    week: str
+    holdout_key: str
+    store: Any
+    manifest_key: str
+    manifest: dict[str, Any]
+
+
+@dataclass
+class _Findings:
+    """Why a reproduction fails (mismatches) and what only explains a difference (warnings)."""
+
+    mismatches: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def default_out_dir() -> Path:
@@ -213,22 +238,63 @@ def reproduce(
     ``report["report"]``). ``instance``: the Dagster instance whose materializations the data
     versions are checked against (None: not checked). Raises ReproduceError when the version
     cannot be reproduced at all."""
-    from ml_platform.defs.ml.assets import TrainingSetConfig, build_training_frame
-    from ml_platform.defs.ml.models import MODEL_NAME, fit_failure_model, run_metrics
-    from ml_platform.defs.resources import build_resources
     from ml_platform.lib import feature_store as fs
-    from ml_platform.lib import modeling, paths
-    from ml_platform.lib import reproduce as compare
-    from ml_platform.lib.store import read_frame
+    from ml_platform.lib.reproduce import TOLERANCE
 
-    tolerance = compare.TOLERANCE if tolerance is None else tolerance
+    tolerance = TOLERANCE if tolerance is None else tolerance
+    lake, feast, ingest, mlflow = _initialized_resources(env)
+    records = _load_records(mlflow, lake, version)
+    folder = _report_folder(out_dir, version)
+
+    feature_store = feast.store()
+    names = fs.feature_names(ingest.contract("readings").columns)
+    checks = _check_inputs(records.manifest, records.run, feast, feature_store, names, instance)
+    found = _Findings(warnings=_input_changes(checks) + _stale_manifest_warnings(records))
+    if strict:
+        # A changed input is then a failure of its own, not an explanation.
+        found = _Findings(mismatches=found.warnings)
+
+    rebuilt, rebuilt_path = _rebuild_training_set(records, feature_store, names, folder, found)
+    frames = _compare_with_stored_set(records, rebuilt, rebuilt_path, found)
+    fitted, model_config = _retrain(records, rebuilt, found)
+    frozen, holdout = _frozen_holdout(records, fitted, folder, found)
+    threshold = float(records.tags.get("threshold", model_config.threshold))
+    metrics = _score_on_holdout(records, fitted, frozen, threshold, tolerance, found)
+    params = _compare_best_params(records, fitted, found)
+    predictions = _check_registered_model(mlflow, version, frozen, fitted, tolerance, found)
+
+    sections = {
+        "checks": checks,
+        "training_set": frames,
+        "holdout": holdout,
+        "params": params,
+        "metrics": metrics,
+        "predictions": predictions,
+    }
+    environment = _environment(records, mlflow, feast, instance)
+    report = _assemble_report(records, found, sections, strict, tolerance, environment, folder)
+    Path(report["report"]).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    return report
+
+
+def _initialized_resources(env: Mapping[str, str] | None) -> tuple:
+    """The lake, feast, ingest and mlflow resources, ready to use outside a run."""
+    from ml_platform.defs.resources import build_resources
+
     resources = build_resources(env)
     # Outside a run: EnvVar settings are resolved here, as Dagster would at run start.
-    lake, feast, ingest, mlflow = (
+    return tuple(
         resources[k].process_config_and_initialize() for k in ("lake", "feast", "ingest", "mlflow")
     )
-    client, model_version, run = _mlflow_version(mlflow, version)
-    tags, params = model_version.tags, run.data.params
+
+
+def _load_records(mlflow_resource, lake, version: int) -> _Records:
+    """What ``version`` recorded; ReproduceError when a record it needs is missing."""
+    from ml_platform.defs.ml.models import MODEL_NAME
+    from ml_platform.lib import paths
+
+    client, model_version, run = _mlflow_version(mlflow_resource, version)
+    tags = model_version.tags
     week = tags.get("week") or run.data.tags.get("dagster.partition")
     holdout_key = tags.get("holdout_key")
     if not week or not holdout_key:
@@ -246,32 +312,49 @@ def reproduce(
         raise ReproduceError(
             f"the frozen holdout of version {version} is gone: {store.uri(holdout_key)}"
         )
-    manifest = json.loads(store.read_bytes(manifest_key))
+    return _Records(
+        version=version,
+        client=client,
+        run=run,
+        tags=tags,
+        week=week,
+        holdout_key=holdout_key,
+        store=store,
+        manifest_key=manifest_key,
+        manifest=json.loads(store.read_bytes(manifest_key)),
+    )
+
+
+def _report_folder(out_dir: Path | None, version: int) -> Path:
+    """A new folder of this reproduction's own, for the rebuilt set and the report."""
+    from ml_platform.defs.ml.models import MODEL_NAME
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = (out_dir or default_out_dir()) / f"{MODEL_NAME}-v{version}-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
-    mismatches: list[str] = []
-    warnings: list[str] = []
+    return folder
 
-    # 1. What the version recorded, against now.
-    feature_store = feast.store()
-    names = fs.feature_names(ingest.contract("readings").columns)
-    checks = _check_inputs(manifest, run, feast, feature_store, names, instance)
-    warnings += _input_changes(checks)
-    built_at = datetime.fromisoformat(manifest["built_at"])
-    run_started = datetime.fromtimestamp(run.info.start_time / 1000, tz=UTC)
-    if built_at > run_started:
-        warnings.append(
-            f"the week's training set was rebuilt at {built_at:%Y-%m-%d %H:%M:%S} UTC, after this "
-            f"version was trained ({run_started:%Y-%m-%d %H:%M:%S} UTC): its manifest and stored "
-            "set may not be the ones the version saw"
-        )
-    if strict:
-        mismatches += warnings
-        warnings = []
 
-    # 2. The week's training set, rebuilt with the asset's code into the scratch folder.
+def _stale_manifest_warnings(records: _Records) -> list[str]:
+    """A warning when the week's training set was rebuilt after the version trained on it."""
+    built_at = datetime.fromisoformat(records.manifest["built_at"])
+    run_started = datetime.fromtimestamp(records.run.info.start_time / 1000, tz=UTC)
+    if built_at <= run_started:
+        return []
+    return [
+        f"the week's training set was rebuilt at {built_at:%Y-%m-%d %H:%M:%S} UTC, after this "
+        f"version was trained ({run_started:%Y-%m-%d %H:%M:%S} UTC): its manifest and stored "
+        "set may not be the ones the version saw"
+    ]
+
+
+def _rebuild_training_set(
+    records: _Records, feature_store, names, folder: Path, found: _Findings
+) -> tuple[Any, Path]:
+    """The week's training set, rebuilt with the asset's code into ``folder``, and its path."""
+    from ml_platform.defs.ml.assets import TrainingSetConfig, build_training_frame
+
+    manifest = records.manifest
     window = manifest["window"]
     first_day, last_day = (date.fromisoformat(window[k]) for k in ("first_day", "last_day"))
     config = TrainingSetConfig(
@@ -280,111 +363,176 @@ def reproduce(
         require_created_before_cutoff=manifest["leakage_guard"]["require_created_before_cutoff"],
     )
     week_end = datetime.fromisoformat(manifest["labels_known_before"])
-    built = build_training_frame(store, feature_store, names, week_end, config)
+    built = build_training_frame(records.store, feature_store, names, week_end, config)
     if (built.first_day, built.last_day) != (first_day, last_day):
-        mismatches.append(
+        found.mismatches.append(
             f"the rebuilt window is {built.first_day}..{built.last_day}, the manifest's "
             f"{first_day}..{last_day}"
         )
     rebuilt_path = folder / "training_set.parquet"
-    rebuilt = _roundtrip(built.frame, rebuilt_path)
-    set_key = paths.training_set_object(week)
+    return _roundtrip(built.frame, rebuilt_path), rebuilt_path
+
+
+def _compare_with_stored_set(
+    records: _Records, rebuilt, rebuilt_path: Path, found: _Findings
+) -> dict[str, Any]:
+    """The rebuilt training set against the one the week's asset stored."""
+    from ml_platform.lib import paths
+    from ml_platform.lib.reproduce import compare_frames
+    from ml_platform.lib.store import read_frame
+
+    store = records.store
+    set_key = paths.training_set_object(records.week)
     if store.exists(set_key):
         stored = read_frame(store, [set_key])
     else:
         stored = rebuilt.iloc[0:0]
-        mismatches.append(f"the stored training set is gone: {store.uri(set_key)}")
-    frames = compare.compare_frames(stored, rebuilt)
+        found.mismatches.append(f"the stored training set is gone: {store.uri(set_key)}")
+    frames = compare_frames(stored, rebuilt)
     frames.update(stored_uri=store.uri(set_key), rebuilt_path=str(rebuilt_path))
     if not frames["identical"]:
-        mismatches.append(_describe_frames(frames))
+        found.mismatches.append(_describe_frames(frames))
+    return frames
 
-    # 3. Retrained with the run's search configuration and seed, scored on the frozen holdout.
+
+def _retrain(records: _Records, rebuilt, found: _Findings) -> tuple[Any, Any]:
+    """failure_model's fit on ``rebuilt`` with the run's search configuration and seed; the fit
+    and the FailureModelConfig it ran with."""
+    from ml_platform.defs.ml.models import fit_failure_model
+
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
-        space = _search_space(client, run.info.run_id, Path(tmp))
+        space = _search_space(records.client, records.run.info.run_id, Path(tmp))
+    params = records.run.data.params
     model_config = _model_config(params, space)
-    fitted = fit_failure_model(rebuilt, manifest["horizon_days"], model_config)
+    fitted = fit_failure_model(rebuilt, records.manifest["horizon_days"], model_config)
     if str(fitted.gap_days) != params.get("gap_days"):
-        mismatches.append(f"gap days {fitted.gap_days}, the run used {params.get('gap_days')}")
-    frozen = read_frame(store, [holdout_key])
+        found.mismatches.append(
+            f"gap days {fitted.gap_days}, the run used {params.get('gap_days')}"
+        )
+    return fitted, model_config
+
+
+def _frozen_holdout(records: _Records, fitted, folder: Path, found: _Findings) -> tuple[Any, dict]:
+    """The version's frozen holdout, and whether the rebuilt set's split gives the same rows;
+    ReproduceError when the holdout lacks features the retrained model needs."""
+    from ml_platform.lib.reproduce import frame_digest
+    from ml_platform.lib.store import read_frame
+
+    frozen = read_frame(records.store, [records.holdout_key])
     split = _roundtrip(fitted.holdout, folder / "holdout.parquet")
     holdout = {
-        "key": holdout_key,
+        "key": records.holdout_key,
         "rows": len(frozen),
-        "identical": compare.frame_digest(split) == compare.frame_digest(frozen),
+        "identical": frame_digest(split) == frame_digest(frozen),
     }
     if not holdout["identical"]:
-        mismatches.append(
+        found.mismatches.append(
             f"the rebuilt set's holdout ({len(split)} rows) differs from the frozen one "
             f"({len(frozen)} rows)"
         )
     missing = [f for f in fitted.features if f not in frozen.columns]
     if missing:
         raise ReproduceError(f"the frozen holdout lacks features {missing[:5]}: cannot score")
-    threshold = float(tags.get("threshold", model_config.threshold))
+    return frozen, holdout
+
+
+def _score_on_holdout(
+    records: _Records, fitted, frozen, threshold: float, tolerance: float, found: _Findings
+) -> list[dict[str, Any]]:
+    """The retrained model and baseline scored on the frozen holdout, against the run's metrics."""
+    from ml_platform.defs.ml.models import run_metrics
+    from ml_platform.lib import modeling
+    from ml_platform.lib.reproduce import compare_metrics
+
     scores = modeling.evaluate(fitted.search.model, frozen, fitted.features, threshold)
     base = modeling.evaluate(fitted.baseline, frozen, fitted.features, threshold)
-    recorded_metrics = {k: v for k, v in run.data.metrics.items() if k not in _TIMINGS}
-    metrics = compare.compare_metrics(
-        recorded_metrics, run_metrics(fitted.search.cv_metrics, scores, base), tolerance
+    recorded = {k: v for k, v in records.run.data.metrics.items() if k not in _TIMINGS}
+    metrics = compare_metrics(
+        recorded, run_metrics(fitted.search.cv_metrics, scores, base), tolerance
     )
     off = [row for row in metrics if row["status"] != "identical"]
     if off:
-        mismatches.append(
-            f"{len(off)} of {len(metrics)} metrics not within {tolerance:g}: "
-            + ", ".join(
-                f"{r['metric']} {r['recorded']:.6g} -> {r['reproduced']:.6g}"
-                if r["status"] == "differs"
-                else f"{r['metric']} {r['status']}"
-                for r in off
-            )
-        )
-    best = {k.removeprefix("model__"): str(v) for k, v in fitted.search.best_params.items()}
-    recorded_best = {k: params.get(k) for k in best}
-    if recorded_best != best:
-        mismatches.append(f"best parameters {best}, the run chose {recorded_best}")
+        found.mismatches.append(_describe_metrics(off, len(metrics), tolerance))
+    return metrics
 
-    # The registered model itself, on the same rows: the strongest check that nothing moved.
+
+def _describe_metrics(off: list[dict[str, Any]], total: int, tolerance: float) -> str:
+    """One line naming the metrics that did not reproduce within ``tolerance``."""
+    return f"{len(off)} of {total} metrics not within {tolerance:g}: " + ", ".join(
+        f"{r['metric']} {r['recorded']:.6g} -> {r['reproduced']:.6g}"
+        if r["status"] == "differs"
+        else f"{r['metric']} {r['status']}"
+        for r in off
+    )
+
+
+def _compare_best_params(records: _Records, fitted, found: _Findings) -> dict[str, Any]:
+    """The search's best parameters now against those the run logged."""
+    best = {k.removeprefix("model__"): str(v) for k, v in fitted.search.best_params.items()}
+    recorded_best = {k: records.run.data.params.get(k) for k in best}
+    if recorded_best != best:
+        found.mismatches.append(f"best parameters {best}, the run chose {recorded_best}")
+    return {"recorded": recorded_best, "reproduced": best, "same": recorded_best == best}
+
+
+def _check_registered_model(
+    mlflow, version: int, frozen, fitted, tolerance: float, found: _Findings
+) -> dict[str, Any]:
+    """The registered model's holdout probabilities against the retrained model's: on the same
+    rows, the strongest check that nothing moved."""
     predictions = _compare_predictions(
         mlflow, version, frozen[fitted.features], fitted.search.model, tolerance
     )
     if "error" in predictions:
-        warnings.append(f"the registered model could not be loaded: {predictions['error']}")
+        found.warnings.append(f"the registered model could not be loaded: {predictions['error']}")
     elif not predictions["identical"]:
-        mismatches.append(
+        found.mismatches.append(
             "the registered model's holdout probabilities differ from the retrained model's by "
             f"up to {predictions['max_abs_diff']:.3g}"
         )
+    return predictions
 
-    report = {
+
+def _environment(records: _Records, mlflow, feast, instance) -> dict[str, Any]:
+    """Where the reproduction read from: lake, MLflow store, Feast repo and Dagster home."""
+    return {
+        "store": records.store.url,
+        "mlflow": mlflow.tracking_uri,
+        "feast_repo": feast.repo_path,
+        "dagster_home": os.environ.get("DAGSTER_HOME") if instance is not None else None,
+    }
+
+
+def _assemble_report(
+    records: _Records,
+    found: _Findings,
+    sections: Mapping[str, Any],
+    strict: bool,
+    tolerance: float,
+    environment: Mapping[str, Any],
+    folder: Path,
+) -> dict[str, Any]:
+    """The report: which version, the verdict and its reasons, then every comparison."""
+    from ml_platform.defs.ml.models import MODEL_NAME
+
+    run, tags = records.run, records.tags
+    return {
         "model": MODEL_NAME,
-        "version": str(version),
+        "version": str(records.version),
         "run_id": run.info.run_id,
-        "week": week,
+        "week": records.week,
         "dagster_run_id": tags.get("dagster.run_id") or run.data.tags.get("dagster.run_id"),
-        "reproduced": not mismatches,
+        "reproduced": not found.mismatches,
         "strict": strict,
         "tolerance": tolerance,
-        "mismatches": mismatches,
-        "warnings": warnings,
-        "checks": checks,
-        "training_set": frames,
-        "holdout": holdout,
-        "params": {"recorded": recorded_best, "reproduced": best, "same": recorded_best == best},
-        "metrics": metrics,
-        "predictions": predictions,
-        "manifest": store.uri(manifest_key),
-        "environment": {
-            "store": store.url,
-            "mlflow": mlflow.tracking_uri,
-            "feast_repo": feast.repo_path,
-            "dagster_home": os.environ.get("DAGSTER_HOME") if instance is not None else None,
-        },
+        "mismatches": found.mismatches,
+        "warnings": found.warnings,
+        **sections,
+        "manifest": records.store.uri(records.manifest_key),
+        "environment": environment,
         "reproduced_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "report": str(folder / "report.json"),
     }
-    Path(report["report"]).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
-    return report
 
 
 def _describe_frames(frames: Mapping[str, Any]) -> str:

@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def dagster_daemon(
-    home: Path, env: dict[str, str], log: Path | None = None, config: str = "dagster.yaml"
+    home: Path, env: dict[str, str], log: Path | None = None, config: str = "docker/dagster.yaml"
 ):
     """``dagster-daemon run`` on the repository's workspace, with ``home`` as DAGSTER_HOME holding
     the repository's own instance ``config`` (by default the deployed profile, PostgreSQL).
     Yields ``(instance, process)``.
 
-    The instance is opened in this process, so the variables ``dagster.yaml`` reads must be set
+    The instance is opened in this process, so the variables the config reads must be set
     in ``os.environ`` too.
     """
 

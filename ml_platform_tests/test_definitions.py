@@ -200,12 +200,12 @@ def test_both_instance_profiles_limit_training_to_one_step_at_a_time(tmp_path):
 
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.local.yaml", home / "dagster.yaml")
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         config = instance.get_concurrency_config()
         assert config.pool_config.default_pool_limit == 1
         assert config.run_queue_config.max_concurrent_runs == 2
-    deployed = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    deployed = yaml.safe_load((ROOT / "docker" / "dagster.yaml").read_text())
     assert deployed["concurrency"]["pools"]["default_limit"] == 1
 
 
@@ -225,3 +225,31 @@ def test_monitoring_is_wired_gated_and_alerting():
     for name in ("drift_retraining_sensor", "alert_on_failure_sensor"):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["drift_retraining_sensor"].job_name == "weekly_training_job"
+
+
+def test_dg_loads_the_project_from_its_root(tmp_path):
+    """`dg list defs` from the project root, with no DAGSTER_HOME (as a newcomer runs it): the
+    defs/ folder registers the whole graph, the factory-built sensors included."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    venv = Path(sys.executable).parent
+    env = {"PATH": f"{venv}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv.parent), "HOME": str(tmp_path)}
+    listed = subprocess.run(
+        [str(venv / "dg"), "list", "defs", "--json"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    found = json.loads(listed.stdout)
+    assert sorted(a["asset_key"] for a in found["assets"]) == sorted([
+        "raw_readings", "raw_labels", "sensor_chunks", "daily_aggregates", "feature_views",
+        "online_features", "training_set", "failure_model", "champion_model", "sensor_clusters",
+        "daily_predictions", "scored_files", "feature_drift", "label_queue", "live_performance",
+    ])  # fmt: skip
+    assert sorted(s["name"] for s in found["sensors"]) == sorted([
+        "readings_landing_sensor", "labels_landing_sensor", "scoring_landing_sensor",
+        "lakehouse_on_new_readings_sensor", "automation_condition_sensor", "first_model_sensor",
+        "drift_retraining_sensor", "alert_on_failure_sensor",
+    ])  # fmt: skip
+    assert [s["cron_schedule"] for s in found["schedules"]] == ["0 4 * * 1"]
+    assert {r["name"] for r in found["resources"]} >= {"lake", "mlflow", "feast"}

@@ -21,7 +21,7 @@ def test_demo_builds_every_layer_and_is_safe_to_run_twice(tmp_path, monkeypatch,
     embedded_platform(monkeypatch, tmp_path)
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.local.yaml", home / "dagster.yaml")
+    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     config = demo.Demo(days=21, sensors=20, interval_s=600)
 

@@ -71,7 +71,7 @@ HELM_README = DOCKER_DIR / "k8s" / "README.md"
 DOCKER_README = DOCKER_DIR / "README.md"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERIGNORE = ROOT / ".dockerignore"
-INSTANCE = ROOT / "dagster.yaml"
+INSTANCE = DOCKER_DIR / "dagster.yaml"
 PYPROJECT = ROOT / "pyproject.toml"
 
 CREDENTIALS = (
@@ -397,7 +397,7 @@ FEAST_PROFILE_VARIABLES = sorted(
 
 
 def _instance_env_names() -> set[str]:
-    """Every {env: NAME} of the repository's dagster.yaml."""
+    """Every {env: NAME} of docker/dagster.yaml."""
     names: set[str] = set()
 
     def walk(node: object) -> None:
@@ -678,7 +678,7 @@ def test_slim_and_k8s_locks_agree_with_the_main_lock() -> None:
 
 
 def test_slim_image_has_every_module_of_the_instance_config() -> None:
-    """The webserver and daemon load dagster.yaml: every class it names must be importable from
+    """The webserver and daemon load docker/dagster.yaml: every class it names must be importable from
     the slim lock (e.g. S3ComputeLogManager -> dagster-aws)."""
     instance = yaml.safe_load(INSTANCE.read_text())
     slim = _lock(LOCK_DAGSTER)
@@ -904,7 +904,7 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None
                      ".env", "docker/.env"):  # fmt: skip
         assert required in patterns, required
     for needed in ("docker", "ml_platform", "feature_repo", "pyproject.toml", "README.md",
-                   "dagster.yaml", "*.lock", "docker/requirements.lock"):  # fmt: skip
+                   "docker/dagster.yaml", "*.lock", "docker/requirements.lock"):  # fmt: skip
         assert needed not in patterns, f"the build needs {needed}"
 
 
@@ -913,7 +913,7 @@ def test_dockerignore_keeps_secrets_and_state_out_of_the_build_context() -> None
 
 @needs_compose
 def test_dagster_services_get_what_the_instance_config_reads(rendered: dict) -> None:
-    """dagster.yaml reads its settings from {env: ...}: every Dagster process must have them,
+    """docker/dagster.yaml reads its settings from {env: ...}: every Dagster process must have them,
     and compute logs go to the platform bucket under logs/compute."""
     instance = yaml.safe_load(INSTANCE.read_text())
     assert instance["compute_logs"]["class"] == "S3ComputeLogManager"

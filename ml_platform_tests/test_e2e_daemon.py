@@ -1,6 +1,6 @@
 """End to end: upload to the S3 API -> landing sensor in the real daemon -> run on a PostgreSQL instance.
 
-The instance uses the repository's own ``dagster.yaml`` (the deployed profile), so this also
+The instance uses the deployed profile's ``docker/dagster.yaml``, so this also
 proves that configuration works (among it: one ingest run per dataset at a time).
 """
 
@@ -44,7 +44,7 @@ def daemon_env() -> dict[str, str]:
 
 @pytest.fixture
 def deployed(tmp_path, postgres, s3_env, monkeypatch, daemon_env):
-    """A DAGSTER_HOME with the repo's dagster.yaml on a fresh PostgreSQL database, and a daemon."""
+    """A DAGSTER_HOME with docker/dagster.yaml on a fresh PostgreSQL database, and a daemon."""
     db = f"dagster_{uuid.uuid4().hex[:8]}"
     postgres.create_database(db)
     env = {

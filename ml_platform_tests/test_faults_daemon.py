@@ -1,6 +1,6 @@
 """Fault injection under the real daemon (issue 8, scenarios 1-3): an S3 outage, PostgreSQL
 restarts, a SIGKILLed run worker and a SIGKILLed daemon, against moto's S3 API server and a real
-PostgreSQL, with the repository's ``dagster.yaml`` (PostgreSQL storage, queued runs, run retries,
+PostgreSQL, with the deployed instance config ``docker/dagster.yaml`` (PostgreSQL storage, queued runs, run retries,
 run monitoring, S3 compute logs).
 
 Every process of the stack reaches S3 and PostgreSQL through a TCP proxy in this file, and each
@@ -230,10 +230,10 @@ class Stack:
         self.client = s3_server.client()
         self.bucket = env["ML_PLATFORM_STORE_URL"].removeprefix("s3://")
         self.store = open_store(env["ML_PLATFORM_STORE_URL"])
-        # The repository's dagster.yaml, with run monitoring polling every 5 s instead of 30 s so
+        # The deployed instance config (docker/dagster.yaml), with run monitoring polling every 5 s instead of 30 s so
         # a dead worker is noticed within the test's time budget.
         self.config = tmp / "dagster.faults.yaml"
-        text = (ROOT / "dagster.yaml").read_text()
+        text = (ROOT / "docker" / "dagster.yaml").read_text()
         for old, new in (
             ("poll_interval_seconds: 30", "poll_interval_seconds: 5"),
             ("start_timeout_seconds: 180", "start_timeout_seconds: 60"),

@@ -232,7 +232,10 @@ def env_vars_read() -> dict[str, set[str]]:
 
     for path in sorted((REPO / "ml_platform").rglob("*.py")):
         add(env_reads_of_python(path.read_text()), path)
-    add(set(_DAGSTER_YAML_ENV.findall((REPO / "dagster.yaml").read_text())), REPO / "dagster.yaml")
+    add(
+        set(_DAGSTER_YAML_ENV.findall((REPO / "docker" / "dagster.yaml").read_text())),
+        REPO / "docker" / "dagster.yaml",
+    )
     for path in [REPO / "docker/compose.yaml", *sorted((REPO / "feature_repo").rglob("*.yaml"))]:
         code = "\n".join(
             line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")
@@ -269,7 +272,7 @@ def test_the_env_collector_finds_reads_in_every_form():
         "ML_PLATFORM_STORE_URL": "ml_platform/defs/resources.py",
         "ML_PLATFORM_API_KEY": "ml_platform/serving/app.py",
         "FEAST_FS_YAML_FILE_PATH": "ml_platform/lib/feature_store.py",
-        "DAGSTER_PG_PASSWORD": "dagster.yaml",
+        "DAGSTER_PG_PASSWORD": "docker/dagster.yaml",
         "MINIO_ROOT_PASSWORD": "docker/compose.yaml",
         "ML_PLATFORM_FEAST_PG_SSLMODE": "feature_repo/profiles/postgres.yaml",
     }.items():

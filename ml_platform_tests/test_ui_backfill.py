@@ -40,7 +40,7 @@ def test_a_ui_backfill_over_three_days_is_one_run(tmp_path, store, landed, monke
     # SQLite instance (the local profile) shared by the daemon, the webserver and this test.
     home = tmp_path / "home"
     home.mkdir()
-    (home / "dagster.yaml").write_text((ROOT / "dagster.local.yaml").read_text())
+    (home / "dagster.yaml").write_text((ROOT / "dagster.yaml").read_text())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     # Automation reaches the feature store: keep its state out of the checkout.
     monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(copy_feature_repo(tmp_path / "feature_repo")))
@@ -74,7 +74,7 @@ def test_a_ui_backfill_over_three_days_is_one_run(tmp_path, store, landed, monke
         launched = graphql(port, LAUNCH, {"params": params})["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
         backfill = launched["backfillId"]
-        with dagster_daemon(home, env, tmp_path / "daemon.log", "dagster.local.yaml") as (
+        with dagster_daemon(home, env, tmp_path / "daemon.log", "dagster.yaml") as (
             instance,
             daemon,
         ):

@@ -3,7 +3,7 @@
 -- \connect): run it with psql, not with a driver.
 --
 -- One database per component, so each can be backed up, migrated or moved on its own:
---   dagster  Dagster instance storage (runs, event log, schedules; dagster.yaml / DAGSTER_PG_DB)
+--   dagster  Dagster instance storage (runs, event log, schedules; docker/dagster.yaml / DAGSTER_PG_DB)
 --   mlflow   MLflow tracking and model registry backend store
 --   feast    Feast SQL registry / offline / online store (deployment profile)
 --   events   MinIO bucket notifications (table minio_events, below)

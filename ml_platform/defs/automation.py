@@ -48,3 +48,19 @@ def eager_after_parents(
 ON_ANY_NEW_PARENT = (
     AC.any_deps_updated().since_last_handled() & ~AC.any_deps_in_progress() & ~AC.in_progress()
 )
+
+
+@dg.definitions
+def automation_sensor() -> dg.Definitions:
+    """Declarative Automation (feature_views when missing or its definitions change,
+    online_features after new aggregates) evaluated from the start: Dagster's implicit default
+    sensor would be created stopped."""
+    from ml_platform.defs.resources import settings
+
+    sensor = dg.AutomationConditionSensorDefinition(
+        "automation_condition_sensor",
+        target=dg.AssetSelection.all(),
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=settings().sensor_interval_s,
+    )
+    return dg.Definitions(sensors=[sensor])

@@ -286,3 +286,8 @@ class AlertResource(dg.ConfigurableResource):
         with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
             response.read()
         return True
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources=build_resources())

@@ -9,7 +9,7 @@ S3 API              moto in server mode standing in for MinIO; buckets ``ml-plat
 MLflow              ``mlflow server``: PostgreSQL backend, artifacts proxied to S3
 code location       ``dagster code-server start`` (gRPC), runs are launched from it
 webserver, daemon   ``dagster-webserver`` and ``dagster-daemon`` on a ``grpc_server`` workspace,
-                    instance = the repository's ``dagster.yaml`` on PostgreSQL
+                    instance = ``docker/dagster.yaml`` on PostgreSQL
 prediction API      ``uvicorn ml_platform.serving.app:create_app``
 ==================  =========================================================================
 
@@ -178,7 +178,7 @@ def prod_stack(
             env = {**_environment(state, wanted, s3, pg), **(extra_env or {})}
             home = Path(env["DAGSTER_HOME"])
             home.mkdir(parents=True, exist_ok=True)
-            shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+            shutil.copy(ROOT / "docker" / "dagster.yaml", home / "dagster.yaml")
             workspace = state / "workspace.yaml"
             workspace.write_text(
                 "load_from:\n  - grpc_server:\n      host: 127.0.0.1\n"
