@@ -167,19 +167,51 @@ def _start_epoch_s(cfg: GeneratorConfig) -> int:
 
 
 def _make_plan(cfg: GeneratorConfig) -> _Plan:
+    # All plan draws come from one stream, in the order of the calls below: adding or reordering
+    # a draw changes every dataset generated for a seed.
     plan_seed, _ = _seeds(cfg)
     rng = np.random.default_rng(plan_seed)
     n = cfg.sensors
     start_s = _start_epoch_s(cfg)
     end_s = start_s + cfg.days * _DAY_S
-    period_s = end_s - start_s
+    degradation_s = cfg.degradation_days * _DAY_S
+    sensor = _sensor_baselines(rng, n)
+    failures = _failures(cfg, rng, start_s + degradation_s, end_s, degradation_s)
+    off_sensor, off_start, off_end = _offline_intervals(cfg, rng, start_s, end_s, failures)
+    stuck_sensor, stuck_channel, stuck_start, stuck_end = _stuck_intervals(cfg, rng, start_s, end_s)
+    spike_sensor, spike_p = _spiking_sensors(cfg, rng)
+    plan = _Plan(
+        start_s=start_s,
+        end_s=end_s,
+        n_sensors=n,
+        degradation_s=degradation_s,
+        ids=pa.array(sensor_ids(n), type=pa.string()),
+        sensor=sensor,
+        fail_sensor=failures.sensor,
+        fail_s=failures.time,
+        fail_vib_gain=failures.vib_gain,
+        fail_temp_rise=failures.temp_rise,
+        off_sensor=off_sensor,
+        off_start=off_start,
+        off_end=off_end,
+        stuck_sensor=stuck_sensor,
+        stuck_channel=stuck_channel,
+        stuck_start=stuck_start,
+        stuck_end=stuck_end,
+        stuck_value=np.zeros(len(stuck_sensor)),
+        spike_sensor=spike_sensor,
+        spike_p=spike_p,
+    )
+    return replace(plan, stuck_value=_stuck_values(plan))
+
+
+def _sensor_baselines(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Per-sensor signal parameters: every machine is a little different."""
 
     def u(lo: float, hi: float) -> np.ndarray:
         return rng.uniform(lo, hi, n)
 
-    # Per-sensor baselines: every machine is a little different. All plan draws come from one
-    # stream, so adding or reordering a draw changes every dataset generated for a seed.
-    sensor = {
+    return {
         "peak_h": u(13.0, 17.0),  # UTC hour of peak load
         "temp_base": u(42.0, 55.0),
         "temp_amp": u(6.0, 14.0),  # degC from idle to full load
@@ -199,10 +231,55 @@ def _make_plan(cfg: GeneratorConfig) -> _Plan:
         "age0_days": u(0.0, 30.0),  # time since last maintenance at the start
     }
 
-    # Failures: Poisson per sensor, uniform in time after the first degradation window (so a
-    # model always has healthy history before the first positive).
-    degradation_s = cfg.degradation_days * _DAY_S
-    lo = start_s + degradation_s
+
+@dataclass(frozen=True, eq=False)
+class _Failures:
+    """Failure events, sorted by (sensor, time). Arrays share an index."""
+
+    sensor: np.ndarray
+    time: np.ndarray  # epoch seconds
+    downtime: np.ndarray  # seconds of repair after the failure: the sensor sends nothing
+    vib_gain: np.ndarray  # vibration reaches (1 + gain) x normal at the failure
+    temp_rise: np.ndarray  # degC added at the failure
+
+
+def _failures(
+    cfg: GeneratorConfig, rng: np.random.Generator, lo: float, end_s: int, degradation_s: float
+) -> _Failures:
+    """Failures uniform in time in ``[lo, end_s)``; ``lo`` is the end of the first degradation
+    window, so a model always has healthy history before the first positive."""
+    counts = _failure_counts(cfg, rng, lo, end_s)
+    sensor: list[np.ndarray] = []
+    time: list[np.ndarray] = []
+    downtime: list[np.ndarray] = []
+    vib_gain: list[np.ndarray] = []
+    temp_rise: list[np.ndarray] = []
+    for s in np.flatnonzero(counts):
+        c = int(counts[s])
+        times = np.sort(np.floor(rng.uniform(lo, end_s, c))).astype(np.int64)
+        down = (rng.uniform(*_DOWNTIME_H, c) * _HOUR_S).astype(np.int64)
+        gain = rng.uniform(1.5, 3.0, c)
+        rise = rng.uniform(5.0, 12.0, c)
+        keep = _ramps_fit(times, down, degradation_s)
+        sensor.append(np.full(int(keep.sum()), s, dtype=np.int64))
+        time.append(times[keep])
+        downtime.append(down[keep])
+        vib_gain.append(gain[keep])
+        temp_rise.append(rise[keep])
+    return _Failures(
+        sensor=_cat(sensor, np.int64),
+        time=_cat(time, np.int64),
+        downtime=_cat(downtime, np.int64),
+        vib_gain=_cat(vib_gain, np.float64),
+        temp_rise=_cat(temp_rise, np.float64),
+    )
+
+
+def _failure_counts(
+    cfg: GeneratorConfig, rng: np.random.Generator, lo: float, end_s: int
+) -> np.ndarray:
+    """Failures per sensor: Poisson, topped up to a floor so small demo configs have positives."""
+    n = cfg.sensors
     counts = np.zeros(n, dtype=np.int64)
     if cfg.failures_per_sensor_month > 0 and end_s - lo >= 1:
         counts = rng.poisson(cfg.failures_per_sensor_month * cfg.days / 30.0, n)
@@ -210,78 +287,75 @@ def _make_plan(cfg: GeneratorConfig) -> _Plan:
         if short > 0:  # Poisson can draw ~0 on a small config; top up on sensors with none
             idle = np.flatnonzero(counts == 0)
             counts[rng.choice(idle, short, replace=False)] += 1
-    f_sensor: list[np.ndarray] = []
-    f_time: list[np.ndarray] = []
-    f_down: list[np.ndarray] = []
-    f_gain: list[np.ndarray] = []
-    f_rise: list[np.ndarray] = []
-    for s in np.flatnonzero(counts):
-        c = int(counts[s])
-        times = np.sort(np.floor(rng.uniform(lo, end_s, c))).astype(np.int64)
-        down = (rng.uniform(*_DOWNTIME_H, c) * _HOUR_S).astype(np.int64)
-        gain = rng.uniform(1.5, 3.0, c)
-        rise = rng.uniform(5.0, 12.0, c)
-        # A failure needs its full degradation ramp after the previous repair; drop the rest.
-        keep = np.zeros(c, dtype=bool)
-        ready = -np.inf
-        for j in range(c):
-            if times[j] - degradation_s >= ready:
-                keep[j] = True
-                ready = times[j] + down[j]
-        f_sensor.append(np.full(int(keep.sum()), s, dtype=np.int64))
-        f_time.append(times[keep])
-        f_down.append(down[keep])
-        f_gain.append(gain[keep])
-        f_rise.append(rise[keep])
-    fail_sensor = _cat(f_sensor, np.int64)
-    fail_s = _cat(f_time, np.int64)
-    fail_down = _cat(f_down, np.int64)
+    return counts
 
-    # Offline gaps: exponential lengths, count chosen so the expected offline share ~ gap_ratio.
-    n_gaps = rng.poisson(cfg.gap_ratio * period_s / _MEAN_GAP_S, n)
+
+def _ramps_fit(times: np.ndarray, down: np.ndarray, degradation_s: float) -> np.ndarray:
+    """Mask of one sensor's failures (sorted by time) that have their full degradation ramp
+    after the previous repair; the others are dropped from the plan."""
+    keep = np.zeros(len(times), dtype=bool)
+    ready = -np.inf
+    for j in range(len(times)):
+        if times[j] - degradation_s >= ready:
+            keep[j] = True
+            ready = times[j] + down[j]
+    return keep
+
+
+def _offline_intervals(
+    cfg: GeneratorConfig, rng: np.random.Generator, start_s: int, end_s: int, failures: _Failures
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(sensor, start, end)`` of the intervals [start, end) with no rows: random gaps, then
+    the repair downtime after each failure."""
+    n = cfg.sensors
+    # Exponential lengths, count chosen so the expected offline share ~ gap_ratio.
+    n_gaps = rng.poisson(cfg.gap_ratio * (end_s - start_s) / _MEAN_GAP_S, n)
     total_gaps = int(n_gaps.sum())
     gap_len = np.clip(rng.exponential(_MEAN_GAP_S, total_gaps), cfg.interval_s, _MAX_GAP_S)
     gap_start = np.floor(rng.uniform(start_s, end_s, total_gaps)).astype(np.int64)
-
-    # Faulty sensors: a few freeze one channel for hours, a few emit rare single-sample spikes.
-    n_faulty = math.ceil(_FAULTY_SHARE * n)
-    stuck_sensor = np.sort(rng.choice(n, n_faulty, replace=False)).astype(np.int64)
-    stuck_channel = rng.integers(0, len(MEASUREMENTS), n_faulty)
-    stuck_len = np.minimum(rng.uniform(*_STUCK_H, n_faulty) * _HOUR_S, period_s)
-    stuck_start = np.floor(rng.uniform(start_s, end_s - stuck_len)).astype(np.int64)
-    spike_sensor = np.sort(rng.choice(n, n_faulty, replace=False)).astype(np.int64)
-    spikes_per_day = rng.uniform(*_SPIKES_PER_DAY, n_faulty)
-    spike_p = np.minimum(spikes_per_day * cfg.interval_s / _DAY_S, 1.0)
-
-    plan = _Plan(
-        start_s=start_s,
-        end_s=end_s,
-        n_sensors=n,
-        degradation_s=degradation_s,
-        ids=pa.array(sensor_ids(n), type=pa.string()),
-        sensor=sensor,
-        fail_sensor=fail_sensor,
-        fail_s=fail_s,
-        fail_vib_gain=_cat(f_gain, np.float64),
-        fail_temp_rise=_cat(f_rise, np.float64),
-        off_sensor=np.concatenate([np.repeat(np.arange(n, dtype=np.int64), n_gaps), fail_sensor]),
-        off_start=np.concatenate([gap_start, fail_s]),
-        off_end=np.concatenate([gap_start + gap_len.astype(np.int64), fail_s + fail_down]),
-        stuck_sensor=stuck_sensor,
-        stuck_channel=stuck_channel,
-        stuck_start=stuck_start,
-        stuck_end=stuck_start + stuck_len.astype(np.int64),
-        stuck_value=np.zeros(n_faulty),
-        spike_sensor=spike_sensor,
-        spike_p=spike_p,
+    return (
+        np.concatenate([np.repeat(np.arange(n, dtype=np.int64), n_gaps), failures.sensor]),
+        np.concatenate([gap_start, failures.time]),
+        np.concatenate([gap_start + gap_len.astype(np.int64), failures.time + failures.downtime]),
     )
-    # A stuck channel repeats the (noise-free) value it had when it froze. It is computed from
-    # the plan, not from the day's data, so a freeze spanning midnight repeats the same value.
-    frozen = np.empty(n_faulty)
-    for j in range(n_faulty):
-        clean, _ = _signals(plan, stuck_start[j : j + 1])
-        frozen[j] = clean[stuck_channel[j], 0, stuck_sensor[j]]
-    return replace(plan, stuck_value=np.round(frozen, _DECIMALS))
+
+
+def _n_faulty(cfg: GeneratorConfig) -> int:
+    """How many sensors get a stuck interval, and how many spike."""
+    return math.ceil(_FAULTY_SHARE * cfg.sensors)
+
+
+def _stuck_intervals(
+    cfg: GeneratorConfig, rng: np.random.Generator, start_s: int, end_s: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(sensor, channel, start, end)``: a few sensors freeze one channel for hours."""
+    n_faulty = _n_faulty(cfg)
+    sensor = np.sort(rng.choice(cfg.sensors, n_faulty, replace=False)).astype(np.int64)
+    channel = rng.integers(0, len(MEASUREMENTS), n_faulty)
+    length = np.minimum(rng.uniform(*_STUCK_H, n_faulty) * _HOUR_S, end_s - start_s)
+    start = np.floor(rng.uniform(start_s, end_s - length)).astype(np.int64)
+    return sensor, channel, start, start + length.astype(np.int64)
+
+
+def _spiking_sensors(
+    cfg: GeneratorConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(sensor, probability)``: a few sensors emit rare single-sample spikes, each sample with
+    the given probability."""
+    n_faulty = _n_faulty(cfg)
+    sensor = np.sort(rng.choice(cfg.sensors, n_faulty, replace=False)).astype(np.int64)
+    spikes_per_day = rng.uniform(*_SPIKES_PER_DAY, n_faulty)
+    return sensor, np.minimum(spikes_per_day * cfg.interval_s / _DAY_S, 1.0)
+
+
+def _stuck_values(plan: _Plan) -> np.ndarray:
+    """The value each stuck channel repeats: its noise-free value when it froze. It comes from
+    the plan, not from the day's data, so a freeze spanning midnight repeats the same value."""
+    frozen = np.empty(len(plan.stuck_sensor))
+    for j in range(len(frozen)):
+        clean, _ = _signals(plan, plan.stuck_start[j : j + 1])
+        frozen[j] = clean[plan.stuck_channel[j], 0, plan.stuck_sensor[j]]
+    return np.round(frozen, _DECIMALS)
 
 
 def _cat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
