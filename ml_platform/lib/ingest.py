@@ -97,8 +97,8 @@ def detect_format(path: Path) -> tuple[str, str]:
     return "csv", "none"
 
 
-#: Bounds on a CSV's first line, checked before DuckDB sniffs it: one 10 MB line of numbers made
-#: the sniffer plan 2.6 million columns and run out of its 1 GB budget after 5 s (issue 8, #4).
+#: Bounds on a CSV's first line, checked before DuckDB sniffs it: one 10 MB line of numbers makes
+#: the sniffer plan 2.6 million columns and run out of a 1 GB budget after 5 s.
 MAX_FIRST_LINE_BYTES = 1 << 20
 MAX_COLUMNS = 10_000
 
@@ -179,9 +179,8 @@ class _Plan:
         self.renamed = {s: t for t, s in self.source_of.items() if s != t}
 
 
-#: DuckDB's CSV reader allocates ~32 MiB buffers (it failed on "could not allocate block of size
-#: 30.5 MiB"); under a small budget (64 MB: issue 8, #9) a good file was quarantined as
-#: "unreadable". Below 256 MiB of budget the buffers are an eighth of it, at least 4 MiB (above
+#: DuckDB's CSV reader allocates ~32 MiB buffers ("could not allocate block of size 30.5 MiB"),
+#: so under a small budget (64 MB) a good file would be quarantined as "unreadable". Below 256 MiB of budget the buffers are an eighth of it, at least 4 MiB (above
 #: DuckDB's default 2 MiB line limit): 6.5M rows (340 MB) at 64 MB in 7 s, 280 MB peak RSS.
 _CSV_BUFFER_DEFAULT = 32 << 20
 _CSV_BUFFER_MIN = 4 << 20
@@ -640,8 +639,8 @@ def _write_day_parts(
     for day, target in zip(days, parts.values(), strict=True):
         con.execute(
             # Sorted by every column: parallel hash de-duplication leaves the order open, and a
-            # re-run must give byte-identical parts (issue 8: idempotent overwrite), not only the
-            # same rows. Measured in test_faults_uploads.py: unsorted 100k-row days differed.
+            # re-run must give byte-identical parts (idempotent overwrite), not only the same
+            # rows: unsorted 100k-row days differ (test_faults_uploads.py).
             f"COPY (SELECT DISTINCT {cols} FROM staged WHERE _reject IS NULL AND _day = {day} "
             "ORDER BY ALL) "
             # zstd level 1: 6% larger than the default level 3, 7% faster to write.
