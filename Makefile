@@ -6,23 +6,32 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install dev dev-prod demo serve mlflow reproduce materialize test soak bench lint format clean
+.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test soak bench lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 install: $(VENV)/.installed  ## create .venv and install the project with its dev extras
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { echo "need $(PYTHON) with pip"; exit 1; }
-	@# uv resolves and installs the stack in seconds; plain venv + pip is the fallback.
+	@# Exactly the versions and files of requirements-dev.lock (hashes checked), then the project
+	@# itself. uv installs the stack in seconds; plain venv + pip is the fallback.
 	@if $(PYTHON) -m pip install -q uv >/dev/null 2>&1; then \
 	  $(PYTHON) -m uv venv -q --allow-existing --python $(PYTHON) $(VENV) && \
-	  $(PYTHON) -m uv pip install -q --compile-bytecode -p $(BIN)/python -e '.[dev]'; \
+	  $(PYTHON) -m uv pip sync -q --require-hashes --compile-bytecode -p $(BIN)/python requirements-dev.lock && \
+	  $(PYTHON) -m uv pip install -q --no-deps -p $(BIN)/python -e .; \
 	else \
-	  $(PYTHON) -m venv $(VENV) && $(BIN)/pip install -q -e '.[dev]'; \
+	  $(PYTHON) -m venv $(VENV) && \
+	  $(BIN)/pip install -q --require-hashes --no-deps -r requirements-dev.lock && \
+	  $(BIN)/pip install -q --no-deps -e .; \
 	fi
 	@touch $@
+
+lock:  ## after editing pyproject.toml: re-resolve requirements-dev.lock, then the Docker locks from it
+	$(PYTHON) -m uv pip compile -q --universal --python-version 3.11 --generate-hashes --extra dev \
+	  --custom-compile-command "make lock" pyproject.toml -o requirements-dev.lock
+	PATH="$$($(PYTHON) -c 'import os, uv; print(os.path.dirname(uv.find_uv_bin()))'):$$PATH" docker/lock.sh
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	@mkdir -p $(DAGSTER_HOME)

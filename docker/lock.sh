@@ -8,25 +8,24 @@
 #                                    dagster-postgres, dagster-aws, at the versions of the lock above
 #   docker/requirements-k8s.lock     code-location-k8s image: requirements.lock + dagster-k8s
 #
-# Versions are those of the project's tested virtualenv (.venv, `uv pip freeze` used as
-# constraints), so the images run exactly what `make test` ran; packages only the dev extra brings
+# Versions are those of requirements-dev.lock (used as constraints), the lock `make install`
+# installs, so the images run exactly what `make test` ran; packages only the dev extra brings
 # (pytest, moto, ruff, schemathesis, ...) are not in the closure of the runtime dependencies and
 # stay out. Universal resolution (markers instead of one platform) with the hash of every wheel:
 # the Dockerfile installs with `pip install --require-hashes --no-deps`, so a build installs these
-# exact files or fails. After changing pyproject.toml: update .venv, run this, commit the locks.
+# exact files or fails. `make lock` runs this after re-resolving requirements-dev.lock.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 # dagster-k8s follows the dagster-* library line (0.29.x for dagster 1.13.x): keep it equal to
 # the dagster-aws / dagster-postgres version of the lock.
-DAGSTER_LIBS_VERSION=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('dagster-aws'))")
+DAGSTER_LIBS_VERSION=$(sed -n 's/^dagster-aws==\([^ ]*\).*/\1/p' "$ROOT/requirements-dev.lock")
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Inputs live in the work folder under fixed names, so the "# via" annotations are reproducible.
 cp "$ROOT/pyproject.toml" "$work/pyproject.toml"
-uv pip freeze --python "$PYTHON" --exclude-editable >"$work/venv.txt"
+cp "$ROOT/requirements-dev.lock" "$work/dev.txt"
 printf 'setuptools>=68\nwheel\n' >"$work/build.in"
 printf 'dagster\ndagster-webserver\ndagster-postgres\ndagster-aws\n' >"$work/dagster.in"
 printf 'dagster-k8s==%s\n' "$DAGSTER_LIBS_VERSION" >"$work/k8s.in"
@@ -37,8 +36,8 @@ compile() {
 }
 
 cd "$work"
-compile pyproject.toml build.in -c venv.txt -o requirements.lock
+compile pyproject.toml build.in -c dev.txt -o requirements.lock
 compile dagster.in -c requirements.lock -o requirements-dagster.lock
-compile pyproject.toml build.in k8s.in -c venv.txt -o requirements-k8s.lock
+compile pyproject.toml build.in k8s.in -c dev.txt -o requirements-k8s.lock
 cp requirements.lock requirements-dagster.lock requirements-k8s.lock "$ROOT/docker/"
 echo "wrote docker/requirements.lock, docker/requirements-dagster.lock, docker/requirements-k8s.lock"

@@ -1617,3 +1617,31 @@ def test_helm_instance_settings_match_dagster_yaml() -> None:
     for key, value in instance["compute_logs"]["config"].items():
         if not isinstance(value, dict):  # literal settings, not {env: ...}
             assert s3_logs[_camel(key)] == value, key
+
+
+DEV_LOCK = ROOT / "requirements-dev.lock"
+
+
+def test_dev_lock_holds_every_dependency_and_the_image_locks_follow_it() -> None:
+    """`make install` installs requirements-dev.lock: every runtime and dev dependency of
+    pyproject.toml is in it at a version the range accepts, and every package the images install
+    has the dev lock's version (fails when pyproject.toml changed without `make lock`)."""
+    import tomllib
+
+    dev = _lock(DEV_LOCK)
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    environment = {**default_environment(), "python_version": "3.11", "sys_platform": "linux",
+                   "platform_system": "Linux", "extra": "dev"}  # fmt: skip
+    for line in [*project["dependencies"], *project["optional-dependencies"]["dev"]]:
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in dev, f"{name} is missing from {DEV_LOCK.name}: run make lock"
+        assert requirement.specifier.contains(dev[name][0], prereleases=True), (line, dev[name])
+    for path in (LOCK, LOCK_DAGSTER, LOCK_K8S):
+        image = _lock(path)
+        followed = {n: v for n, (v, _) in image.items() if n in dev}
+        assert followed == {n: dev[n][0] for n in followed}, f"{path.name}: run make lock"
+    # Only the build backend, and dagster-k8s with its closure, are not in the dev environment.
+    assert set(_lock(LOCK)) - set(dev) <= {"setuptools", "wheel"}
