@@ -538,6 +538,26 @@ def test_files_in_the_config_ingest_the_current_version_of_each_key(s3_server, s
     assert outcome_of(result) == {new: "already_ingested", other: "ingested"}
 
 
+def test_the_local_store_only_yields_the_expected_version(tmp_path):
+    """A folder store's ETag is a content hash: the copy holds exactly that version, and a re-put
+    while it is read replaces the name, not the bytes being read."""
+    from ml_platform.lib.store import LocalStore, ObjectChangedError
+
+    store = LocalStore(tmp_path / "lake")
+    store.put_bytes(b"v1", "landing/readings/v.csv")
+    etag = store.etag("landing/readings/v.csv")
+    with store.local_copy("landing/readings/v.csv", if_match=etag) as path:
+        store.put_bytes(b"v2", "landing/readings/v.csv")
+        assert path.read_bytes() == b"v1"
+    assert [o.key for o in store.list("landing/")] == ["landing/readings/v.csv"]
+    with (
+        pytest.raises(ObjectChangedError),
+        store.local_copy("landing/readings/v.csv", if_match=etag),
+    ):
+        pass
+    assert [p.name for p in (tmp_path / "lake" / "landing" / "readings").iterdir()] == ["v.csv"]
+
+
 def test_the_s3_download_only_accepts_the_expected_version(s3_server, s3_env):
     from ml_platform.lib.store import ObjectChangedError, open_store
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -48,8 +49,10 @@ class ObjectInfo:
 
 
 class ObjectStore(Protocol):
+    """A bucket (or a folder laid out like one). ``local_copy(key, if_match=etag)`` yields exactly
+    the version ``etag`` names, whatever an ETag is in that store."""
+
     url: str
-    etag_is_content_hash: bool
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
     def etag(self, key: str) -> str: ...
@@ -64,6 +67,7 @@ class ObjectStore(Protocol):
     def put_bytes(self, data: bytes, key: str) -> None: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
+    def bucket_and_prefix(self) -> tuple[str, str] | None: ...
 
 
 def sha256_file(path: Path) -> str:
@@ -81,8 +85,6 @@ def content_etag(sha256_hex: str) -> str:
 
 class LocalStore:
     """A folder laid out like a bucket. ETags are content hashes (see :func:`content_etag`)."""
-
-    etag_is_content_hash = True
 
     def __init__(self, root: str | Path):
         self.root = Path(root).resolve()
@@ -150,11 +152,37 @@ class LocalStore:
 
     @contextlib.contextmanager
     def local_copy(self, key: str, if_match: str | None = None) -> Iterator[Path]:
-        # ``if_match`` is checked by the caller against the content hash (see content_etag).
+        """The object's own file (no copy); with ``if_match``, a hard-linked snapshot of exactly
+        that version (else :class:`ObjectChangedError`), so a re-put racing the read is never
+        read under the old ETag."""
         path = self._path(key)
         if not path.is_file():
             raise FileNotFoundError(f"no object {self.uri(key)}")
-        yield path  # already local: no copy
+        if if_match is None:
+            yield path
+            return
+        with self._snapshot(path) as snapshot:
+            if content_etag(sha256_file(snapshot)) != if_match:
+                raise ObjectChangedError(f"{self.uri(key)} is no longer {if_match}")
+            yield snapshot
+
+    @contextlib.contextmanager
+    def _snapshot(self, path: Path) -> Iterator[Path]:
+        """A hard link beside the file (hidden from listings): a later re-put replaces the
+        file's name, not the linked bytes."""
+        link = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        try:
+            os.link(path, link)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"no object {path}") from None
+        try:
+            yield link
+        finally:
+            link.unlink(missing_ok=True)
+
+    def bucket_and_prefix(self) -> None:
+        """A folder is no bucket: no S3 notification names its objects."""
+        return None
 
     def read_bytes(self, key: str) -> bytes:
         return self._path(key).read_bytes()
@@ -204,8 +232,6 @@ class LocalStore:
 
 class S3Store:
     """``s3://bucket/prefix`` through a boto3 client (endpoint URL for MinIO or moto)."""
-
-    etag_is_content_hash = False  # multipart ETags are not content hashes; HEAD tells the ETag
 
     def __init__(self, bucket: str, prefix: str, client: Any, endpoint: str | None = None):
         self.bucket = bucket
@@ -335,6 +361,11 @@ class S3Store:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    def bucket_and_prefix(self) -> tuple[str, str]:
+        """How S3 notifications name this store's objects: the bucket, and the folder in it
+        (``""`` or ending in ``/``)."""
+        return self.bucket, self.prefix
 
 
 def s3_client(

@@ -28,7 +28,7 @@ from ml_platform.lib import paths
 from ml_platform.lib.contract import Contract
 from ml_platform.lib.ingest import IngestReport, RejectedFileError, batch_connection, ingest_file
 from ml_platform.lib.quarantine import keep_rejected, release
-from ml_platform.lib.store import ObjectChangedError, ObjectStore, content_etag, sha256_file
+from ml_platform.lib.store import ObjectChangedError, ObjectStore, sha256_file
 from ml_platform.lib.tables import markdown_table
 
 #: Errors raised by the asset code (an unreachable object store and the like) are retried after
@@ -169,12 +169,10 @@ def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
     try:
         outcome = _ingest_version(batch, version, key, etag)
     except ObjectChangedError:
-        outcome = None
-    except _Gone:
-        return Outcome(version, store.uri(key), "gone", message="no longer exists")
-    if outcome is None:
         return Outcome(version, store.uri(key), "gone",
                        message="overwritten since it landed; the new version is its own")  # fmt: skip
+    except _Gone:
+        return Outcome(version, store.uri(key), "gone", message="no longer exists")
     _replace_previous(store, dataset, version, previous, outcome)
     _write_ledger(batch, version, outcome)
     return outcome
@@ -184,21 +182,18 @@ class _Gone(Exception):
     """The landed object was deleted before its download."""
 
 
-def _ingest_version(batch: _Batch, version: str, key: str, etag: str) -> Outcome | None:
-    """Read the exact version, cast it, and publish its parts or quarantine it. None: the
-    object was overwritten since it landed (its new version has its own batch)."""
+def _ingest_version(batch: _Batch, version: str, key: str, etag: str) -> Outcome:
+    """Read the exact version, cast it, and publish its parts or quarantine it; raises
+    ObjectChangedError when the object was overwritten since it landed (its new version has its
+    own batch)."""
     store, dataset = batch.store, batch.dataset
-    # S3: the download asks for exactly this ETag. Local: the content hash is compared below.
-    if_match = None if store.etag_is_content_hash else etag
     with contextlib.ExitStack() as scope:
         try:
-            local = scope.enter_context(store.local_copy(key, if_match))
+            local = scope.enter_context(store.local_copy(key, if_match=etag))
         except FileNotFoundError:
             raise _Gone(key) from None
         out = scope.enter_context(tempfile.TemporaryDirectory(prefix="bronze-"))
         sha256 = sha256_file(local)
-        if store.etag_is_content_hash and content_etag(sha256) != etag:
-            return None
         size = local.stat().st_size
         try:
             report = _read_and_cast(batch, local, Path(out), size)

@@ -315,12 +315,13 @@ def _event_sensor(
         if waiting := _batch_waiting(context, spec):
             return waiting
         store = lake.store()
-        bucket, store_prefix = getattr(store, "bucket", None), getattr(store, "prefix", "")
-        if bucket is None:
+        location = store.bucket_and_prefix()
+        if location is None:
             raise ValueError(
                 f"ML_PLATFORM_EVENTS_URL is set but the store {store.url} is not s3://: bucket "
                 "notifications come from MinIO; unset it to list a local store"
             )
+        bucket, store_prefix = location
         state = _EventModeCursor.from_json(context.cursor)
         now = time.time()
         # A database or store that is down fails the tick with the reason; the cursor stays.
