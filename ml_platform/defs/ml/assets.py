@@ -3,7 +3,7 @@
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +16,9 @@ from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
-from ml_platform.lib.store import read_frame, write_frame
+from ml_platform.lib.store import write_frame
 from ml_platform.lib.tables import markdown_table
+from ml_platform.lib.training_set import BuiltTrainingSet, build_training_frame
 from ml_platform.lib.versions import files_version
 
 if TYPE_CHECKING:
@@ -65,111 +66,141 @@ def latest_versions(
         cursor = page.cursor
 
 
-def _label_keys(store, until: datetime) -> list[str]:
-    """Bronze label parts of the days up to ``until``."""
-    last = until.date().isoformat()
-    return [
-        o.key
-        for o in store.list(f"{paths.BRONZE}labels/")
-        if (day := paths.bronze_day(o.key)) and day <= last
-    ]
+@dataclass(frozen=True)
+class _Classes:
+    """How many rows of each class a training set holds."""
 
+    rows: int
+    positives: int
+    negatives: int
 
-def _offline_rows(feature_store, names: dict[str, list[str]], start: datetime, end: datetime):
-    """Every gold row the offline store holds with an event time in ``[start, end)``: the
-    candidates the leakage guard traces feature values back to."""
-    from feast.infra.offline_stores.offline_utils import get_offline_store_from_config
+    @classmethod
+    def count(cls, frame: "pd.DataFrame") -> "_Classes":
+        from ml_platform.lib import training
 
-    from ml_platform.lib import training
+        positives = int(frame[training.TARGET].sum())
+        return cls(len(frame), positives, len(frame) - positives)
 
-    source = feature_store.get_feature_view(fs.DAILY_STATS_VIEW).batch_source
-    job = get_offline_store_from_config(
-        feature_store.config.offline_store
-    ).pull_all_from_table_or_query(
-        config=feature_store.config,
-        data_source=source,
-        join_key_columns=["sensor_id"],
-        feature_name_columns=[n for view in fs.VIEWS for n in names[view]],
-        timestamp_field=source.timestamp_field,
-        created_timestamp_column=source.created_timestamp_column,
-        start_date=start,
-        end_date=end,
-    )
-    rows = job.to_df()
-    rows["event_timestamp"] = training.utc(rows["event_timestamp"])
-    rows["created_timestamp"] = training.utc(rows["created_timestamp"])
-    return rows[rows["event_timestamp"] < end]
-
-
-@dataclass
-class BuiltTrainingSet:
-    """What :func:`build_training_frame` returns: the set and what the asset reports about it."""
-
-    frame: "pd.DataFrame"
-    first_day: date
-    last_day: date
-    label_keys: list[str]
-    views: dict[str, list[str]]  # feature names of each view
-    blanked: dict[str, int]  # values the leakage guard blanked, per view
-    leaks: dict[str, int]  # rows still using future values after the guard, per view
-    created_late: dict[str, int]  # rows using values created after their cut-off, per view
-    join_seconds: float
-
-
-def build_training_frame(
-    store, feature_store, names: dict[str, list[str]], week_end: datetime, config: TrainingSetConfig
-) -> BuiltTrainingSet:
-    """The training set of the week ending at ``week_end``, as ``training_set`` builds it (and
-    ``ml-platform reproduce`` rebuilds it): labels known before ``week_end``, sensor-days of the
-    look-back window, Feast's point-in-time join at each cut-off, then the leakage guard."""
-    # pandas-heavy: imported here so that loading the code location stays light.
-    from ml_platform.lib import training
-
-    horizon = timedelta(days=config.horizon_days)
-    # The last day whose target is known by the end of the week: its cut-off plus the horizon.
-    last_day: date = (week_end - horizon - timedelta(days=1) + timedelta(microseconds=1)).date()
-    first_day = last_day - timedelta(days=config.lookback_days - 1)
-
-    label_keys = _label_keys(store, week_end)
-    failures = training.failure_events(read_frame(store, label_keys), until=week_end)
-    oldest = datetime.combine(first_day, datetime.min.time(), tzinfo=UTC) - timedelta(
-        days=max(fs.TTL_DAYS.values())
-    )
-    candidates = _offline_rows(feature_store, names, oldest, week_end)
-    entities = training.add_target(
-        training.sensor_days(candidates, first_day, last_day), failures, horizon
-    )
-    joined_at = time.perf_counter()
-    frame = entities.join(
-        fs.features_at(
-            feature_store,
-            entities[["sensor_id"]].assign(event_timestamp=training.join_times(entities)),
+    def big_enough(self, config: TrainingSetConfig) -> bool:
+        return (
+            self.rows >= config.min_rows
+            and self.positives >= config.min_positives
+            and self.negatives >= config.min_negatives
         )
-    )
-    join_seconds = time.perf_counter() - joined_at
 
-    views = {view: names[view] for view in fs.VIEWS}
-    strict = config.require_created_before_cutoff
-    frame, blanked = training.guard(frame, candidates, views, created_too=strict)
-    leaks = {
-        view: int(training.find_leaks(frame, candidates, cols, created_too=strict).sum())
-        for view, cols in views.items()
+
+def _input_versions(context: dg.AssetExecutionContext, built: BuiltTrainingSet) -> dict:
+    """The data versions of the partitions the set was built from, as the instance records them."""
+    import pandas as pd
+
+    days = pd.date_range(built.first_day, built.last_day, freq="D").strftime("%Y-%m-%d").tolist()
+    return {
+        "daily_aggregates": latest_versions(context.instance, daily_aggregates.key, days),
+        "raw_labels": latest_versions(context.instance, raw_labels.key, None),
     }
-    created_late = {
-        view: int(training.find_leaks(frame, candidates, cols, created_too=True).sum())
-        - leaks[view]
-        for view, cols in views.items()
+
+
+def _manifest(
+    context: dg.AssetExecutionContext,
+    config: TrainingSetConfig,
+    feast: FeastResource,
+    feature_store,
+    built: BuiltTrainingSet,
+    classes: _Classes,
+    week_end: datetime,
+) -> dict:
+    """What the set was built from and how, minus where it was written and when: the record
+    ``ml-platform reproduce`` rebuilds the set from and checks the environment against."""
+    from ml_platform.lib import training
+
+    return {
+        "week": context.partition_key,
+        "window": {
+            "first_day": built.first_day.isoformat(),
+            "last_day": built.last_day.isoformat(),
+        },
+        "labels_known_before": week_end.isoformat(),
+        "horizon_days": config.horizon_days,
+        "target": training.TARGET,
+        "rows": classes.rows,
+        "positives": classes.positives,
+        "negatives": classes.negatives,
+        "feature_service": fs.FEATURE_SERVICE,
+        "features": built.views,
+        "registry_hash": fs.registry_hash(feature_store),
+        "offline_store": feast.profile().offline_type,
+        "code_versions": {
+            "training_set": context.assets_def.code_versions_by_key.get(context.asset_key),
+            "feature_views": feature_views.code_versions_by_key.get(feature_views.key),
+        },
+        "inputs": _input_versions(context, built),
+        "leakage_guard": {
+            "values_blanked": built.blanked,
+            "leaks_after_guard": built.leaks,
+            "require_created_before_cutoff": config.require_created_before_cutoff,
+        },
     }
-    return BuiltTrainingSet(
-        frame,
-        first_day,
-        last_day,
-        label_keys,
-        views,
-        blanked,
-        leaks,
-        created_late,
-        join_seconds,
+
+
+def _training_set_metadata(
+    built: BuiltTrainingSet,
+    classes: _Classes,
+    manifest: dict,
+    manifest_uri: str,
+    accepted: bool,
+    started: float,
+) -> dict:
+    frame = built.frame
+    feature_names = [n for cols in built.views.values() for n in cols]
+    return {
+        "dagster/row_count": len(frame),
+        "positives": classes.positives,
+        "negatives": classes.negatives,
+        "sensors": int(frame["sensor_id"].nunique()),
+        "first_day": built.first_day.isoformat(),
+        "last_day": built.last_day.isoformat(),
+        "label_parts_read": len(built.label_keys),
+        "registry_hash": manifest["registry_hash"],
+        "training_set": manifest["training_set"],
+        "accepted": accepted,
+        "manifest": manifest_uri,
+        "preview": dg.MetadataValue.md(markdown_table(frame.head(5).to_dict("records"), columns=8)),
+        "sensor_days_without_features": int(frame[feature_names].isna().all(axis=1).sum()),
+        "point_in_time_join_s": round(built.join_seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _leakage_check(built: BuiltTrainingSet) -> dg.AssetCheckResult:
+    leaking = any(built.leaks.values())
+    return dg.AssetCheckResult(
+        check_name=LEAKAGE_CHECK,
+        # Values left from the future fail the run (blocking). Values the guard had to blank
+        # mean the join itself misbehaved: the set is clean, but it is flagged.
+        passed=not leaking and not any(built.blanked.values()),
+        severity=dg.AssetCheckSeverity.ERROR if leaking else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "leaking_rows": dg.MetadataValue.json(built.leaks),
+            "values_blanked_by_guard": dg.MetadataValue.json(built.blanked),
+            # Informational unless require_created_before_cutoff: backfilled history is always
+            # created after its event time.
+            "rows_using_values_created_after_cutoff": dg.MetadataValue.json(built.created_late),
+        },
+    )
+
+
+def _size_check(
+    classes: _Classes, big_enough: bool, config: TrainingSetConfig
+) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=SIZE_CHECK,
+        passed=big_enough,
+        metadata={
+            "rows": classes.rows,
+            "positives": classes.positives,
+            "negatives": classes.negatives,
+            "min_rows": config.min_rows,
+        },
     )
 
 
@@ -189,7 +220,9 @@ def build_training_frame(
     group_name="ml",
     kinds={"feast", "pandas", "parquet"},
     owners=["team:ml"],
-    code_version=files_version(__file__, Path(fs.__file__).with_name("training.py")),
+    code_version=files_version(
+        __file__, *(Path(fs.__file__).with_name(m) for m in ("training.py", "training_set.py"))
+    ),
     retry_policy=TRANSIENT_RETRIES,
     check_specs=[
         dg.AssetCheckSpec(
@@ -216,116 +249,31 @@ def training_set(
 ) -> dg.MaterializeResult:
     """One week's training set: a row per sensor-day, its target, and the feature values Feast's
     point-in-time join returned for the day's cut-off; a manifest of its inputs beside it."""
-    import pandas as pd
-
-    from ml_platform.lib import training
-
     started = time.perf_counter()
     week = context.partition_key
     week_end = context.partition_time_window.end.astimezone(UTC)
     store, feature_store = lake.store(), feast.store()
     names = fs.feature_names(ingest.contract("readings").columns)
     built = build_training_frame(store, feature_store, names, week_end, config)
-    frame, views, leaks, blanked = built.frame, built.views, built.leaks, built.blanked
-    first_day, last_day = built.first_day, built.last_day
-    strict = config.require_created_before_cutoff
-
-    positives = int(frame[training.TARGET].sum())
-    negatives = len(frame) - positives
-    big_enough = (
-        len(frame) >= config.min_rows
-        and positives >= config.min_positives
-        and negatives >= config.min_negatives
-    )
+    classes = _Classes.count(built.frame)
+    big_enough = classes.big_enough(config)
     # A set that fails a blocking check is kept for inspection beside the week's last good
     # set, never in its place: failure_model always reads a set that passed.
-    accepted = big_enough and not any(leaks.values())
-    set_key = paths.training_set_object(week, None if accepted else context.run.run_id)
-    write_frame(store, frame, set_key)
-
-    days = pd.date_range(first_day, last_day, freq="D").strftime("%Y-%m-%d").tolist()
-    manifest = {
-        "week": week,
-        "window": {"first_day": first_day.isoformat(), "last_day": last_day.isoformat()},
-        "labels_known_before": week_end.isoformat(),
-        "horizon_days": config.horizon_days,
-        "target": training.TARGET,
-        "rows": len(frame),
-        "positives": positives,
-        "negatives": negatives,
-        "feature_service": fs.FEATURE_SERVICE,
-        "features": views,
-        "registry_hash": fs.registry_hash(feature_store),
-        "offline_store": feast.profile().offline_type,
-        "code_versions": {
-            "training_set": context.assets_def.code_versions_by_key.get(context.asset_key),
-            "feature_views": feature_views.code_versions_by_key.get(feature_views.key),
-        },
-        "inputs": {
-            "daily_aggregates": latest_versions(context.instance, daily_aggregates.key, days),
-            "raw_labels": latest_versions(context.instance, raw_labels.key, None),
-        },
-        "leakage_guard": {
-            "values_blanked": blanked,
-            "leaks_after_guard": leaks,
-            "require_created_before_cutoff": strict,
-        },
-        "training_set": store.uri(set_key),
-        "dagster_run_id": context.run.run_id,
-        "built_at": datetime.now(UTC).isoformat(),
-    }
-    manifest_key = paths.training_manifest_object(week, None if accepted else context.run.run_id)
+    accepted = big_enough and not any(built.leaks.values())
+    kept_for = None if accepted else context.run.run_id
+    set_key = paths.training_set_object(week, kept_for)
+    write_frame(store, built.frame, set_key)
+    manifest = _manifest(context, config, feast, feature_store, built, classes, week_end)
+    manifest.update(
+        training_set=store.uri(set_key),
+        dagster_run_id=context.run.run_id,
+        built_at=datetime.now(UTC).isoformat(),
+    )
+    manifest_key = paths.training_manifest_object(week, kept_for)
     store.put_bytes(json.dumps(manifest, indent=2).encode(), manifest_key)
     return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(frame),
-            "positives": positives,
-            "negatives": negatives,
-            "sensors": int(frame["sensor_id"].nunique()),
-            "first_day": first_day.isoformat(),
-            "last_day": last_day.isoformat(),
-            "label_parts_read": len(built.label_keys),
-            "registry_hash": manifest["registry_hash"],
-            "training_set": store.uri(set_key),
-            "accepted": accepted,
-            "manifest": store.uri(manifest_key),
-            "preview": dg.MetadataValue.md(
-                markdown_table(frame.head(5).to_dict("records"), columns=8)
-            ),
-            "sensor_days_without_features": int(
-                frame[[n for cols in views.values() for n in cols]].isna().all(axis=1).sum()
-            ),
-            "point_in_time_join_s": round(built.join_seconds, 3),
-            "seconds": round(time.perf_counter() - started, 3),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=LEAKAGE_CHECK,
-                # Values left from the future fail the run (blocking). Values the guard had to
-                # blank mean the join itself misbehaved: the set is clean, but it is flagged.
-                passed=not any(leaks.values()) and not any(blanked.values()),
-                severity=dg.AssetCheckSeverity.ERROR
-                if any(leaks.values())
-                else dg.AssetCheckSeverity.WARN,
-                metadata={
-                    "leaking_rows": dg.MetadataValue.json(leaks),
-                    "values_blanked_by_guard": dg.MetadataValue.json(blanked),
-                    # Informational unless require_created_before_cutoff: backfilled history
-                    # is always created after its event time.
-                    "rows_using_values_created_after_cutoff": dg.MetadataValue.json(
-                        built.created_late
-                    ),
-                },
-            ),
-            dg.AssetCheckResult(
-                check_name=SIZE_CHECK,
-                passed=big_enough,
-                metadata={
-                    "rows": len(frame),
-                    "positives": positives,
-                    "negatives": negatives,
-                    "min_rows": config.min_rows,
-                },
-            ),
-        ],
+        metadata=_training_set_metadata(
+            built, classes, manifest, store.uri(manifest_key), accepted, started
+        ),
+        check_results=[_leakage_check(built), _size_check(classes, big_enough, config)],
     )

@@ -1,7 +1,7 @@
 """``daily_predictions[day]`` and ``scored_files[file]``: the champion's answers, as files."""
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -142,6 +142,94 @@ def _last_promoted(context) -> int | None:
     return int(version) if isinstance(version, int) and version >= 0 else None
 
 
+def _resolve_scorer(
+    context: dg.AssetExecutionContext, mlflow: MLflowResource, pinned: int | None
+) -> Scorer:
+    """The run's Scorer; when no champion resolves, the Failure names the version the last
+    champion_model run promoted (the alias was moved or deleted since)."""
+    try:
+        return Scorer.resolve(mlflow, pinned)
+    except dg.Failure as failure:
+        promoted = _last_promoted(context)
+        if promoted is None or pinned is not None:
+            raise
+        raise dg.Failure(
+            f"{failure.description} (the last champion_model run made version {promoted} "
+            f"'{CHAMPION}')",
+            allow_retries=False,
+        ) from failure
+
+
+def _require_open_drift_gate(store, day: str, ignore: bool) -> None:
+    """A Failure when the day's drift gate is closed, unless the run ignores it."""
+    report = drift_gate(store, day)
+    if report and report["gate"] == "closed" and not ignore:
+        raise dg.Failure(
+            f"drift gate closed for {day}: {'; '.join(report['reasons'])}. Retraining "
+            "is requested; set ignore_drift_gate to predict anyway",
+            metadata={"report": store.uri(paths.drift_report_object(day))},
+            allow_retries=False,
+        )
+
+
+def _predict_day(store, feature_store, scorer: Scorer, day: str, run_id: str):
+    """The day's predictions for every sensor with aggregates, written as parquet and CSV; None
+    when the day has no aggregates."""
+    import pandas as pd
+
+    gold = read_prefixes(store, [paths.aggregates_day_prefix(day)])
+    if gold.empty:
+        return None
+    sensors = sorted(gold["sensor_id"].astype(str).unique())
+    out = scorer.score(feature_store, pd.DataFrame({"sensor_id": sensors, "date": day}), run_id)
+    write_frame(store, out, paths.predictions_object(day))
+    write_frame(store, out, paths.predictions_object(day, "csv"), float_format="%.6f")
+    return out
+
+
+@dataclass
+class _DaysScored:
+    """What the days of one run produced, for the asset's metadata and checks."""
+
+    per_day: dict[str, dict] = field(default_factory=dict)
+    uncovered: list[str] = field(default_factory=list)  # days with a sensor lacking features
+    invalid: list[str] = field(default_factory=list)  # days with an invalid probability
+    preview: list[dict] = field(default_factory=list)  # the first rows of the first day scored
+
+    def add(self, day: str, out) -> None:
+        """Record ``day``'s predictions (None: the day had no aggregates)."""
+        from ml_platform.lib.modeling import probabilities_are_valid
+
+        if out is None:
+            self.per_day[day] = {"sensors": 0}
+            self.uncovered.append(day)
+            return
+        if not out["features_found"].all():
+            self.uncovered.append(day)
+        if not probabilities_are_valid(out["failure_probability"]):
+            self.invalid.append(day)
+        self.per_day[day] = {
+            "sensors": len(out),
+            "predicted_failures": int(out["predicted_failure"].sum()),
+            "max_probability": round(float(out["failure_probability"].max()), 4),
+        }
+        self.preview = self.preview or out.head(5).to_dict("records")
+
+    def check_results(self) -> list[dg.AssetCheckResult]:
+        return [
+            dg.AssetCheckResult(
+                check_name=COVERS_EVERY_SENSOR,
+                passed=not self.uncovered,
+                metadata={"days_failing": dg.MetadataValue.json(self.uncovered)},
+            ),
+            dg.AssetCheckResult(
+                check_name=VALID,
+                passed=not self.invalid,
+                metadata={"days_failing": dg.MetadataValue.json(self.invalid)},
+            ),
+        ]
+
+
 @dg.asset(
     partitions_def=daily,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -182,79 +270,27 @@ def daily_predictions(
     """One row per sensor of the day: failure probability, predicted label, behaviour cluster,
     and the model name, version and run that produced it, in
     ``results/predictions/date=D/predictions.parquet`` and ``.csv``."""
-    import pandas as pd
-
-    from ml_platform.lib.modeling import probabilities_are_valid
-
     started = time.perf_counter()
     store, feature_store = lake.store(), feast.store()
-    try:
-        scorer = Scorer.resolve(mlflow, config.model_version)
-    except dg.Failure as failure:
-        promoted = _last_promoted(context)
-        if promoted is None or config.model_version is not None:
-            raise
-        raise dg.Failure(
-            f"{failure.description} (the last champion_model run made version {promoted} "
-            f"'{CHAMPION}')",
-            allow_retries=False,
-        ) from failure
+    scorer = _resolve_scorer(context, mlflow, config.model_version)
     context.log.info(f"scoring with {MODEL_NAME} version {scorer.version}")
-    per_day, uncovered, invalid, preview = {}, [], [], []
+    scored = _DaysScored()
     for day in context.partition_keys:
-        report = drift_gate(store, day)
-        if report and report["gate"] == "closed" and not config.ignore_drift_gate:
-            raise dg.Failure(
-                f"drift gate closed for {day}: {'; '.join(report['reasons'])}. Retraining "
-                "is requested; set ignore_drift_gate to predict anyway",
-                metadata={"report": store.uri(paths.drift_report_object(day))},
-                allow_retries=False,
-            )
-        gold = read_prefixes(store, [paths.aggregates_day_prefix(day)])
-        if gold.empty:
-            per_day[day] = {"sensors": 0}
-            uncovered.append(day)
-            continue
-        sensors = sorted(gold["sensor_id"].astype(str).unique())
-        out = scorer.score(
-            feature_store, pd.DataFrame({"sensor_id": sensors, "date": day}), context.run.run_id
-        )
-        write_frame(store, out, paths.predictions_object(day))
-        write_frame(store, out, paths.predictions_object(day, "csv"), float_format="%.6f")
-        if not out["features_found"].all():
-            uncovered.append(day)
-        if not probabilities_are_valid(out["failure_probability"]):
-            invalid.append(day)
-        per_day[day] = {
-            "sensors": len(out),
-            "predicted_failures": int(out["predicted_failure"].sum()),
-            "max_probability": round(float(out["failure_probability"].max()), 4),
-        }
-        preview = preview or out.head(5).to_dict("records")
+        _require_open_drift_gate(store, day, config.ignore_drift_gate)
+        scored.add(day, _predict_day(store, feature_store, scorer, day, context.run.run_id))
     return dg.MaterializeResult(
         metadata={
             "model_name": MODEL_NAME,
             "model_version": scorer.version,
             "model_run_id": scorer.run_id,
             "cluster_model_version": scorer.cluster_version or "none",
-            "days": dg.MetadataValue.json(per_day),
-            "dagster/row_count": sum(d["sensors"] for d in per_day.values()),
+            "days": dg.MetadataValue.json(scored.per_day),
+            "dagster/row_count": sum(d["sensors"] for d in scored.per_day.values()),
             "location": store.uri(f"{paths.RESULTS}predictions/"),
-            "preview": dg.MetadataValue.md(markdown_table(preview, columns=7)),
+            "preview": dg.MetadataValue.md(markdown_table(scored.preview, columns=7)),
             "seconds": round(time.perf_counter() - started, 3),
         },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=COVERS_EVERY_SENSOR,
-                passed=not uncovered,
-                metadata={"days_failing": dg.MetadataValue.json(uncovered)},
-            ),
-            dg.AssetCheckResult(
-                check_name=VALID,
-                passed=not invalid,
-                metadata={"days_failing": dg.MetadataValue.json(invalid)},
-            ),
-        ],
+        check_results=scored.check_results(),
     )
 
 
@@ -280,8 +316,7 @@ def scored_files(
     key = paths.landing_object("scoring", relative_key)
     if not store.exists(key):
         raise dg.Failure(f"{store.uri(key)} no longer exists", allow_retries=False)
-    if_match = None if store.etag_is_content_hash else etag
-    with store.local_copy(key, if_match) as local:
+    with store.local_copy(key, if_match=etag) as local:
         try:
             requests = read_request(local)
         except MalformedRequestError as bad:
