@@ -13,14 +13,13 @@ help:  ## list the commands
 
 install: $(VENV)/.installed  ## create .venv and install the project with its dev extras
 
-$(VENV)/.installed: pyproject.toml requirements-dev.lock
+$(VENV)/.installed: pyproject.toml uv.lock
 	@$(PYTHON) -m pip --version >/dev/null 2>&1 || { echo "need $(PYTHON) with pip"; exit 1; }
-	@# Exactly the versions and files of requirements-dev.lock (hashes checked), then the project
-	@# itself. uv installs the stack in seconds; plain venv + pip is the fallback.
+	@# Exactly the versions of uv.lock, and the project itself (editable). Without uv, pip
+	@# installs the same pins, hashes checked, from requirements-dev.lock (exported from uv.lock).
 	@if $(PYTHON) -m pip install -q uv >/dev/null 2>&1; then \
-	  $(PYTHON) -m uv venv -q --allow-existing --python $(PYTHON) $(VENV) && \
-	  $(PYTHON) -m uv pip sync -q --require-hashes --compile-bytecode -p $(BIN)/python requirements-dev.lock && \
-	  $(PYTHON) -m uv pip install -q --no-deps -p $(BIN)/python -e .; \
+	  UV_PROJECT_ENVIRONMENT=$(VENV) $(PYTHON) -m uv sync -q --frozen --extra dev --compile-bytecode \
+	    --python $(PYTHON); \
 	else \
 	  $(PYTHON) -m venv $(VENV) && \
 	  $(BIN)/pip install -q --require-hashes --no-deps -r requirements-dev.lock && \
@@ -28,9 +27,9 @@ $(VENV)/.installed: pyproject.toml requirements-dev.lock
 	fi
 	@touch $@
 
-lock:  ## after editing pyproject.toml: re-resolve requirements-dev.lock, then the Docker locks from it
-	$(PYTHON) -m uv pip compile -q --universal --python-version 3.11 --generate-hashes --extra dev \
-	  --custom-compile-command "make lock" pyproject.toml -o requirements-dev.lock
+lock:  ## after editing pyproject.toml: uv.lock, its pip export requirements-dev.lock, the Docker locks
+	$(PYTHON) -m uv lock -q
+	$(PYTHON) -m uv export -q --frozen --extra dev --no-emit-project -o requirements-dev.lock
 	PATH="$$($(PYTHON) -c 'import os, uv; print(os.path.dirname(uv.find_uv_bin()))'):$$PATH" docker/lock.sh
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml

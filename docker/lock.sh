@@ -8,12 +8,12 @@
 #                                    dagster-postgres, dagster-aws, at the versions of the lock above
 #   docker/requirements-k8s.lock     code-location-k8s image: requirements.lock + dagster-k8s
 #
-# Versions are those of requirements-dev.lock (used as constraints), the lock `make install`
-# installs, so the images run exactly what `make test` ran; packages only the dev extra brings
-# (pytest, moto, ruff, schemathesis, ...) are not in the closure of the runtime dependencies and
-# stay out. Universal resolution (markers instead of one platform) with the hash of every wheel:
+# Versions are those of uv.lock (its export requirements-dev.lock serves as constraints), the lock
+# `make install` installs, so the images run exactly what `make test` ran; packages only the dev
+# extra brings (pytest, moto, ruff, schemathesis, ...) are not in the closure of the runtime
+# dependencies and stay out. Universal resolution (markers instead of one platform) with the hash of every wheel:
 # the Dockerfile installs with `pip install --require-hashes --no-deps`, so a build installs these
-# exact files or fails. `make lock` runs this after re-resolving requirements-dev.lock.
+# exact files or fails. `make lock` runs this after re-resolving uv.lock.
 set -eu
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)

@@ -1623,12 +1623,17 @@ DEV_LOCK = ROOT / "requirements-dev.lock"
 
 
 def test_dev_lock_holds_every_dependency_and_the_image_locks_follow_it() -> None:
-    """`make install` installs requirements-dev.lock: every runtime and dev dependency of
-    pyproject.toml is in it at a version the range accepts, and every package the images install
-    has the dev lock's version (fails when pyproject.toml changed without `make lock`)."""
+    """`make install` installs uv.lock (requirements-dev.lock is its pip export): every runtime
+    and dev dependency of pyproject.toml is locked at a version the range accepts, the export
+    and every package the images install have uv.lock's versions (fails when pyproject.toml
+    changed without `make lock`)."""
     import tomllib
 
     dev = _lock(DEV_LOCK)
+    uv_lock = {canonicalize_name(p["name"]): p["version"]
+               for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}  # fmt: skip
+    assert {n: v for n, (v, _) in dev.items()} == {n: uv_lock[n] for n in dev}
+    assert set(uv_lock) - set(dev) == {"ml-platform"}, "the export leaves only the project out"
     project = tomllib.loads(PYPROJECT.read_text())["project"]
     environment = {**default_environment(), "python_version": "3.11", "sys_platform": "linux",
                    "platform_system": "Linux", "extra": "dev"}  # fmt: skip
