@@ -113,7 +113,8 @@ class LocalStore:
         base = self._path(prefix.rstrip("/")) if prefix.strip("/") else self.root
         if not base.exists():
             return
-        for dirpath, _dirs, files in os.walk(base):
+        for dirpath, dirs, files in os.walk(base):
+            dirs[:] = [d for d in dirs if not d.startswith(_TMP_PREFIX)]  # snapshots in progress
             for name in sorted(files):
                 if name.startswith(_TMP_PREFIX):
                     continue
@@ -168,17 +169,21 @@ class LocalStore:
 
     @contextlib.contextmanager
     def _snapshot(self, path: Path) -> Iterator[Path]:
-        """A hard link beside the file (hidden from listings): a later re-put replaces the
-        file's name, not the linked bytes."""
-        link = path.with_name(f"{_TMP_PREFIX}{uuid.uuid4().hex}-{path.name}")
+        """A hard link under the same name in a hidden folder beside the file (no listing enters
+        it): a later re-put replaces the file's name, not the linked bytes."""
+        folder = path.parent / f"{_TMP_PREFIX}{uuid.uuid4().hex}"
+        folder.mkdir()
+        link = folder / path.name
         try:
             os.link(path, link)
         except FileNotFoundError:
+            folder.rmdir()
             raise FileNotFoundError(f"no object {path}") from None
         try:
             yield link
         finally:
             link.unlink(missing_ok=True)
+            folder.rmdir()
 
     def bucket_and_prefix(self) -> None:
         """A folder is no bucket: no S3 notification names its objects."""
