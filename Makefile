@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test soak bench lint format clean
+.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test test-fast soak bench lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -62,6 +62,9 @@ test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemo
 	@# --no-loadscope-reorder keeps conftest's longest-modules-first order (xdist would start the
 	@# modules with the most tests first, leaving the one-test end-to-end modules for last).
 	$(BIN)/python -m pytest -n $(or $(JOBS),2) --dist loadfile --no-loadscope-reorder --durations=25
+
+test-fast: install  ## the unit tests only (no server, no Dagster run): about a minute
+	$(BIN)/python -m pytest -n $(or $(JOBS),2) -m unit --durations=10
 
 soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S=30) -> soak-results.json
 	ML_PLATFORM_FAULT_ROUNDS=$(or $(ROUNDS),5) ML_PLATFORM_FAULT_OUTAGE_S=$(or $(OUTAGE_S),30) \

@@ -37,7 +37,17 @@ SLOW_FIRST = (
 )
 
 
+#: Every test is of one or more kinds (markers in pyproject.toml): the fault modules are `faults`,
+#: a test marked none of integration/e2e/faults is `unit` (`make test-fast` runs those).
+KINDS = ("integration", "e2e", "faults")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name.startswith("test_faults_"):
+            item.add_marker(pytest.mark.faults)
+        if not any(item.get_closest_marker(kind) for kind in KINDS):
+            item.add_marker(pytest.mark.unit)
     rank = {name: i for i, name in enumerate(SLOW_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable sort
 

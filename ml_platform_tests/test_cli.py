@@ -10,6 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+import pytest
+
+# The Dagster CLI and the project's command line as subprocesses.
+pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
 

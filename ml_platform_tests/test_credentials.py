@@ -243,6 +243,7 @@ def test_the_check_refuses_an_environment_without_credentials():
     assert result.returncode == 1 and "nothing was checked" in result.stderr
 
 
+@pytest.mark.integration
 def test_the_code_location_and_the_api_refuse_to_start_with_unsafe_credentials(tmp_path):
     """What compose runs in the code-location and api containers, with ML_PLATFORM_PROFILE=
     deployed: the definitions do not load and uvicorn exits, each naming the variables (never
