@@ -20,9 +20,11 @@ from feast.types import Float64, Int64
 
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib.contract import load_contract
+from ml_platform.settings import settings
 
-_profile = fs.active_profile(Path(__file__).resolve().parent)
-_contract = load_contract(fs.contract_path(), default="readings")
+_settings = settings()
+_profile = fs.active_profile(Path(__file__).resolve().parent, _settings.feast_yaml or None)
+_contract = load_contract(_settings.readings_contract or None, default="readings")
 _OWNER = "team:data-platform"
 
 
@@ -61,7 +63,7 @@ if _profile.offline_type == "postgres":
         tags={"zone": "gold"},
     )
 else:
-    _location = fs.gold_location()
+    _location = fs.gold_location(_settings.store_url, _settings.s3_endpoint_url)
     daily_aggregates_source = FileSource(
         name="daily_aggregates",
         # DuckDB reads the day files through a glob; Dask (offline_store type `file`) reads the

@@ -4,7 +4,6 @@ installed as ``ml-platform``)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -60,9 +59,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_land(args: argparse.Namespace) -> int:
     from ml_platform.lib import paths
+    from ml_platform.settings import settings
 
-    url = args.store or os.environ.get("ML_PLATFORM_STORE_URL") or paths.default_store_url()
-    store = _store_for(url)
+    store = _store_for(args.store or settings().store_url)
     prefix = paths.LANDING_PREFIXES[args.dataset]
     sub = args.prefix.strip("/") + "/" if args.prefix.strip("/") else ""
     keys = []
@@ -95,8 +94,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     from ml_platform.lib.reproduce import render
     from ml_platform.reproduce import ReproduceError, default_out_dir, reproduce
+    from ml_platform.settings import settings
 
-    home = os.environ.get("DAGSTER_HOME")
+    home = settings().dagster_home
     with contextlib.ExitStack() as stack:
         instance = None
         if home and Path(home).is_dir():
@@ -122,10 +122,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 def cmd_check_credentials(args: argparse.Namespace) -> int:
     from ml_platform.lib import credentials
+    from ml_platform.settings import process_environment
 
-    names = args.names or None
-    checked = sorted(set(names)) if names else credentials.checked_names(os.environ)
-    problems = credentials.check(os.environ, names, distinct=args.distinct)
+    # Every variable of the environment, not only the platform's settings: a credential is
+    # recognised by its name.
+    env, names = process_environment(), args.names or None
+    checked = sorted(set(names)) if names else credentials.checked_names(env)
+    problems = credentials.check(env, names, distinct=args.distinct)
     if problems:
         print(credentials.report(problems), file=sys.stderr)
         return 1

@@ -12,7 +12,6 @@ partitions), and a step whose partitions are already materialized is skipped.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -21,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+
+from ml_platform.settings import quiet_mlflow_logs, settings
 
 #: Search and holdout sized for 30 days of data (the asset defaults expect a year).
 MODEL_CONFIG = {"n_iter": 3, "cv_splits": 2, "holdout_days": 7}
@@ -127,15 +128,15 @@ def _metadata(instance, asset: str, partition: str | None = None) -> dict:
 def run_demo(demo: Demo) -> dict:
     import dagster as dg
 
-    from ml_platform.lib import paths
     from ml_platform.lib.store import open_store
 
-    store = open_store(os.environ.get("ML_PLATFORM_STORE_URL") or paths.default_store_url())
+    config = settings()
+    store = open_store(config.store_url)
     week, last_day = demo.training_week, demo.day_keys[-1]
     started = time.perf_counter()
     _say(
         f"ML platform demo: {demo.days} days x {demo.sensors} sensors into {store.uri('')}\n"
-        f"Dagster instance: {os.environ.get('DAGSTER_HOME', '(temporary)')}"
+        f"Dagster instance: {'(temporary)' if config.dagster_home is None else config.dagster_home}"
     )
     with dg.DagsterInstance.get() as instance, tempfile.TemporaryDirectory() as tmp:
         Steps(Runner(instance, demo), store, Path(tmp)).run_all()
@@ -310,14 +311,8 @@ def _summary(demo: Demo, store, seconds: float, failure: dict, predictions: dict
         "baseline_f1": failure.get("baseline_f1"),
         "predictions": store.uri(paths.predictions_object(last_day)),
         "scored_sensors": predictions.get("dagster/row_count"),
-        "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI") or _default_mlflow_uri(),
+        "mlflow_uri": settings().mlflow_tracking_uri,
     }
-
-
-def _default_mlflow_uri() -> str:
-    from ml_platform.lib import paths
-
-    return f"sqlite:///{paths.project_root() / '.mlflow' / 'mlflow.db'}"
 
 
 def _print_summary(s: dict) -> None:
@@ -346,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Library notices (beta parameters, deprecations inside dependencies) are for developers.
     warnings.filterwarnings("ignore", category=Warning)
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    quiet_mlflow_logs()
     run_demo(Demo(days=args.days, sensors=args.sensors, start=args.start))
     return 0
 

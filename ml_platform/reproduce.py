@@ -12,13 +12,14 @@ rebuilt set and the JSON report go to a folder of their own (``reproductions/`` 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+
+from ml_platform.settings import Settings, settings
 
 #: Logged on every run, but a duration: never expected to reproduce.
 _TIMINGS = {"train_seconds"}
@@ -242,7 +243,8 @@ def reproduce(
     from ml_platform.lib.reproduce import TOLERANCE
 
     tolerance = TOLERANCE if tolerance is None else tolerance
-    lake, feast, ingest, mlflow = _initialized_resources(env)
+    config = settings(env)
+    lake, feast, ingest, mlflow = _initialized_resources(config)
     records = _load_records(mlflow, lake, version)
     folder = _report_folder(out_dir, version)
 
@@ -271,17 +273,18 @@ def reproduce(
         "metrics": metrics,
         "predictions": predictions,
     }
-    environment = _environment(records, mlflow, feast, instance)
+    dagster_home = config.dagster_home if instance is not None else None
+    environment = _environment(records, mlflow, feast, dagster_home)
     report = _assemble_report(records, found, sections, strict, tolerance, environment, folder)
     Path(report["report"]).write_text(json.dumps(_jsonable(report), indent=2) + "\n")
     return report
 
 
-def _initialized_resources(env: Mapping[str, str] | None) -> tuple:
+def _initialized_resources(config: Settings) -> tuple:
     """The lake, feast, ingest and mlflow resources, ready to use outside a run."""
-    from ml_platform.defs.resources import build_resources
+    from ml_platform.defs.resources import resources_for
 
-    resources = build_resources(env)
+    resources = resources_for(config)
     # Outside a run: EnvVar settings are resolved here, as Dagster would at run start.
     return tuple(
         resources[k].process_config_and_initialize() for k in ("lake", "feast", "ingest", "mlflow")
@@ -493,13 +496,13 @@ def _check_registered_model(
     return predictions
 
 
-def _environment(records: _Records, mlflow, feast, instance) -> dict[str, Any]:
+def _environment(records: _Records, mlflow, feast, dagster_home: str | None) -> dict[str, Any]:
     """Where the reproduction read from: lake, MLflow store, Feast repo and Dagster home."""
     return {
         "store": records.store.url,
         "mlflow": mlflow.tracking_uri,
         "feast_repo": feast.repo_path,
-        "dagster_home": os.environ.get("DAGSTER_HOME") if instance is not None else None,
+        "dagster_home": dagster_home,
     }
 
 

@@ -112,8 +112,7 @@ def test_tz_naive_timestamps_from_postgres_are_read_as_utc():
     ],
 )
 def test_feast_reads_the_gold_zone_of_the_platforms_store(url, expected, endpoint):
-    env = {"ML_PLATFORM_STORE_URL": url, "AWS_ENDPOINT_URL_S3": "http://h:9"}
-    location = gold_location(env)
+    location = gold_location(url, "http://h:9")
     assert location.path.rstrip("/") == expected.rstrip("/")
     assert location.s3_endpoint == endpoint
 

@@ -269,9 +269,11 @@ def test_the_env_collector_finds_reads_in_every_form():
     read = env_vars_read()
     # Each source is really read: a regex broken for one of them fails here, not silently.
     for name, source in {
-        "ML_PLATFORM_STORE_URL": "ml_platform/defs/resources.py",
-        "ML_PLATFORM_API_KEY": "ml_platform/serving/app.py",
-        "FEAST_FS_YAML_FILE_PATH": "ml_platform/lib/feature_store.py",
+        "ML_PLATFORM_STORE_URL": "ml_platform/settings.py",
+        "ML_PLATFORM_API_KEY": "ml_platform/settings.py",
+        "FEAST_FS_YAML_FILE_PATH": "ml_platform/settings.py",
+        "AWS_SECRET_ACCESS_KEY": "ml_platform/defs/resources.py",
+        "MLFLOW_DISABLE_TELEMETRY": "ml_platform/settings.py",
         "DAGSTER_PG_PASSWORD": "docker/dagster.yaml",
         "MINIO_ROOT_PASSWORD": "docker/compose.yaml",
         "ML_PLATFORM_FEAST_PG_SSLMODE": "feature_repo/profiles/postgres.yaml",

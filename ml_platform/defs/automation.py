@@ -14,6 +14,8 @@ from datetime import timedelta
 
 import dagster as dg
 
+from ml_platform.settings import settings
+
 AC = dg.AutomationCondition
 #: No parent requested in this tick, none running, none whose latest run failed: what a child
 #: needs before it starts (a failed drift measurement must not let predictions through on the
@@ -55,8 +57,6 @@ def automation_sensor() -> dg.Definitions:
     """Declarative Automation (feature_views when missing or its definitions change,
     online_features after new aggregates) evaluated from the start: Dagster's implicit default
     sensor would be created stopped."""
-    from ml_platform.defs.resources import settings
-
     sensor = dg.AutomationConditionSensorDefinition(
         "automation_condition_sensor",
         target=dg.AssetSelection.all(),

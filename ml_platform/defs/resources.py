@@ -1,15 +1,16 @@
-"""Resources for every external system, and the one function that reads the environment.
+"""Resources for every external system, built from the platform's settings.
 
 Local and deployed profiles differ by configuration only: the object store is a folder by default
 and MinIO/S3 when ``ML_PLATFORM_STORE_URL`` is an ``s3://`` URL. Secrets are passed as
 ``dg.EnvVar`` so their values are resolved at run time and never shown in the UI.
+
+``settings`` and ``Settings`` (``ml_platform.settings``) are re-exported here for the modules
+and tests that import them from the resources.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,10 +18,9 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from ml_platform.lib import feature_store as fs
-from ml_platform.lib import paths
 from ml_platform.lib.contract import Contract, load_contract
-from ml_platform.lib.notifications import DEFAULT_TABLE, EventTable
 from ml_platform.lib.store import ObjectStore, open_store
+from ml_platform.settings import Settings, set_mlflow_defaults, settings
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -74,7 +74,7 @@ class FeastResource(dg.ConfigurableResource):
     _store: Any = PrivateAttr(default=None)
 
     def profile(self) -> fs.Profile:
-        return fs.active_profile(Path(self.repo_path), {fs.YAML_ENV: self.yaml_path})
+        return fs.active_profile(Path(self.repo_path), self.yaml_path or None)
 
     def store(self) -> FeatureStore:
         if self._store is None:
@@ -106,11 +106,7 @@ class MLflowResource(dg.ConfigurableResource):
     def mlflow(self):
         import mlflow
 
-        # No telemetry, no progress bars in run logs; S3 artifacts honour the platform endpoint.
-        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        if os.environ.get("AWS_ENDPOINT_URL_S3"):
-            os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", os.environ["AWS_ENDPOINT_URL_S3"])
+        set_mlflow_defaults()
         if self.tracking_uri.startswith("sqlite:///"):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
                 parents=True, exist_ok=True
@@ -177,79 +173,36 @@ class MLflowResource(dg.ConfigurableResource):
         return f"runs:/{run_id} (mlflow ui --backend-store-uri {self.tracking_uri})"
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Values that shape definitions (not resources): read once when the code location loads."""
-
-    sensor_interval_s: int = 15
-    max_requests_per_tick: int = 100
-    start_date: str = "2024-01-01"  # first daily partition
-    feast_repo: str = ""  # the Feast repo whose definitions version the feature_views asset
-    # MinIO bucket notifications in PostgreSQL: when set, landing sensors follow them (event mode)
-    # and list the landing prefixes only every reconcile_interval_s.
-    events: EventTable | None = None
-    reconcile_interval_s: int = 3600
-    # Micro-batches of the readings and labels landing sensors: files and bytes per ingest run,
-    # runs per tick.
-    batch_max_files: int = 500
-    batch_max_bytes: int = 1 << 30
-    batches_per_tick: int = 4
-
-
-def settings(env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
-    return Settings(
-        sensor_interval_s=int(env.get("ML_PLATFORM_SENSOR_INTERVAL_S", 15)),
-        max_requests_per_tick=int(env.get("ML_PLATFORM_MAX_REQUESTS_PER_TICK", 100)),
-        start_date=env.get("ML_PLATFORM_START_DATE", "2024-01-01"),
-        feast_repo=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
-        events=EventTable(
-            env["ML_PLATFORM_EVENTS_URL"], env.get("ML_PLATFORM_EVENTS_TABLE") or DEFAULT_TABLE
-        )
-        if env.get("ML_PLATFORM_EVENTS_URL")
-        else None,
-        reconcile_interval_s=int(env.get("ML_PLATFORM_RECONCILE_INTERVAL_S", 3600)),
-        batch_max_files=int(env.get("ML_PLATFORM_BATCH_MAX_FILES", 500)),
-        batch_max_bytes=int(env.get("ML_PLATFORM_BATCH_MAX_BYTES", 1 << 30)),
-        batches_per_tick=int(env.get("ML_PLATFORM_BATCHES_PER_TICK", 4)),
-    )
-
-
-def _env_or_none(name: str, env: Mapping[str, str]) -> dg.EnvVar | None:
+def _env_or_none(name: str, value: str | None) -> dg.EnvVar | None:
     """An EnvVar when the variable is set (resolved at run time), else None (library default)."""
-    return dg.EnvVar(name) if env.get(name) else None
+    return dg.EnvVar(name) if value else None
 
 
 def build_resources(env: Mapping[str, str] | None = None) -> dict[str, dg.ConfigurableResource]:
-    """The only place that branches on the environment: embedded defaults or deployed services."""
-    env = os.environ if env is None else env
-    store_url = env.get("ML_PLATFORM_STORE_URL") or paths.default_store_url()
+    """The resources of the process's settings, or of those ``env`` gives."""
+    return resources_for(settings(env))
+
+
+def resources_for(config: Settings) -> dict[str, dg.ConfigurableResource]:
+    """The only place that branches on the settings: embedded defaults or deployed services."""
     lake = LakeResource(
-        url=dg.EnvVar("ML_PLATFORM_STORE_URL") if env.get("ML_PLATFORM_STORE_URL") else store_url,
-        endpoint_url=_env_or_none("AWS_ENDPOINT_URL_S3", env),
-        region=_env_or_none("AWS_REGION", env),
-        access_key_id=_env_or_none("AWS_ACCESS_KEY_ID", env),
-        secret_access_key=_env_or_none("AWS_SECRET_ACCESS_KEY", env),
+        url=dg.EnvVar("ML_PLATFORM_STORE_URL") if config.store_url_from_env else config.store_url,
+        endpoint_url=_env_or_none("AWS_ENDPOINT_URL_S3", config.s3_endpoint_url),
+        region=_env_or_none("AWS_REGION", config.aws_region),
+        access_key_id=_env_or_none("AWS_ACCESS_KEY_ID", config.aws_access_key_id),
+        secret_access_key=_env_or_none("AWS_SECRET_ACCESS_KEY", config.aws_secret_access_key),
     )
     ingest = IngestResource(
-        readings_contract=env.get("ML_PLATFORM_CONTRACT", ""),
-        labels_contract=env.get("ML_PLATFORM_LABELS_CONTRACT", ""),
-        memory_limit=env.get("ML_PLATFORM_INGEST_MEMORY", "1GB"),
+        readings_contract=config.readings_contract,
+        labels_contract=config.labels_contract,
+        memory_limit=config.ingest_memory,
     )
-    feast = FeastResource(
-        repo_path=env.get("ML_PLATFORM_FEAST_REPO") or str(fs.default_repo_path()),
-        yaml_path=env.get(fs.YAML_ENV, ""),
-    )
-    local = paths.project_root() / ".mlflow"
+    feast = FeastResource(repo_path=config.feast_repo, yaml_path=config.feast_yaml)
     mlflow = MLflowResource(
-        tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{local / 'mlflow.db'}",
-        artifact_root=env.get("ML_PLATFORM_MLFLOW_ARTIFACTS")
-        or ("" if env.get("MLFLOW_TRACKING_URI") else (local / "artifacts").as_uri()),
+        tracking_uri=config.mlflow_tracking_uri, artifact_root=config.mlflow_artifact_root
     )
     alerts = AlertResource(
-        webhook_url=dg.EnvVar("ML_PLATFORM_ALERT_WEBHOOK_URL")
-        if env.get("ML_PLATFORM_ALERT_WEBHOOK_URL")
-        else None
+        webhook_url=_env_or_none("ML_PLATFORM_ALERT_WEBHOOK_URL", config.alert_webhook_url)
     )
     return {"lake": lake, "ingest": ingest, "feast": feast, "mlflow": mlflow, "alerts": alerts}
 

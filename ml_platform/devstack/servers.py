@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ml_platform.settings import process_environment
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -160,7 +162,7 @@ class Postgres:
             ],
             check=True,
             capture_output=True,
-            env={**os.environ, "PGPASSWORD": self.password},
+            env=process_environment({"PGPASSWORD": self.password}),
         )
 
     def pg_ctl(self, *args: str) -> None:

@@ -21,7 +21,6 @@ S3 server keeps objects in memory, so the whole stack starts empty and is delete
 from __future__ import annotations
 
 import contextlib
-import os
 import shlex
 import shutil
 import socket
@@ -42,6 +41,7 @@ from ml_platform.devstack.servers import (
     postgres_cluster,
     stop_process_group,
 )
+from ml_platform.settings import export_to_process, process_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET, ARTIFACTS_BUCKET = "ml-platform", "mlflow-artifacts"
@@ -82,7 +82,9 @@ class Stack:
         import dagster as dg
         from dagster._core.instance.ref import InstanceRef
 
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("DAGSTER_")})
+        # dagster.yaml names its PostgreSQL credentials as {env: DAGSTER_PG_...}, which Dagster
+        # resolves from this process's environment.
+        export_to_process({k: v for k, v in self.env.items() if k.startswith("DAGSTER_")})
         return dg.DagsterInstance.from_ref(InstanceRef.from_dir(self.env["DAGSTER_HOME"]))
 
     def check_alive(self) -> None:
@@ -204,7 +206,7 @@ def _start(stack: Stack, name: str, cmd: list[str], env: dict[str, str] | None =
         stack.processes[name] = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env={**os.environ, **stack.env, **(env or {})},
+            env=process_environment({**stack.env, **(env or {})}),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

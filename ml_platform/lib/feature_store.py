@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -151,15 +151,15 @@ class Profile:
         return f'"{self.offline_schema}"."{OFFLINE_TABLE}"'
 
 
-def profile_yaml(repo_path: Path | None = None, env: Mapping[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
+def profile_yaml(repo_path: Path | None = None, yaml_path: str | Path | None = None) -> Path:
+    """The active feature_store.yaml: ``yaml_path`` (the platform passes its
+    ``FEAST_FS_YAML_FILE_PATH`` setting) or the repo's own."""
     repo = Path(repo_path) if repo_path else default_repo_path()
-    chosen = env.get(YAML_ENV)
-    return Path(chosen).resolve() if chosen else repo / "feature_store.yaml"
+    return Path(yaml_path).resolve() if yaml_path else repo / "feature_store.yaml"
 
 
-def active_profile(repo_path: Path | None = None, env: Mapping[str, str] | None = None) -> Profile:
-    path = profile_yaml(repo_path, env)
+def active_profile(repo_path: Path | None = None, yaml_path: str | Path | None = None) -> Profile:
+    path = profile_yaml(repo_path, yaml_path)
     config = yaml.safe_load(os.path.expandvars(path.read_text()))  # exactly what Feast does
     unset = sorted(_unexpanded(config))
     if unset:
@@ -180,11 +180,6 @@ def _unexpanded(value) -> set[str]:
     return set()
 
 
-def contract_path(env: Mapping[str, str] | None = None) -> str | None:
-    env = os.environ if env is None else env
-    return env.get("ML_PLATFORM_CONTRACT") or None
-
-
 @dataclass(frozen=True)
 class GoldLocation:
     path: str  # local folder or s3:// URL of lake/gold/daily_aggregates/
@@ -196,16 +191,15 @@ class GoldLocation:
         return self.path.rstrip("/") + "/*/*.parquet"
 
 
-def gold_location(env: Mapping[str, str] | None = None) -> GoldLocation:
-    """Where Feast's file offline store reads the gold zone: same store as the platform's."""
-    env = os.environ if env is None else env
-    url = env.get("ML_PLATFORM_STORE_URL") or paths.default_store_url()
-    parsed = urlparse(url)
+def gold_location(store_url: str, s3_endpoint: str | None = None) -> GoldLocation:
+    """Where Feast's file offline store reads the gold zone: in the platform's store
+    (``store_url``, reached through ``s3_endpoint`` when it is an ``s3://`` URL)."""
+    parsed = urlparse(store_url)
     if parsed.scheme == "s3":
         prefix = parsed.path.strip("/")
         base = f"s3://{parsed.netloc}/{prefix + '/' if prefix else ''}"
-        return GoldLocation(base + paths.GOLD_AGGREGATES, env.get("AWS_ENDPOINT_URL_S3") or None)
-    root = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else Path(url)
+        return GoldLocation(base + paths.GOLD_AGGREGATES, s3_endpoint or None)
+    root = Path(url2pathname(parsed.path)) if parsed.scheme == "file" else Path(store_url)
     return GoldLocation(str(root.resolve() / paths.GOLD_AGGREGATES))
 
 

@@ -13,7 +13,6 @@ Configuration (environment): the platform's own variables for MLflow and Feast, 
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from contextlib import asynccontextmanager
 from functools import partial
@@ -28,16 +27,17 @@ from ml_platform.serving.routes import router
 
 
 def create_app(*, reload_interval_s: float | None = None) -> FastAPI:
-    """The application; resources come from the platform's environment (``build_resources``)."""
-    from ml_platform.defs.resources import build_resources
-    from ml_platform.lib.credentials import require_safe_environment
+    """The application; resources come from the platform's settings (``resources_for``)."""
+    from ml_platform.defs.resources import resources_for
+    from ml_platform.settings import require_safe_process_environment, settings
 
     # ML_PLATFORM_PROFILE=deployed: refuse to start with a default or weak credential.
-    require_safe_environment(os.environ)
+    require_safe_process_environment()
     configure_logging()
-    interval = reload_interval_s or float(os.environ.get("ML_PLATFORM_API_RELOAD_S", "10"))
-    api_key = os.environ.get("ML_PLATFORM_API_KEY") or None
-    resources = build_resources()
+    config = settings()
+    interval = reload_interval_s or config.api_reload_s
+    api_key = config.api_key
+    resources = resources_for(config)
     app = FastAPI(
         title="ml-platform prediction API",
         version="1",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from datetime import datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MAX_BATCH = int(os.environ.get("ML_PLATFORM_API_MAX_BATCH", "500"))
+from ml_platform.settings import settings
+
+MAX_BATCH = settings().api_max_batch
 
 
 class PredictRequest(BaseModel):

@@ -10,11 +10,12 @@ from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES
 from ml_platform.defs.lakehouse.assets import daily_aggregates
 from ml_platform.defs.partitions import daily
-from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource, settings
+from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.store import read_prefixes
 from ml_platform.lib.tables import markdown_table
+from ml_platform.settings import settings
 
 _settings = settings()
 #: Below this share of non-missing values a feature view's day is reported (warning): the
@@ -30,8 +31,8 @@ COMPLETENESS_WARN_BELOW = 0.95
     # generated from) changes this version and marks the asset stale.
     code_version=fs.definitions_version(
         Path(_settings.feast_repo),
-        fs.contract_path() or None,
-        fs.profile_yaml(Path(_settings.feast_repo)),
+        _settings.readings_contract or None,
+        fs.profile_yaml(Path(_settings.feast_repo), _settings.feast_yaml or None),
     ),
     # Applied on a fresh install (on_missing() would skip an asset already missing when the
     # sensor first looks) and again whenever the definitions change; a failed apply waits for a

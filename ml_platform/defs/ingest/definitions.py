@@ -6,7 +6,7 @@ from ml_platform.defs.ingest.assets import ingest_labels_job, ingest_readings_jo
 from ml_platform.defs.ingest.sensors import BatchLimits, build_landing_sensor
 from ml_platform.defs.partitions import landing_days, scoring_files
 from ml_platform.defs.predictions.assets import scoring_job
-from ml_platform.defs.resources import settings
+from ml_platform.settings import settings
 
 #: dataset -> (the job its new object versions start, their partitions, batched or per file).
 LANDING = {

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from ml_platform.defs.lakehouse.sensors import build_lakehouse_sensor
-from ml_platform.defs.resources import settings
+from ml_platform.settings import settings
 
 
 @dg.definitions
