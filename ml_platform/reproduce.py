@@ -355,7 +355,8 @@ def _rebuild_training_set(
     records: _Records, feature_store, names, folder: Path, found: _Findings
 ) -> tuple[Any, Path]:
     """The week's training set, rebuilt with the asset's code into ``folder``, and its path."""
-    from ml_platform.defs.ml.assets import TrainingSetConfig, build_training_frame
+    from ml_platform.defs.ml.assets import TrainingSetConfig
+    from ml_platform.lib.training_set import build_training_frame
 
     manifest = records.manifest
     window = manifest["window"]
@@ -401,7 +402,7 @@ def _compare_with_stored_set(
 def _retrain(records: _Records, rebuilt, found: _Findings) -> tuple[Any, Any]:
     """failure_model's fit on ``rebuilt`` with the run's search configuration and seed; the fit
     and the FailureModelConfig it ran with."""
-    from ml_platform.defs.ml.models import fit_failure_model
+    from ml_platform.lib.failure_model import fit_failure_model
 
     with tempfile.TemporaryDirectory(prefix="reproduce-") as tmp:
         space = _search_space(records.client, records.run.info.run_id, Path(tmp))
@@ -443,8 +444,8 @@ def _score_on_holdout(
     records: _Records, fitted, frozen, threshold: float, tolerance: float, found: _Findings
 ) -> list[dict[str, Any]]:
     """The retrained model and baseline scored on the frozen holdout, against the run's metrics."""
-    from ml_platform.defs.ml.models import run_metrics
     from ml_platform.lib import modeling
+    from ml_platform.lib.failure_model import run_metrics
     from ml_platform.lib.reproduce import compare_metrics
 
     scores = modeling.evaluate(fitted.search.model, frozen, fitted.features, threshold)
