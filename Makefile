@@ -69,7 +69,7 @@ test-fast: install  ## the unit tests only (no server, no Dagster run): about a 
 soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S=30) -> soak-results.json
 	ML_PLATFORM_FAULT_ROUNDS=$(or $(ROUNDS),5) ML_PLATFORM_FAULT_OUTAGE_S=$(or $(OUTAGE_S),30) \
 		ML_PLATFORM_FAULT_RESULTS=$(CURDIR)/soak-results.json \
-		$(BIN)/python -m pytest ml_platform_tests/test_faults_daemon.py -p no:cacheprovider
+		$(BIN)/python -m pytest ml_platform_tests/faults/test_faults_daemon.py -p no:cacheprovider
 	@echo "measurements of every round (recovery_s, runs, retries, checksums): soak-results.json"
 
 bench: install  ## benchmarks -> benchmarks/results.json and RESULTS.md (BENCH=name for one)

@@ -328,13 +328,13 @@ def bench_api() -> list[dict]:
 
 
 def bench_faults() -> list[dict]:
-    """The daemon fault scenarios of issue 8 (ml_platform_tests/test_faults_daemon.py): recovery
+    """The daemon fault scenarios of issue 8 (ml_platform_tests/faults/test_faults_daemon.py): recovery
     after each fault against a file landed and ingested with no fault, on the same stack."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faults.json"
         subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-             "ml_platform_tests/test_faults_daemon.py"],
+             "ml_platform_tests/faults/test_faults_daemon.py"],
             cwd=ROOT, env={**os.environ, "ML_PLATFORM_FAULT_RESULTS": str(out)}, check=True,
         )  # fmt: skip
         results = json.loads(out.read_text())

@@ -232,7 +232,7 @@ def test_dg_loads_the_project_from_its_root(tmp_path):
     defs/ folder registers the whole graph, the factory-built sensors included."""
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     venv = Path(sys.executable).parent
     env = {"PATH": f"{venv}:/usr/bin:/bin", "VIRTUAL_ENV": str(venv.parent), "HOME": str(tmp_path)}
     listed = subprocess.run(

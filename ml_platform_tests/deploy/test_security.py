@@ -27,7 +27,7 @@ from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore, S3Store
 from ml_platform_tests.helpers import ingest_landed, ingest_versions, outcomes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ------------------------------------------------------------------------------------------------
 # 1. No credential in the repository
@@ -63,17 +63,23 @@ _PLACEHOLDER = re.compile(
 ALLOWED: dict[tuple[str, str], str] = {
     # DSNs that are parsed or pointed at a closed port, never connected to; "s3cret" is the
     # value the tests check is hidden from reprs and descriptions.
-    ("ml_platform_tests/test_notifications.py", "p"): "dummy DSN in unit tests",
-    ("ml_platform_tests/test_notifications.py", "s3cret"): "dummy DSN in unit tests",
+    ("ml_platform_tests/defs/test_notifications.py", "p"): "dummy DSN in unit tests",
+    ("ml_platform_tests/defs/test_notifications.py", "s3cret"): "dummy DSN in unit tests",
     # Dummy S3 keys of a client pointed at a closed port (store-down test).
-    ("ml_platform_tests/test_sensor_s3.py", "x"): "dummy key, closed port",
-    ("ml_platform_tests/test_sensor_s3.py", "y"): "dummy key, closed port",
+    ("ml_platform_tests/defs/test_sensor_s3.py", "x"): "dummy key, closed port",
+    ("ml_platform_tests/defs/test_sensor_s3.py", "y"): "dummy key, closed port",
     # API keys of the prediction API tests (the right one, a wrong one, a non-ASCII one).
-    ("ml_platform_tests/test_serving.py", "s3cret-for-tests"): "API key of the API tests",
-    ("ml_platform_tests/test_serving.py", "nope"): "wrong API key of the API tests",
-    ("ml_platform_tests/test_serving.py", "s3crét"): "non-ASCII API key of the API tests",
+    ("ml_platform_tests/serving/test_serving.py", "s3cret-for-tests"): "API key of the API tests",
+    ("ml_platform_tests/serving/test_serving.py", "nope"): "wrong API key of the API tests",
+    ("ml_platform_tests/serving/test_serving.py", "s3crét"): "non-ASCII API key of the API tests",
     # The API key the compose test passes to `docker compose config`.
-    ("ml_platform_tests/test_docker_compose.py", "test-api-key"): "compose rendering test",
+    ("ml_platform_tests/deploy/test_docker_compose.py", "test-api-key"): "compose rendering test",
+    # The hand-written environment of the settings tests (values checked to map and to stay
+    # out of reprs).
+    ("ml_platform_tests/test_settings.py", "platform"): "settings test environment",
+    ("ml_platform_tests/test_settings.py", "a-secret-key-for-tests"): "settings test environment",
+    ("ml_platform_tests/test_settings.py", "an-api-key-for-tests"): "settings test environment",
+    ("ml_platform_tests/test_settings.py", "for-the-child-only"): "settings test environment",
     # Prose in a comment: "key postgresql-password: the instance database password".
     ("docker/k8s/values.yaml", "the"): "comment, not a value",
 }
@@ -194,7 +200,7 @@ def test_the_scanner_leaves_placeholders_and_references_alone(text):
 
 def test_allowlisted_test_values_are_only_allowed_in_their_file():
     line = 'aws_secret_access_key="x",'
-    assert scan_text("ml_platform_tests/test_sensor_s3.py", line) == []
+    assert scan_text("ml_platform_tests/defs/test_sensor_s3.py", line) == []
     assert scan_text("ml_platform/lib/store.py", line)
 
 

@@ -62,8 +62,7 @@ from ml_platform.lib.contract import load_contract
 from ml_platform.lib.ingest import OutOfBudgetError, RejectedFileError, ingest_file
 from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.helpers import ingest_versions, outcomes
-from ml_platform_tests.test_faults_uploads import (
+from ml_platform_tests.faults.test_faults_uploads import (
     HEADER,
     PREFIX,
     RUN_KEY,
@@ -75,8 +74,9 @@ from ml_platform_tests.test_faults_uploads import (
     meta,
     tick,
 )
+from ml_platform_tests.helpers import ingest_versions, outcomes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

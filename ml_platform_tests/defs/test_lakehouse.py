@@ -24,7 +24,7 @@ from ml_platform_tests.helpers import READINGS_HEADER, ingest
 # Real Dagster runs (in process and through the CLI) on a local lake.
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DAYS = ["2024-01-01", "2024-01-02", "2024-01-03"]
 MEASUREMENTS = ["temperature", "vibration", "pressure", "current"]
 LAKEHOUSE = [

@@ -27,7 +27,7 @@ from ml_platform_tests.helpers import READINGS_HEADER as HEADER
 from ml_platform_tests.servers import dagster_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GOOD = (HEADER + "2024-05-01T10:00:00Z,s1,50,2,5,20\n2024-05-02T10:00:00Z,s2,51,2,5,21\n").encode()
 INGEST_JOB = "ingest_readings_job"
 LANDING_SENSOR = "readings_landing_sensor"

@@ -341,7 +341,7 @@ def test_unreachable_store_fails_the_tick_and_keeps_the_cursor(instance):
 def test_a_tick_waits_while_a_batch_of_its_dataset_is_queued(s3_env, s3_server, instance):
     """While a batch waits to start, ticks request nothing and keep their cursor; once it has
     started, one tick takes everything landed meanwhile as one batch."""
-    from ml_platform_tests.test_lakehouse_sensor import lakehouse_run
+    from ml_platform_tests.defs.test_lakehouse_sensor import lakehouse_run
 
     def ingest_run(dataset: str):  # a queued run needs its code location's origin
         return lakehouse_run(instance, dg.DagsterRunStatus.QUEUED, f"ingest_{dataset}_job",

@@ -20,7 +20,7 @@ import pytest
 
 from ml_platform.lib import credentials as cr
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: Section 1 of .env.example: what compose's credentials-check receives.
 SECTION_1 = re.findall(r"^([A-Z][A-Z0-9_]+)=$", (ROOT / ".env.example").read_text(), re.M)
 IDENTITIES = {"MINIO_ROOT_USER", "PLATFORM_S3_ACCESS_KEY", "MLFLOW_S3_ACCESS_KEY",

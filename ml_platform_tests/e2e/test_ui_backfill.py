@@ -11,9 +11,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from ml_platform_tests.defs.test_lakehouse import DAYS
 from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.servers import ROOT, dagster_daemon, free_port, stop_process_group
-from ml_platform_tests.test_lakehouse import DAYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 

@@ -70,7 +70,7 @@ from ml_platform_tests.helpers import ingest_landed
 from ml_platform_tests.servers import dagster_daemon, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PREFIX = paths.LANDING_PREFIXES["readings"]
 SENSOR = "readings_landing_sensor"
 #: How long the S3 server stays unreachable (the issue's 30 s).
