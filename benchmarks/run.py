@@ -328,7 +328,7 @@ def bench_api() -> list[dict]:
 
 
 def bench_faults() -> list[dict]:
-    """The daemon fault scenarios of issue 8 (ml_platform_tests/faults/test_faults_daemon.py): recovery
+    """The daemon fault scenarios (ml_platform_tests/faults/test_faults_daemon.py): recovery
     after each fault against a file landed and ingested with no fault, on the same stack."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faults.json"
@@ -383,7 +383,7 @@ def bench_demo() -> list[dict]:
             )  # fmt: skip
             seconds.append(time.perf_counter() - started)
     return [
-        record("demo_s", seconds[0], "s", "issue #7 budget (10 min on 2 cores)", 600, 30 * 20),
+        record("demo_s", seconds[0], "s", "budget (10 min on 2 cores)", 600, 30 * 20),
         record("demo_rerun_s", seconds[1], "s", "demo_s", seconds[0]),
     ]
 
@@ -397,7 +397,7 @@ def bench_prod() -> list[dict]:
             "upload_to_prediction_s",
             r["upload_to_prediction_s"],
             "s",
-            "issue #7 goal (Airflow setups: 60 s polling + 5 min schedule)",
+            "goal (Airflow setups: 60 s polling + 5 min schedule)",
             90,
             rows=r["sensors"],
         ),

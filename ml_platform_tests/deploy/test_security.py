@@ -1,4 +1,4 @@
-"""Security checks of the repository and of object keys (issue 8, "Security" and scenario 10).
+"""Security checks of the repository and of object keys (docs/security.md, docs/reliability.md).
 
 1. No credential is committed: every git-tracked text file is scanned for AWS access key ids,
    private key blocks, ``password=``/``secret:``-style assignments of literal values, URLs with

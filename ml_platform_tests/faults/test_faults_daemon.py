@@ -1,4 +1,4 @@
-"""Fault injection under the real daemon (issue 8, scenarios 1-3): an S3 outage, PostgreSQL
+"""Fault injection under the real daemon (docs/reliability.md): an S3 outage, PostgreSQL
 restarts, a SIGKILLed run worker and a SIGKILLed daemon, against moto's S3 API server and a real
 PostgreSQL, with the deployed instance config ``docker/dagster.yaml`` (PostgreSQL storage, queued runs, run retries,
 run monitoring, S3 compute logs).

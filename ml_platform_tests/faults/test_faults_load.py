@@ -1,4 +1,4 @@
-"""Fault injection, issue 8 scenarios 8 and 9: a burst of uploads, racing ticks, a big file.
+"""Fault injection (docs/reliability.md): a burst of uploads, racing ticks, a big file.
 
 The landing side reuses the invariants harness of ``test_faults_uploads.py`` (:class:`Lake`: the
 real S3 API of a moto server, the real landing sensor in batch mode, ``raw_readings`` run on a
@@ -9,7 +9,7 @@ judged by the outputs (:meth:`Lake.check`): bronze parts XOR a quarantine record
 ledger entry, every part written once.
 
 ==========================================================  =========================================
-Scenario (issue 8)                                          Test
+Scenario                                                    Test
 ==========================================================  =========================================
 8  500 files landed at once (default: one batch of 500;     ``test_500_files_landed_at_once``
    capped: 100 per batch, 2 batches per tick)

@@ -1,4 +1,4 @@
-"""Fault injection, issue 8 scenarios 4-7: bad, duplicate, drifted and late uploads.
+"""Fault injection (docs/reliability.md): bad, duplicate, drifted and late uploads.
 
 Every test lands objects in the real S3 API (moto server), evaluates the real landing sensor
 (``build_landing_sensor`` over ``landing_days``: micro-batches), launches each batch run request
@@ -25,7 +25,7 @@ config on a real Dagster instance, and then checks the invariants for every obje
 Each test prints one ``FAULTS`` line with what it measured (run ``pytest -s`` to see them).
 
 ==========================================================  =========================================
-Scenario (issue 8)                                          Test
+Scenario                                                    Test
 ==========================================================  =========================================
 4  corrupt uploads: truncated CSV, bad Parquet footer,      ``test_corrupt_uploads_in_one_batch``
    zero bytes, binary garbage, UTF-16 with BOM, a 10 MB
