@@ -67,3 +67,31 @@ def test_generate_land_and_materialize_a_partition_with_the_dagster_cli(tmp_path
     [entry] = [json.loads(p.read_text()) for p in (lake / "lake" / "_ledger").rglob("*.json")]
     assert (entry["version"], entry["outcome"]) == (version, "ingested")
     assert sorted(entry["parts"]) == [p.relative_to(lake).as_posix() for p in parts]
+
+
+def test_dg_launch_ingests_a_landing_day_from_the_project_root(tmp_path):
+    """`dg launch --assets raw_readings --partition DAY` from the project root ingests what
+    landed that day, as the README shows."""
+    home, lake = tmp_path / "home", tmp_path / "lake"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    venv = Path(sys.executable).parent
+    env = {**os.environ, "DAGSTER_HOME": str(home), "ML_PLATFORM_STORE_URL": lake.as_uri(),
+           "VIRTUAL_ENV": str(venv.parent)}  # fmt: skip
+    run(sys.executable, "-m", "ml_platform", "generate", "--days", "2", "--sensors", "3",
+        "--out", str(tmp_path / "generated"), env=env)  # fmt: skip
+    first = sorted((tmp_path / "generated" / "readings").glob("readings_*.csv"))[0]
+    run(sys.executable, "-m", "ml_platform", "land", str(first), env=env)
+    landing_day = datetime.now(UTC).date().isoformat()
+
+    run(str(venv / "dg"), "launch", "--assets", "raw_readings", "--partition", landing_day, env=env)
+
+    parts = sorted((lake / "lake" / "bronze" / "readings").glob("date=*/file=*.parquet"))
+    assert [p.parent.name for p in parts] == ["date=2024-01-01"]
+    rows = pd.read_csv(first)
+    assert len(pd.read_parquet(parts[0])) == len(rows.drop_duplicates())
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("raw_readings"))
+    assert event.asset_materialization.partition == landing_day
