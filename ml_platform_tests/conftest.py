@@ -10,7 +10,7 @@ import pytest
 
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.helpers import ingest
+from ml_platform_tests.helpers import ingest, tool_missing
 from ml_platform_tests.servers import (
     Postgres,
     S3Server,
@@ -74,7 +74,7 @@ def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 def postgres() -> Iterator[Postgres]:
     """A throwaway PostgreSQL cluster from the Debian binaries."""
     if postgres_bin_dir() is None:
-        pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
+        tool_missing("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
     with postgres_cluster() as pg:
         yield pg
 

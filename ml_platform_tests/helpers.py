@@ -1,14 +1,26 @@
 """Helpers shared by test modules."""
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import dagster as dg
+import pytest
 
 from ml_platform.defs.ingest.assets import raw_labels, raw_readings
 from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore
+
+
+def tool_missing(reason: str) -> NoReturn:
+    """A test needs a tool this machine lacks: skipped on a developer's machine, failed when
+    ``CI`` is set (CI installs every tool, so a skip there would hide a broken setup)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI is set, so a missing tool fails the run", pytrace=False)
+    pytest.skip(reason)
+
 
 #: Header row of a readings file in the bundled contract's column order.
 READINGS_HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from ml_platform.lib import paths
 from ml_platform.lib.notifications import EventTable
@@ -207,3 +208,14 @@ def test_a_child_process_environment_is_a_copy(monkeypatch):
     assert child["PGPASSWORD"] == "for-the-child-only"
     assert "PGPASSWORD" not in process_environment()
     assert settings().sensor_interval_s == 15
+
+
+def test_a_missing_tool_skips_on_a_laptop_and_fails_under_ci(monkeypatch):
+    from ml_platform_tests.helpers import tool_missing
+
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        tool_missing("no initdb")
+    monkeypatch.setenv("CI", "1")
+    with pytest.raises(pytest.fail.Exception, match="no initdb; CI is set"):
+        tool_missing("no initdb")

@@ -43,6 +43,7 @@ from ml_platform_tests.feature_helpers import (
     model_config,
     run,
 )
+from ml_platform_tests.helpers import tool_missing
 from ml_platform_tests.servers import (
     ROLE_PASSWORDS,
     free_port,
@@ -63,7 +64,7 @@ SENSORS = [f"sensor-{i:03d}" for i in range(1, 11)]
 def deployed_postgres():
     """init.sql + roles.sh with random role passwords; then password authentication."""
     if postgres_bin_dir() is None:
-        pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
+        tool_missing("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
     passwords = {variable: secrets.token_hex(16) for variable in ROLE_PASSWORDS.values()}
     with postgres_cluster() as pg:
         assert run_init_sql(pg).returncode == 0

@@ -45,6 +45,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from ml_platform.lib import paths
+from ml_platform_tests.helpers import tool_missing
 from ml_platform_tests.servers import (
     ROLE_PASSWORDS,
     ROLES_SH,
@@ -129,8 +130,9 @@ EVENTS_TABLE = "minio_events"
 EVENT_ARN = "arn:minio:sqs::PRIMARY:postgresql"
 
 DOCKER_COMPOSE = shutil.which("docker-compose")
+# Under CI a missing docker-compose is not skipped: the tests run and fail (tool_missing).
 needs_compose = pytest.mark.skipif(
-    DOCKER_COMPOSE is None,
+    DOCKER_COMPOSE is None and not os.environ.get("CI"),
     reason="docker-compose (Debian package `docker-compose`, v1.29) is not on PATH; CI installs it",
 )
 
@@ -204,7 +206,7 @@ def compose_runs(
     """Every docker-compose call of this module, run concurrently, isolated from any docker/.env
     and from the caller's environment."""
     if DOCKER_COMPOSE is None:
-        pytest.skip("docker-compose (Debian package `docker-compose`, v1.29) is not on PATH")
+        tool_missing("docker-compose (Debian package `docker-compose`, v1.29) is not on PATH")
     tmp = tmp_path_factory.mktemp("compose")
     env_files = {
         "": tmp / "empty.env",
@@ -1093,7 +1095,7 @@ def initialised_postgres():
     from ml_platform_tests.servers import postgres_bin_dir, postgres_cluster
 
     if postgres_bin_dir() is None:
-        pytest.skip("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
+        tool_missing("PostgreSQL server binaries (initdb/pg_ctl) are not installed")
     with postgres_cluster() as pg:
         for attempt in ("first start", "re-run"):
             result = run_init_sql(pg)

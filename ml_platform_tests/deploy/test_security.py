@@ -25,7 +25,7 @@ import pytest
 
 from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore, S3Store
-from ml_platform_tests.helpers import ingest_landed, ingest_versions, outcomes
+from ml_platform_tests.helpers import ingest_landed, ingest_versions, outcomes, tool_missing
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -131,7 +131,7 @@ def tracked_text_files() -> list[tuple[str, str]]:
             ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True, timeout=30
         ).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
-        pytest.skip(f"not a git checkout ({exc})")
+        tool_missing(f"not a git checkout ({exc})")
     files = []
     for name in listing.decode().split("\0"):
         path = REPO / name
