@@ -590,21 +590,53 @@ def test_requests_are_capped_per_tick_and_every_event_is_handled_once(
     assert [batch(r) for r in requests] == [[f"after-reset.csv@{etag}"]]
 
 
+def daemon_tick(sensor, instance, cursor):
+    """One tick as the daemon evaluates it (``evaluate_tick``, which also sees a cursor set with
+    ``context.update_cursor``): the cursor it stores afterwards (the evaluation's; the one it had
+    when the evaluation raised), what the evaluation produced (None if it raised) and the error.
+    For ticks that fail or skip: one with partitioned run requests needs a repository."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=build_resources())
+    try:
+        produced = sensor.evaluate_tick(context)
+    except Exception as exc:
+        return cursor, None, exc
+    return produced.cursor, produced, None
+
+
 @integration
-def test_an_unreachable_events_database_fails_the_tick_and_keeps_the_cursor(lake, instance):
+def test_an_unreachable_events_database_fails_the_tick_and_keeps_the_cursor(
+    events, lake, instance, no_listing
+):
     from sqlalchemy.exc import OperationalError
 
     from ml_platform_tests.servers import free_port
 
-    sensor = build_landing_sensor(
-        "readings", ingest_readings_job, landing_days, interval_s=1, max_requests_per_tick=10,
+    sensor, cursor = make_sensor(events), reconciled(None, time.time())
+    etag_a = lake.put(f"{PREFIX}a.csv", b"a")
+    events.insert(lake.record(f"{PREFIX}a.csv", etag_a))
+    first, cursor, _ = tick(sensor, instance, cursor)
+    assert versions(first) == [f"a.csv@{etag_a}"]
+    pending, last = [], None
+    for name in ("b.csv", "c.csv"):
+        etag = lake.put(f"{PREFIX}{name}", name.encode())
+        last = events.insert(lake.record(f"{PREFIX}{name}", etag))
+        pending.append(f"{name}@{etag}")
+
+    # The same sensor while its events database does not answer (the cursor is its only state).
+    down = build_landing_sensor(
+        "readings", ingest_readings_job, landing_days, interval_s=1, max_requests_per_tick=100,
         events=EventTable(f"postgresql://u:p@127.0.0.1:{free_port()}/events"),
+        reconcile_interval_s=3600, batch=BatchLimits(),
     )  # fmt: skip
-    cursor = reconciled(None, time.time())
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=build_resources())
-    with pytest.raises(OperationalError):
-        sensor(context)
-    assert context.cursor == cursor
+    kept, produced, error = daemon_tick(down, instance, cursor)
+    # The tick fails: it produces no result, so no cursor, and the daemon keeps the one it had.
+    assert produced is None and kept == cursor, produced
+    assert isinstance(error, OperationalError)
+    # The database answers again: the next tick requests exactly the versions that were pending
+    # and moves the cursor to the last of their events.
+    recovered, after, _ = tick(sensor, instance, kept)
+    assert versions(recovered) == pending
+    assert events_cursor(after) == {"top": last, "gaps": []}
 
 
 def test_event_mode_needs_an_s3_store(store, instance):

@@ -320,22 +320,45 @@ def test_scoring_requests_stay_one_run_and_one_dynamic_partition_per_version(
     assert sorted(instance.get_dynamic_partitions("scoring_files")) == sorted(expected)
 
 
-def test_unreachable_store_fails_the_tick_and_keeps_the_cursor(instance):
+def daemon_tick(sensor, instance, cursor, resources):
+    """One tick as the daemon evaluates it (``evaluate_tick``, which also sees a cursor set with
+    ``context.update_cursor``): the cursor it stores afterwards (the evaluation's; the one it had
+    when the evaluation raised), what the evaluation produced (None if it raised) and the error.
+    For ticks that fail or skip: one with partitioned run requests needs a repository."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    try:
+        produced = sensor.evaluate_tick(context)
+    except Exception as exc:
+        return cursor, None, exc
+    return produced.cursor, produced, None
+
+
+def test_unreachable_store_fails_the_tick_and_keeps_the_cursor(s3_env, s3_server, instance):
     from ml_platform_tests.servers import free_port
 
-    lake = LakeResource(
-        url="s3://nowhere",
+    client, bucket = s3_server.client(), s3_env["ML_PLATFORM_STORE_URL"][5:]
+    sensor, resources = make_sensor(), build_resources()
+    first = put_in_order(client, bucket, ["down/0.csv"], [b"a"])
+    requests, cursor, _ = tick(sensor, instance, None, resources)
+    assert versions(requests) == first
+    pending = put_in_order(client, bucket, ["down/1.csv", "down/2.csv"], [b"b", b"c"])
+
+    unreachable = LakeResource(
+        url=f"s3://{bucket}",
         endpoint_url=f"http://127.0.0.1:{free_port()}",
         region="us-east-1",
         access_key_id="x",
         secret_access_key="y",
     )
-    context = dg.build_sensor_context(
-        instance=instance, cursor='{"hwm":null,"keys_at_hwm":[]}', resources={"lake": lake}
-    )
-    with pytest.raises(StoreUnavailableError, match="unreachable"):
-        make_sensor()(context)
-    assert context.cursor == '{"hwm":null,"keys_at_hwm":[]}'
+    kept, produced, error = daemon_tick(sensor, instance, cursor, {"lake": unreachable})
+    # The tick fails: it produces no result, so no cursor, and the daemon keeps the one it had.
+    assert produced is None and kept == cursor, produced
+    assert isinstance(error, StoreUnavailableError) and "unreachable" in str(error)
+    # The store answers again: the next tick requests exactly the versions that were pending.
+    recovered, after, _ = tick(sensor, instance, kept, resources)
+    assert versions(recovered) == pending
+    nothing, _, result = tick(sensor, instance, after, resources)
+    assert nothing == [] and isinstance(result, dg.SkipReason)
 
 
 def test_a_tick_waits_while_a_batch_of_its_dataset_is_queued(s3_env, s3_server, instance):

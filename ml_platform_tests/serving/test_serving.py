@@ -78,18 +78,54 @@ def test_predict_one_and_many_sensors_from_the_online_store(api, platform):
     assert again["failure_probability"] == pytest.approx(p["failure_probability"])
 
 
-def test_predict_as_of_uses_the_features_known_then(api):
-    latest = api.post("/predict", json={"sensor_ids": ["sensor-002"]}).json()
-    then = api.post(
-        "/predict", json={"sensor_ids": ["sensor-002"], "as_of": "2024-02-04T23:59:59.999999Z"}
-    ).json()
-    assert then["predictions"][0]["failure_probability"] == pytest.approx(
-        latest["predictions"][0]["failure_probability"]
-    )
-    early = api.post(
-        "/predict", json={"sensor_ids": ["sensor-002"], "as_of": "2024-01-10T12:00:00"}
-    )
-    assert early.status_code == 200 and early.json()["as_of"].startswith("2024-01-10")
+def gold_rows(work, day: str):
+    """The gold rows of ``day`` (one per sensor), read straight from the lake's Parquet files."""
+    import pandas as pd
+
+    [file] = work.rglob(f"gold/daily_aggregates/date={day}/*.parquet")
+    return pd.read_parquet(file).set_index("sensor_id")
+
+
+def champion_scores(day_rows, sensors: list[str]) -> list[float]:
+    """Failure probabilities of the registry's version 1 (the champion) on ``day_rows``."""
+    import mlflow
+
+    model = mlflow.sklearn.load_model(f"models:/{MODEL_NAME}/1")
+    x = day_rows.loc[sensors, list(model.feature_names_in_)].astype("float64")
+    return list(model.predict_proba(x)[:, 1])
+
+
+def test_predict_as_of_uses_the_features_known_then(api, platform):
+    sensors = platform.sensors
+
+    answers = {}
+
+    def scores(**extra) -> list[float]:
+        response = api.post("/predict", json={"sensor_ids": sensors, **extra})
+        assert response.status_code == 200, response.text
+        answers[extra.get("as_of")] = body = response.json()
+        assert [p["sensor_id"] for p in body["predictions"]] == sensors
+        return [p["failure_probability"] for p in body["predictions"]]
+
+    # By hand: a day's row is stamped at its last microsecond, so at noon on 01-10 the newest
+    # rows known are 01-09's (01-10's is stamped 01-10T23:59:59.999999), while the online store
+    # holds 02-04's. Expected scores: the champion applied to those rows as read from the lake.
+    early_rows, latest_rows = gold_rows(platform.work, "2024-01-09"), gold_rows(platform.work, DAY)
+    expected_early = champion_scores(early_rows, sensors)
+    expected_latest = champion_scores(latest_rows, sensors)
+    # The days' features differ, and so do the scores: the check below can tell them apart.
+    assert not early_rows.loc[sensors].equals(latest_rows.loc[sensors])
+    assert expected_early != pytest.approx(expected_latest)
+
+    latest = scores()
+    assert latest == pytest.approx(expected_latest, rel=1e-9)
+    # As of the end of the online day: the same rows from the offline store.
+    assert scores(as_of="2024-02-04T23:59:59.999999Z") == pytest.approx(expected_latest, rel=1e-9)
+    early = scores(as_of="2024-01-10T12:00:00")  # naive: UTC
+    assert early == pytest.approx(expected_early, rel=1e-9)
+    assert early != pytest.approx(latest)
+    assert answers["2024-01-10T12:00:00"]["as_of"].startswith("2024-01-10T12:00:00")
+    assert answers[None]["as_of"] is None
 
 
 @pytest.mark.parametrize(
