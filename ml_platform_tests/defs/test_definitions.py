@@ -3,13 +3,73 @@
 import json
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 
 import dagster as dg
 
 from ml_platform.definitions import defs
 from ml_platform.defs.partitions import landing_days
 from ml_platform.defs.resources import settings
+
+#: Dagster's own named building blocks, shown by name: `handled` (requested or updated since),
+#: `newly_missing`, `any_deps_updated`, `in_progress` (a run or backfill), `any_deps_in_progress`.
+OPAQUE = {"in_progress", "handled", "newly_missing", "any_deps_updated", "any_deps_in_progress"}
+
+
+def render(condition: dg.AutomationCondition) -> str:
+    """A condition tree as text: AND/OR/NOT/SINCE as & | ~ SINCE, other operators as
+    ``NAME[children]``, a labelled sub-condition as ``label=...`` (OPAQUE ones by label only)."""
+    label = condition.get_label()
+    if label in OPAQUE:
+        return label
+    kids = [render(child) for child in condition.children]
+    name = condition.name
+    if name == "AND":
+        body = "(" + " & ".join(kids) + ")"
+    elif name == "OR":
+        body = "(" + " | ".join(kids) + ")"
+    elif name == "NOT":
+        body = "~" + kids[0]
+    elif name == "SINCE":
+        body = f"({kids[0]} SINCE {kids[1]})"
+    else:
+        body = f"{name}[{', '.join(kids)}]" if kids else name
+    return f"{label}={body}" if label else body
+
+
+def _eager(missing_parents: str = "ANY_DEPS_MATCH") -> str:
+    """Dagster's eager() without its latest-time-window clause: every partition, not only the
+    newest, once a parent updates (or the partition goes missing), no parent missing, nothing
+    in progress."""
+    return (
+        "eager=(((newly_missing | any_deps_updated) SINCE handled) & ~any_deps_missing="
+        f"{missing_parents}[(missing & ~will_be_requested)] & ~any_deps_in_progress "
+        "& ~in_progress)"
+    )
+
+
+#: No parent requested this tick, running, or failed in its latest run.
+_SETTLED = (
+    "~ANY_DEPS_MATCH[will_be_requested] & ~any_deps_in_progress & ~ANY_DEPS_MATCH[execution_failed]"
+)
+#: A missing parent counts unless it is sensor_clusters.
+_IGNORING_CLUSTERS = 'ANY_DEPS_MATCH(ignore_selection=key:"sensor_clusters")'
+#: Today and the day just ended.
+_TWO_DAYS = "in_latest_time_window(lookback_timedelta=2 days, 0:00:00)"
+INTENDED_CONDITIONS = {
+    # Applied when missing (not while running, not again after a failed apply) or when the
+    # definitions (its code version) change.
+    "feature_views": "((missing & ~in_progress & ~execution_failed) | code_version_changed)",
+    # Every day whose aggregates change, after its parents settled.
+    "online_features": f"({_eager()} & {_SETTLED})",
+    # Every new version of a model, when nothing upstream or of its own is running.
+    "champion_model": "((any_deps_updated SINCE handled) & ~any_deps_in_progress & ~in_progress)",
+    # Today and the day just ended, after new online features or a new champion.
+    "feature_drift": f"({_eager()} & {_TWO_DAYS} & {_SETTLED})",
+    # The same, and a week without clusters yet does not hold the predictions back.
+    "daily_predictions": f"({_eager(_IGNORING_CLUSTERS)} & {_TWO_DAYS} & {_SETTLED})",
+    "label_queue": f"({_eager()} & {_TWO_DAYS} & {_SETTLED})",
+}
 
 
 def test_definitions_load_with_the_ingest_graph():
@@ -154,8 +214,36 @@ def test_declarative_automation_runs_without_a_toggle():
     automation = sensors["automation_condition_sensor"]
     assert automation.default_status == dg.DefaultSensorStatus.RUNNING
     graph = defs.resolve_asset_graph()
-    assert graph.get(dg.AssetKey("online_features")).automation_condition is not None
-    assert graph.get(dg.AssetKey("feature_views")).automation_condition is not None
+    # Exactly these assets are automated, each with the condition described in
+    # docs/architecture.md#automation (written out by hand below, so that swapping one fails).
+    conditions = {
+        k.to_user_string(): render(graph.get(k).automation_condition)
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).automation_condition is not None
+    }
+    assert conditions == INTENDED_CONDITIONS
+
+
+def test_freshness_policies_are_the_promised_deadlines():
+    """Each day's results by a deadline the next morning (UTC), an hour apart down the graph:
+    aggregates by 06:00, online features by 07:00, predictions by 08:00, each from a
+    materialization in the 24 hours before the deadline. No other asset has a policy."""
+    graph = defs.resolve_asset_graph()
+    policies = {
+        k.to_user_string(): graph.get(k).freshness_policy
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).freshness_policy is not None
+    }
+    shown = {
+        key: (type(p).__name__, p.deadline_cron, p.lower_bound_delta, p.timezone)
+        for key, p in policies.items()
+    }
+    day = timedelta(hours=24)
+    assert shown == {
+        "daily_aggregates": ("CronFreshnessPolicy", "0 6 * * *", day, "UTC"),
+        "online_features": ("CronFreshnessPolicy", "0 7 * * *", day, "UTC"),
+        "daily_predictions": ("CronFreshnessPolicy", "0 8 * * *", day, "UTC"),
+    }
 
 
 def test_models_and_predictions_are_wired_scheduled_and_pooled():
@@ -176,8 +264,11 @@ def test_models_and_predictions_are_wired_scheduled_and_pooled():
         dg.AssetKey("online_features"),
         dg.AssetKey("champion_model"),
     } <= predictions.parent_keys
-    assert predictions.automation_condition is not None
-    assert graph.get(dg.AssetKey("champion_model")).automation_condition is not None
+    assert render(predictions.automation_condition) == INTENDED_CONDITIONS["daily_predictions"]
+    assert (
+        render(graph.get(dg.AssetKey("champion_model")).automation_condition)
+        == INTENDED_CONDITIONS["champion_model"]
+    )
     blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
     assert {
         "failure_model_beats_baseline",
@@ -219,8 +310,16 @@ def test_monitoring_is_wired_gated_and_alerting():
     blocking = {k.name for k in graph.asset_check_keys if graph.get_check_spec(k).blocking}
     assert "feature_drift_below_failure" in blocking
     assert "feature_drift_below_warning" not in blocking
-    for key in ("daily_aggregates", "online_features", "daily_predictions"):
-        assert graph.get(dg.AssetKey(key)).freshness_policy is not None
+    # What each policy is: test_freshness_policies_are_the_promised_deadlines.
+    deadlines = {
+        key: graph.get(dg.AssetKey(key)).freshness_policy.deadline_cron
+        for key in ("daily_aggregates", "online_features", "daily_predictions")
+    }
+    assert deadlines == {
+        "daily_aggregates": "0 6 * * *",
+        "online_features": "0 7 * * *",
+        "daily_predictions": "0 8 * * *",
+    }
     sensors = {s.name: s for s in defs.sensors}
     for name in ("drift_retraining_sensor", "alert_on_failure_sensor"):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
@@ -252,4 +351,28 @@ def test_dg_loads_the_project_from_its_root(tmp_path):
         "drift_retraining_sensor", "alert_on_failure_sensor",
     ])  # fmt: skip
     assert [s["cron_schedule"] for s in found["schedules"]] == ["0 4 * * 1"]
+    # What the UI shows of each automated asset's condition (Dagster's expanded label).
+    settled = [
+        "AND", "(NOT (ANY_DEPS_MATCH (will_be_requested)))", "AND", "(NOT (any_deps_in_progress))",
+        "AND", "(NOT (ANY_DEPS_MATCH (execution_failed)))",
+    ]  # fmt: skip
+    two_days = ["AND", "(in_latest_time_window(lookback_timedelta=2 days, 0:00:00))"]
+    assert {
+        a["asset_key"]: a["automation_condition"]["expanded_label"]
+        for a in found["assets"]
+        if a.get("automation_condition")
+    } == {
+        "feature_views": [
+            "((missing) AND (NOT (in_progress)) AND (NOT (execution_failed)))", "OR",
+            "(code_version_changed)",
+        ],
+        "online_features": ["(eager)", *settled],
+        "champion_model": [
+            "((any_deps_updated) SINCE (handled))", "AND", "(NOT (any_deps_in_progress))", "AND",
+            "(NOT (in_progress))",
+        ],
+        "feature_drift": ["(eager)", *two_days, *settled],
+        "daily_predictions": ["(eager)", *two_days, *settled],
+        "label_queue": ["(eager)", *two_days, *settled],
+    }  # fmt: skip
     assert {r["name"] for r in found["resources"]} >= {"lake", "mlflow", "feast"}

@@ -58,11 +58,41 @@ def expected_chunks(store: LocalStore, day: str) -> pd.DataFrame:
     return frame.sort_values(["sensor_id", "timestamp"]).reset_index(drop=True)
 
 
-def expected_aggregates(chunks: pd.DataFrame, history: list[pd.DataFrame]) -> pd.DataFrame:
+def daily_means(chunks: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per day and sensor of ``chunks`` (``{day: rows}``): the rows and each measurement's mean."""
+    frames = []
+    for day, rows in chunks.items():
+        means = rows.groupby("sensor_id")[MEASUREMENTS].mean().add_suffix("_mean")
+        means["rows"] = rows.groupby("sensor_id").size()
+        frames.append(means.reset_index().assign(day=pd.Timestamp(day)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def trailing_week(daily: pd.DataFrame) -> pd.DataFrame:
+    """The documented trailing-week features, with pandas' time-based rolling windows: for each
+    sensor-day, over the sensor's days in the 7 calendar days before (``closed="left"``: from
+    D-7 to D-1, the day itself excluded; days without data are simply absent), the mean of the
+    daily means and the number of days with data. Indexed by (day, sensor_id); NaN / 0 where
+    the window holds no day."""
+    out = []
+    for sensor, group in daily.sort_values("day").groupby("sensor_id"):
+        series = group.set_index("day")
+        window = series[[f"{m}_mean" for m in MEASUREMENTS]].rolling("7D", closed="left")
+        features = window.mean().add_suffix("_7d")
+        counted = (series["rows"] > 0).astype(float).rolling("7D", closed="left").sum()
+        features["days_with_data_7d"] = counted.fillna(0).astype(int)
+        out.append(features.assign(sensor_id=sensor).reset_index())
+    return pd.concat(out, ignore_index=True).set_index(["day", "sensor_id"])
+
+
+def expected_aggregates(chunks: pd.DataFrame, trailing: pd.DataFrame, day: str) -> pd.DataFrame:
+    """The day's gold rows computed with pandas from its chunks; the trailing-week features
+    from ``trailing`` (see :func:`trailing_week`)."""
     rows = []
     hours = (chunks["timestamp"] - chunks["timestamp"].dt.normalize()).dt.total_seconds() / 3600
     for sensor, group in chunks.groupby("sensor_id"):
         row = {"sensor_id": sensor, "rows": len(group)}
+        past = trailing.loc[(pd.Timestamp(day), sensor)]
         for m in MEASUREMENTS:
             values = group[m]
             valid = group[values.notna()]
@@ -79,11 +109,9 @@ def expected_aggregates(chunks: pd.DataFrame, history: list[pd.DataFrame]) -> pd
                 f"{m}_last": valid.sort_values("timestamp")[m].iloc[-1],
                 f"{m}_slope_per_h": np.polyfit(hours[valid.index], valid[m], 1)[0],
             }
-            past = [h.loc[h.sensor_id == sensor, f"{m}_mean"] for h in history]
-            past = pd.concat(past) if past else pd.Series(dtype=float)
-            row[f"{m}_mean_7d"] = past.mean() if len(past) else np.nan
+            row[f"{m}_mean_7d"] = past[f"{m}_mean_7d"]
             row[f"{m}_change_vs_7d"] = row[f"{m}_mean"] - row[f"{m}_mean_7d"]
-        row["days_with_data_7d"] = sum(int((h.sensor_id == sensor).any()) for h in history)
+        row["days_with_data_7d"] = int(past["days_with_data_7d"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -111,7 +139,7 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
         assert shown["days"][day]["rows"] == sum(counts.values())
     assert shown["preview"].startswith("| timestamp | sensor_id |")
 
-    history = []
+    trailing = trailing_week(daily_means({day: expected_chunks(store, day) for day in DAYS}))
     for day in DAYS:
         expected = expected_chunks(store, day)
         sensors = sorted(expected["sensor_id"].unique())
@@ -131,13 +159,112 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
         assert actual["timestamp"].dt.date.astype(str).eq(day).all()
 
         gold = pd.read_parquet(store.root / paths.aggregates_object(day))
-        want = expected_aggregates(expected, history)
+        want = expected_aggregates(expected, trailing, day)
         pd.testing.assert_frame_equal(
             gold[want.columns].reset_index(drop=True), want, check_dtype=False, rtol=1e-9
         )
         assert (gold["event_timestamp"] == pd.Timestamp(f"{day}T23:59:59.999999Z")).all()
         assert gold["created_timestamp"].notna().all()
-        history.append(gold)
+
+
+TEN_DAYS = [f"2024-01-{d:02d}" for d in range(1, 11)]
+
+
+def ten_days_file(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """Ten days of two sensors with hand-picked daily means: temperature 90 on day 1 and 20 + d
+    on day d for sensor-a; 10 on day 1 and 50 + d for sensor-b, which sends nothing on day 5.
+    Day 1 of sensor-a has four readings, the others two (so a mean over readings would differ
+    from the mean of daily means). Every value lies within the contract's ranges."""
+    rows = []
+    for d, day in enumerate(TEN_DAYS, start=1):
+        for sensor, temperature in (("sensor-a", 90 if d == 1 else 20 + d),
+                                    ("sensor-b", 10 if d == 1 else 50 + d)):  # fmt: skip
+            if sensor == "sensor-b" and d == 5:
+                continue
+            hours = (0, 6, 12, 18) if (sensor, d) == ("sensor-a", 1) else (6, 18)
+            for i, hour in enumerate(hours):
+                spread = -1 if i % 2 == 0 else 1  # readings T -/+ 1: the day's mean is T
+                rows.append({
+                    "timestamp": pd.Timestamp(f"{day}T{hour:02d}:00:00Z"), "sensor_id": sensor,
+                    "temperature": temperature + spread, "vibration": 1 + d / 10 + spread / 20,
+                    "pressure": 5 + (d % 3) + spread / 10, "current": 20 + 2 * d + spread,
+                })  # fmt: skip
+    frame = pd.DataFrame(rows)
+    path = tmp_path / "ten_days.csv"
+    frame.assign(timestamp=frame.timestamp.dt.strftime("%Y-%m-%dT%H:%M:%SZ")).to_csv(
+        path, index=False
+    )
+    return path, frame
+
+
+def test_trailing_week_features_are_the_seven_calendar_days_before(tmp_path, store, instance):
+    """The trailing-week features of day D cover D-7..D-1 (docs/architecture.md: "from the 7
+    previous days"; the day itself excluded, missing days skipped): day 8 is the last to see
+    day 1, day 9 the first without it."""
+    path, readings = ten_days_file(tmp_path)
+    assert ingest(instance, store, path)
+    result = run_range(instance, TEN_DAYS[0], TEN_DAYS[-1])
+    assert result.success
+    gold = {
+        day: pd.read_parquet(store.root / paths.aggregates_object(day)).set_index("sensor_id")
+        for day in TEN_DAYS
+    }
+    assert {day: sorted(g.index) for day, g in gold.items()} == {
+        day: ["sensor-a"] if day == "2024-01-05" else ["sensor-a", "sensor-b"] for day in TEN_DAYS
+    }
+
+    # By hand (temperature): sensor-a's day 8 averages days 1-7, (90 + 22 + ... + 27) / 7;
+    # day 9 days 2-8, (22 + ... + 28) / 7 = 25: day 1's 90 has left the window.
+    a = {day: g.loc["sensor-a"] for day, g in gold.items()}
+    assert np.isnan(a["2024-01-01"]["temperature_mean_7d"])
+    assert a["2024-01-01"]["days_with_data_7d"] == 0
+    assert a["2024-01-02"]["temperature_mean_7d"] == pytest.approx(90)
+    assert a["2024-01-08"]["temperature_mean_7d"] == pytest.approx(237 / 7)
+    assert a["2024-01-09"]["temperature_mean_7d"] == pytest.approx(25)
+    assert a["2024-01-10"]["temperature_mean_7d"] == pytest.approx(26)
+    assert a["2024-01-09"]["temperature_change_vs_7d"] == pytest.approx(29 - 25)
+    assert [a[day]["days_with_data_7d"] for day in TEN_DAYS] == [0, 1, 2, 3, 4, 5, 6, 7, 7, 7]
+    # sensor-b has no day 5: its windows hold six days, not seven (and no zero for day 5).
+    b = {day: g.loc["sensor-b"] for day, g in gold.items() if "sensor-b" in g.index}
+    assert b["2024-01-06"]["temperature_mean_7d"] == pytest.approx((10 + 52 + 53 + 54) / 4)
+    assert b["2024-01-08"]["temperature_mean_7d"] == pytest.approx(
+        (10 + 52 + 53 + 54 + 56 + 57) / 6
+    )
+    assert b["2024-01-09"]["temperature_mean_7d"] == pytest.approx(
+        (52 + 53 + 54 + 56 + 57 + 58) / 6
+    )
+    assert b["2024-01-10"]["temperature_mean_7d"] == pytest.approx(
+        (53 + 54 + 56 + 57 + 58 + 59) / 6
+    )
+    assert [b[day]["days_with_data_7d"] for day in b] == [0, 1, 2, 3, 4, 5, 6, 6, 6]
+
+    # Every measurement, sensor and day against pandas' rolling("7D") over the daily means of
+    # the input file itself.
+    by_day = {day: readings[readings.timestamp.dt.date.astype(str) == day] for day in TEN_DAYS}
+    expected = trailing_week(daily_means(by_day))
+    for day, g in gold.items():
+        for sensor, row in g.iterrows():
+            want = expected.loc[(pd.Timestamp(day), sensor)]
+            assert row["days_with_data_7d"] == want["days_with_data_7d"], (day, sensor)
+            for m in MEASUREMENTS:
+                assert row[f"{m}_mean_7d"] == pytest.approx(
+                    want[f"{m}_mean_7d"], rel=1e-12, nan_ok=True
+                ), (day, sensor, m)
+                assert row[f"{m}_change_vs_7d"] == pytest.approx(
+                    row[f"{m}_mean"] - want[f"{m}_mean_7d"], rel=1e-12, nan_ok=True
+                ), (day, sensor, m)
+
+    # Days 9-10 on their own read days 2-8 from the gold files instead: the same bytes, and the
+    # run's metadata counts seven days of history (days of the trailing week with aggregates).
+    before = objects(store, "lake/gold/")
+    again = run_range(instance, TEN_DAYS[8], TEN_DAYS[9])
+    assert again.success
+    assert objects(store, "lake/gold/") == before
+    shown = again.asset_materializations_for_node("daily_aggregates")[0].metadata["days"].value
+    assert {day: v["history_days"] for day, v in shown.items()} == {
+        TEN_DAYS[8]: 7,
+        TEN_DAYS[9]: 7,
+    }
 
 
 def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(
