@@ -179,6 +179,16 @@ def test_an_api_key_protects_predict_when_configured(platform):
             ok = keyed.post("/predict", json=body, headers={"x-api-key": "s3cret-for-tests"})
             assert ok.status_code == 200
             assert keyed.get("/health").status_code == 200  # probes stay open
+            # /docs offers the key ("Authorize"): an apiKey scheme in the X-API-Key header,
+            # required by /predict only.
+            spec = keyed.get("/openapi.json").json()
+            schemes = spec["components"]["securitySchemes"]
+            assert [(s["type"], s["in"], s["name"]) for s in schemes.values()] == [
+                ("apiKey", "header", "X-API-Key")
+            ]
+            [scheme] = schemes
+            assert spec["paths"]["/predict"]["post"]["security"] == [{scheme: []}]
+            assert all("security" not in spec["paths"][p]["get"] for p in ("/health", "/ready"))
     finally:
         platform.mp.delenv("ML_PLATFORM_API_KEY")
 
