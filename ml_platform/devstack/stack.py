@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -258,9 +259,27 @@ def _start_all(stack: Stack, workspace: Path) -> None:
     _wait_for("prediction API", lambda: _http_ok(f"{stack.url('api')}/health"), stack, 120)
 
 
+class _StopOnSignal:
+    """SIGINT and SIGTERM (Ctrl-C, a process manager's stop) both take the Ctrl-C path, also
+    while the stack is still starting; a second signal during the teardown is ignored so the
+    teardown stops every process group it started instead of dying half-way."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self)
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        raise KeyboardInterrupt
+
+
 def main() -> int:
     print("starting the production profile on 127.0.0.1 (Ctrl-C stops and removes it) ...")
     started = time.monotonic()
+    _StopOnSignal()
     try:
         with prod_stack() as stack:
             print(

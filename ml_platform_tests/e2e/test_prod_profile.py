@@ -10,6 +10,7 @@ batch run of the landing sensor (its versions in the run config).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
 
@@ -113,3 +114,56 @@ def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
         assert answer["model_version"] == str(version)
         assert answer["predictions"][0]["sensor_id"] == sensor
         instance.dispose()
+
+
+@pytest.mark.parametrize("signals", [("SIGTERM",), ("SIGINT", "SIGTERM")], ids=["term", "int-term"])
+def test_dev_prod_stops_everything_it_started_on_sigint_and_sigterm(signals):
+    """`make dev-prod` stopped while it is still starting, as a process manager stops it (SIGTERM;
+    or SIGINT and SIGTERM while it tears down): it exits and no process it started outlives it
+    (each service runs in a process group of its own, out of reach of a terminal's Ctrl-C)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from ml_platform_tests.servers import ROOT
+
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "ml_platform.devstack"], cwd=ROOT, env={**os.environ},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    seen: dict[int, psutil.Process] = {}
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(stack.pid).children(recursive=True):
+                seen.setdefault(child.pid, child)
+        names = " ".join(" ".join(_cmdline(p)) for p in seen.values())
+        if "mlflow" in names and "moto" in names and "postgres" in names:
+            break
+        time.sleep(0.2)
+    else:
+        stack.kill()
+        pytest.fail(f"the stack started no MLflow server in 180 s: {names}")
+    for name in signals:
+        stack.send_signal(getattr(signal, name))
+        time.sleep(0.1)
+    returncode = stack.wait(timeout=120)
+    time.sleep(1)
+    alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    left = [" ".join(_cmdline(p))[:120] for p in alive]
+    for process in alive:  # leave nothing behind for the next test, then fail
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert (returncode, left) == (0, [])
+
+
+def _cmdline(process) -> list[str]:
+    import psutil
+
+    try:
+        return process.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
