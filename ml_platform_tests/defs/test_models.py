@@ -11,6 +11,7 @@ import threading
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import unquote
 
 import dagster as dg
 import numpy as np
@@ -124,6 +125,37 @@ def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
     assert holdout["day"].nunique() == 14 and str(holdout["day"].max()) == "2024-03-09"
     # The day before the holdout is left out of training (a one-day horizon looks into it).
     assert run_data.data.params["gap_days"] == "1"
+
+    # The holdout scores are on the logged model too, and the run names its training data.
+    logged = mlflow.get_logged_model(info.model_id)
+    assert (
+        logged.metrics
+        and {x.key: x.value for x in logged.metrics}["holdout_f1"]
+        == (run_data.data.metrics["holdout_f1"])
+    )
+    [training] = [d for d in run_data.inputs.dataset_inputs
+                  if {t.key: t.value for t in d.tags}.get("mlflow.data.context") == "training"]  # fmt: skip
+    source = unquote(json.loads(training.dataset.source)["uri"])
+    assert source == unquote(env.store.uri(paths.training_set_object(WEEK)))
+
+    # The registered version served by MLflow's own scoring server (what `mlflow models serve`
+    # runs) answers with the probabilities the platform predicts with (predict_proba[:, 1]).
+    from fastapi.testclient import TestClient
+    from mlflow.pyfunc import scoring_server
+
+    uri = f"models:/{MODEL_NAME}/{m['model_version']}"
+    ml = build_resources()["mlflow"].mlflow()
+    features = info.signature.inputs.input_names()
+    rows = holdout[features].head(25)
+    with TestClient(scoring_server.init(ml.pyfunc.load_model(uri))) as server:
+        answer = server.post("/invocations", json={"dataframe_split": json.loads(
+            rows.to_json(orient="split", index=False))})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    served = np.asarray(answer.json()["predictions"], dtype=float)
+    platform = ml.sklearn.load_model(uri).predict_proba(rows)[:, 1]
+    assert served.shape == (25, 2)
+    np.testing.assert_allclose(served[:, 1], platform, rtol=1e-9)
+    np.testing.assert_allclose(served.sum(axis=1), 1.0)
 
 
 @pytest.mark.parametrize("gap_days", [0, 1, 2])

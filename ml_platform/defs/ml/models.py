@@ -171,6 +171,7 @@ def _log_failure_model_run(
     experiment_id: str,
     config: FailureModelConfig,
     trained: _TrainedWeek,
+    training_set_uri: str,
 ) -> tuple[Any, str]:
     """The week's MLflow run (params, metrics, plots, holdout and model), registering the model
     as a new version of failure_model: the run and that version."""
@@ -184,8 +185,7 @@ def _log_failure_model_run(
         tags=_run_tags(context),
     ) as run:
         ml.log_params(run_params(fitted, config))
-        metrics = run_metrics(result.cv_metrics, judged.scores, judged.baseline)
-        ml.log_metrics({**metrics, "train_seconds": trained.train_seconds})
+        ml.log_input(_training_dataset(fitted, training_set_uri), context="training")
         ml.log_dict({"space": config.param_space, "best": result.best_params}, "search_space.json")
         for plot in trained.plots:
             ml.log_artifact(str(plot), "plots")
@@ -193,13 +193,27 @@ def _log_failure_model_run(
         info = ml.sklearn.log_model(
             sk_model=result.model,
             name="model",
-            signature=infer_signature(sample.head(100), judged.proba[:100]),
+            # The pyfunc flavour (`mlflow models serve`, pyfunc.load_model) answers with the class
+            # probabilities [no failure, failure], as the signature says, not with 0/1 labels.
+            pyfunc_predict_fn="predict_proba",
+            signature=infer_signature(sample.head(100), result.model.predict_proba(sample[:100])),
             input_example=sample.head(3),
             registered_model_name=MODEL_NAME,
             serialization_format="cloudpickle",  # skops would need every tree type trusted
             pip_requirements=_pip_requirements(),
         )
+        # On the run and on the logged model: the model's page in MLflow shows its holdout scores.
+        metrics = run_metrics(result.cv_metrics, judged.scores, judged.baseline)
+        ml.log_metrics({**metrics, "train_seconds": trained.train_seconds}, model_id=info.model_id)
     return run, str(info.registered_model_version)
+
+
+def _training_dataset(fitted: FittedFailureModel, source: str) -> Any:
+    """The rows the model was fitted on, as an MLflow dataset whose source is the training set
+    in the lake."""
+    import mlflow.data
+
+    return mlflow.data.from_pandas(fitted.train, source=source, name="training_set")
 
 
 def _version_tags(
@@ -312,7 +326,10 @@ def failure_model(
         passed = _gates(trained.judged, config)
         client, ml = mlflow.client(), mlflow.mlflow()
         experiment_id = mlflow.experiment(EXPERIMENT)
-        run, version = _log_failure_model_run(context, ml, experiment_id, config, trained)
+        training_set_uri = store.uri(paths.training_set_object(context.partition_key))
+        run, version = _log_failure_model_run(
+            context, ml, experiment_id, config, trained, training_set_uri
+        )
         for key, value in _version_tags(context, store, config, trained, passed).items():
             client.set_model_version_tag(MODEL_NAME, version, key, value)
 
