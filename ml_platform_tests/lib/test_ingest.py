@@ -188,3 +188,102 @@ def test_contract_bounds_are_numbers():
     assert (contract.columns[0].min, contract.columns[0].max) == (-40.0, 1000.0)
     with pytest.raises(ContractError, match="max must be a number"):
         parse_contract({"columns": {"t": {"type": "double", "max": "1; DROP TABLE x"}}})
+
+
+# ------------------------------------------------------------------------------ contract policies
+
+
+def _policy_contract(**extra):
+    """Two bounded columns, as a user's own contract would declare them."""
+    return parse_contract(
+        {
+            "columns": {
+                "temperature": {"type": "double", "min": -40, "max": 150},
+                "vibration": {"type": "double", "min": 0, "max": 100},
+            },
+            **extra,
+        }
+    )
+
+
+#: Row 2's temperature (200) and row 3's vibration (-1) are out of range; row 1 is in range.
+OUT_OF_RANGE = (
+    "timestamp,sensor_id,temperature,vibration\n"
+    "2024-01-01T01:00:00Z,a,20,1\n"
+    "2024-01-01T02:00:00Z,a,200,2\n"
+    "2024-01-01T03:00:00Z,b,30,-1\n"
+)
+
+
+def _folder(tmp_path: Path, name: str) -> Path:
+    (tmp_path / name).mkdir()
+    return tmp_path / name
+
+
+def _rows(report) -> list[tuple]:
+    day = pd.read_parquet(report.parts["2024-01-01"]).sort_values("timestamp")
+    return [
+        (r.sensor_id, None if pd.isna(r.temperature) else r.temperature,
+         None if pd.isna(r.vibration) else r.vibration)
+        for r in day.itertuples()
+    ]  # fmt: skip
+
+
+def test_out_of_range_keep_null_and_reject_row(tmp_path):
+    kept = ingest(_folder(tmp_path, "keep"), _policy_contract(), "r.csv", OUT_OF_RANGE)
+    assert _rows(kept) == [("a", 20.0, 1.0), ("a", 200.0, 2.0), ("b", 30.0, -1.0)]
+    assert kept.out_of_range == {"temperature": 1, "vibration": 1}
+
+    blanked = ingest(
+        _folder(tmp_path, "null"), _policy_contract(out_of_range="null"), "r.csv", OUT_OF_RANGE
+    )
+    assert _rows(blanked) == [("a", 20.0, 1.0), ("a", None, 2.0), ("b", 30.0, None)]
+    assert blanked.out_of_range == {"temperature": 1, "vibration": 1}
+
+    dropped = ingest(
+        _folder(tmp_path, "reject"),
+        _policy_contract(out_of_range="reject_row"),
+        "r.csv",
+        OUT_OF_RANGE,
+    )
+    assert _rows(dropped) == [("a", 20.0, 1.0)]
+    assert (dropped.rows_in, dropped.rows_out) == (3, 1)
+
+
+def test_extra_columns_reject_quarantines_the_whole_file(tmp_path):
+    body = "timestamp,sensor_id,temperature,vibration,humidity\n2024-01-01T01:00:00Z,a,20,1,40\n"
+    reported = ingest(_folder(tmp_path, "report"), _policy_contract(), "r.csv", body)
+    assert reported.extra_columns == ["humidity"] and reported.rows_out == 1
+    with pytest.raises(RejectedFileError) as rejected:
+        ingest(_folder(tmp_path, "reject"), _policy_contract(extra_columns="reject"), "r.csv", body)
+    assert "humidity" in str(rejected.value)
+    assert not (tmp_path / "reject" / "out").exists() or not any(
+        (tmp_path / "reject" / "out").rglob("*.parquet")
+    )
+
+
+def test_a_strptime_format_in_a_non_utc_time_zone(tmp_path):
+    """Day-first local times of Europe/Berlin: 01/07/2023 01:30 is 2023-06-30T23:30Z (summer,
+    UTC+2); 15/01/2024 00:30 is 2024-01-14T23:30Z (winter, UTC+1)."""
+    contract = _policy_contract(timestamp={"format": "%d/%m/%Y %H:%M", "timezone": "Europe/Berlin"})
+    body = (
+        "timestamp,sensor_id,temperature,vibration\n"
+        "01/07/2023 01:30,a,20,1\n"
+        "15/01/2024 00:30,a,21,1\n"
+    )
+    report = ingest(tmp_path, contract, "r.csv", body)
+    assert report.rows_by_date == {"2023-06-30": 1, "2024-01-14": 1}
+    summer = pd.read_parquet(report.parts["2023-06-30"])["timestamp"].tolist()
+    winter = pd.read_parquet(report.parts["2024-01-14"])["timestamp"].tolist()
+    assert summer == [pd.Timestamp("2023-06-30T23:30:00Z")]
+    assert winter == [pd.Timestamp("2024-01-14T23:30:00Z")]
+
+
+def test_epoch_microseconds_declared_and_detected(tmp_path):
+    """1704067200123456 µs is 2024-01-01T00:00:00.123456Z."""
+    body = "timestamp,sensor_id,temperature,vibration\n1704067200123456,a,20,1\n"
+    expected = [pd.Timestamp("2024-01-01T00:00:00.123456Z")]
+    for fmt in ("epoch_us", "auto"):
+        contract = _policy_contract(timestamp={"format": fmt})
+        report = ingest(_folder(tmp_path, fmt), contract, "r.csv", body)
+        assert pd.read_parquet(report.parts["2024-01-01"])["timestamp"].tolist() == expected, fmt
