@@ -190,13 +190,14 @@ def _log_failure_model_run(
         for plot in trained.plots:
             ml.log_artifact(str(plot), "plots")
         ml.log_artifact(str(trained.holdout_file), "holdout")
+        rows = sample.head(100)  # the signature describes the same rows on both sides
         info = ml.sklearn.log_model(
             sk_model=result.model,
             name="model",
             # The pyfunc flavour (`mlflow models serve`, pyfunc.load_model) answers with the class
             # probabilities [no failure, failure], as the signature says, not with 0/1 labels.
             pyfunc_predict_fn="predict_proba",
-            signature=infer_signature(sample.head(100), result.model.predict_proba(sample[:100])),
+            signature=infer_signature(rows, result.model.predict_proba(rows)),
             input_example=sample.head(3),
             registered_model_name=MODEL_NAME,
             serialization_format="cloudpickle",  # skops would need every tree type trusted
