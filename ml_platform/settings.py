@@ -46,6 +46,10 @@ class Settings:
     sensor_interval_s: int = 15
     max_requests_per_tick: int = 100
     start_date: str = "2024-01-01"  # first daily partition
+    # Where the asset pages' code links point: the repository's web address and branch (None:
+    # the local files).
+    git_url: str | None = None
+    git_branch: str = "main"
     # MinIO bucket notifications in PostgreSQL: when set, landing sensors follow them (event mode)
     # and list the landing prefixes only every reconcile_interval_s.
     events: EventTable | None = None
@@ -113,6 +117,8 @@ def _definition_values(env: Mapping[str, str], d: Settings) -> dict[str, Any]:
             env.get("ML_PLATFORM_MAX_REQUESTS_PER_TICK", d.max_requests_per_tick)
         ),
         "start_date": env.get("ML_PLATFORM_START_DATE", d.start_date),
+        "git_url": env.get("ML_PLATFORM_GIT_URL") or d.git_url,
+        "git_branch": env.get("ML_PLATFORM_GIT_BRANCH") or d.git_branch,
         "events": EventTable(events_url, env.get("ML_PLATFORM_EVENTS_TABLE") or DEFAULT_TABLE)
         if events_url
         else d.events,

@@ -1,6 +1,11 @@
 """Helpers shared by test modules."""
 
+import http.server
+import json
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
@@ -64,3 +69,26 @@ def ingest(instance, store: LocalStore, file: Path, name: str | None = None) -> 
     version, result = ingest_landed(instance, name, store.etag(key))
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     return version if outcomes(result)[version] in ("ingested", "already_ingested") else ""
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A local Slack-compatible incoming webhook: its URL and the JSON bodies posted to it."""
+    received: list[dict] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the stdlib's name
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()

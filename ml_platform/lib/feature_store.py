@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -224,47 +225,53 @@ def definitions_version(
 
 
 def load_repo_contents(repo_path: Path, project: str):
-    """The Feast objects the repo's Python files define, as ``feast apply`` collects them.
+    """The Feast objects of the repo, collected by Feast's own parser (``feast apply``'s): every
+    kind Feast knows, on-demand and stream views, permissions and projects included.
 
-    Feast's own ``parse_repo`` imports modules relative to the working directory; this loads each
-    file from its path under a fresh module name, so it is safe inside a long-lived process and
-    always sees the current definitions.
+    ``parse_repo`` imports each file as a module named after its path relative to the working
+    directory, as the CLI does from inside the repo; here that happens in a private import context,
+    so a long-lived process always sees the current files and keeps its own working directory.
     """
-    import importlib.util
-    import uuid
-
-    from feast import Entity, FeatureService, FeatureView
-    from feast.data_source import DataSource
     from feast.project import Project
-    from feast.repo_contents import RepoContents
+    from feast.repo_operations import parse_repo
 
-    contents = RepoContents(
-        projects=[Project(name=project)],
-        data_sources=[],
-        feature_views=[],
-        on_demand_feature_views=[],
-        stream_feature_views=[],
-        label_views=[],
-        entities=[],
-        feature_services=[],
-        permissions=[],
-    )
-    buckets = [
-        (FeatureView, contents.feature_views),
-        (Entity, contents.entities),
-        (FeatureService, contents.feature_services),
-        (DataSource, contents.data_sources),
-    ]
-    for file in sorted(Path(repo_path).glob("*.py")):
-        spec = importlib.util.spec_from_file_location(f"_feature_repo_{uuid.uuid4().hex}", file)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        for value in vars(module).values():
-            for kind, bucket in buckets:
-                matches = type(value) is kind or (kind is DataSource and isinstance(value, kind))
-                if matches and not any(value is seen for seen in bucket):
-                    bucket.append(value)
+    repo = Path(repo_path).resolve()
+    with _importable(repo):
+        contents = parse_repo(repo)
+    named = {p.name for p in contents.projects}
+    if len(named) > 1 or (named and named != {project}):
+        raise ValueError(
+            f"{repo}: the repo defines project(s) {sorted(named)}, but the profile's project is "
+            f"{project!r}; `feast apply` refuses this too"
+        )
+    if not named:  # as `feast apply`: the profile names the project
+        contents.projects.append(Project(name=project))
     return contents
+
+
+@contextmanager
+def _importable(repo: Path):
+    """Run with ``repo`` as working directory and on ``sys.path``, with none of its modules cached
+    before or after."""
+    import sys
+
+    from feast.repo_operations import get_repo_files
+
+    cwd, entry = os.getcwd(), str(repo)
+    os.chdir(repo)
+    sys.path.insert(0, entry)
+    names = [
+        str(f.relative_to(repo).with_suffix("")).replace(os.sep, ".") for f in get_repo_files(repo)
+    ]
+    for name in names:
+        sys.modules.pop(name, None)
+    try:
+        yield
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
+        sys.path.remove(entry)
+        os.chdir(cwd)
 
 
 def registry_hash(store, service: str = FEATURE_SERVICE) -> str:

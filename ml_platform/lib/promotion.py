@@ -12,8 +12,6 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ml_platform.lib.tables import markdown_table
-
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -92,8 +90,6 @@ def append_to_ledger(store: ObjectStore, key: str, entry: dict[str, Any]) -> lis
     return ledger
 
 
-def ledger_table(ledger: list[dict]) -> str:
-    """The newest ledger entries as a markdown table, newest first."""
-    return markdown_table(
-        [{k: e[k] for k in LEDGER_COLUMNS} for e in reversed(ledger[-LEDGER_SHOWN:])]
-    )
+def ledger_rows(ledger: list[dict]) -> list[dict]:
+    """The newest ledger entries, newest first, with the columns the asset page shows."""
+    return [{k: e[k] for k in LEDGER_COLUMNS} for e in reversed(ledger[-LEDGER_SHOWN:])]

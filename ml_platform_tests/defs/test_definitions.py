@@ -1,13 +1,15 @@
 """The code location loads, has the expected graph, and stays light."""
 
 import json
+import re
 import subprocess
 import sys
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 
-from ml_platform.definitions import defs
+from ml_platform.definitions import defs, linked_to_source
 from ml_platform.defs.partitions import landing_days
 from ml_platform.defs.resources import settings
 
@@ -244,6 +246,27 @@ def test_freshness_policies_are_the_promised_deadlines():
         "online_features": ("CronFreshnessPolicy", "0 7 * * *", day, "UTC"),
         "daily_predictions": ("CronFreshnessPolicy", "0 8 * * *", day, "UTC"),
     }
+    # The same deadlines, judged on the due day's partition, each checked at its deadline by a
+    # schedule that starts running.
+    checks = {
+        k.asset_key.to_user_string(): graph.get_check_spec(k).metadata["deadline_cron"]
+        for k in graph.asset_check_keys
+        if k.name == "due_day_materialized"
+    }
+    assert checks == {
+        "daily_aggregates": "0 6 * * *",
+        "online_features": "0 7 * * *",
+        "daily_predictions": "0 8 * * *",
+    }
+    schedules = {
+        s.name: (s.cron_schedule, s.execution_timezone, s.default_status) for s in defs.schedules
+    }
+    running = dg.DefaultScheduleStatus.RUNNING
+    assert {n: v for n, v in schedules.items() if n.endswith("_freshness_schedule")} == {
+        "daily_aggregates_freshness_schedule": ("0 6 * * *", "UTC", running),
+        "online_features_freshness_schedule": ("0 7 * * *", "UTC", running),
+        "daily_predictions_freshness_schedule": ("0 8 * * *", "UTC", running),
+    }
 
 
 def test_models_and_predictions_are_wired_scheduled_and_pooled():
@@ -275,7 +298,7 @@ def test_models_and_predictions_are_wired_scheduled_and_pooled():
         "failure_model_probabilities_are_valid",
         "sensor_clusters_have_no_empty_cluster",
     } <= blocking
-    [schedule] = defs.schedules
+    [schedule] = [s for s in defs.schedules if s.name == "weekly_training_job_schedule"]
     assert schedule.job_name == "weekly_training_job"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     sensors = {s.name: s for s in defs.sensors}
@@ -321,7 +344,11 @@ def test_monitoring_is_wired_gated_and_alerting():
         "daily_predictions": "0 8 * * *",
     }
     sensors = {s.name: s for s in defs.sensors}
-    for name in ("drift_retraining_sensor", "alert_on_failure_sensor"):
+    for name in (
+        "drift_retraining_sensor",
+        "alert_on_failure_sensor",
+        "alert_on_failed_check_sensor",
+    ):
         assert sensors[name].default_status == dg.DefaultSensorStatus.RUNNING
     assert sensors["drift_retraining_sensor"].job_name == "weekly_training_job"
 
@@ -348,9 +375,11 @@ def test_dg_loads_the_project_from_its_root(tmp_path):
     assert sorted(s["name"] for s in found["sensors"]) == sorted([
         "readings_landing_sensor", "labels_landing_sensor", "scoring_landing_sensor",
         "lakehouse_on_new_readings_sensor", "automation_condition_sensor", "first_model_sensor",
-        "drift_retraining_sensor", "alert_on_failure_sensor",
+        "drift_retraining_sensor", "alert_on_failure_sensor", "alert_on_failed_check_sensor",
     ])  # fmt: skip
-    assert [s["cron_schedule"] for s in found["schedules"]] == ["0 4 * * 1"]
+    assert sorted(s["cron_schedule"] for s in found["schedules"]) == [
+        "0 4 * * 1", "0 6 * * *", "0 7 * * *", "0 8 * * *",
+    ]  # fmt: skip
     # What the UI shows of each automated asset's condition (Dagster's expanded label).
     settled = [
         "AND", "(NOT (ANY_DEPS_MATCH (will_be_requested)))", "AND", "(NOT (any_deps_in_progress))",
@@ -376,3 +405,45 @@ def test_dg_loads_the_project_from_its_root(tmp_path):
         "label_queue": ["(eager)", *two_days, *settled],
     }  # fmt: skip
     assert {r["name"] for r in found["resources"]} >= {"lake", "mlflow", "feast"}
+
+
+def _defining_lines(file: Path, line: int) -> tuple[str, str]:
+    """The line a code link points at and the name of the first function defined from it."""
+    lines = file.read_text().splitlines()[line - 1 :]
+    name = next(row.split("def ", 1)[1].split("(")[0] for row in lines if row.startswith("def "))
+    return lines[0], name
+
+
+def test_every_asset_links_to_the_decorator_of_its_function(monkeypatch):
+    """Without a repository address, a local file; with one, that file's page at the line of the
+    asset's decorator, on the configured branch."""
+    root = Path(__file__).resolve().parents[2]
+    loaded = list(dg.load_from_defs_folder(path_within_project=root / "ml_platform").assets)
+    assert str(
+        defs.resolve_asset_graph()
+        .get(dg.AssetKey("failure_model"))
+        .metadata["dagster/code_references"]
+        .code_references[0]
+        .file_path
+    ).endswith("ml_platform/defs/ml/models.py")
+    local = {
+        key: meta["dagster/code_references"].code_references
+        for asset in linked_to_source(loaded)
+        for key, meta in asset.metadata_by_key.items()
+    }
+    monkeypatch.setenv("ML_PLATFORM_GIT_URL", "https://github.com/example/ml-platform")
+    monkeypatch.setenv("ML_PLATFORM_GIT_BRANCH", "release")
+    linked = linked_to_source(loaded)
+    assert len(local) == len(defs.resolve_asset_graph().get_all_asset_keys()) == 15
+    for asset in linked:
+        for key, meta in asset.metadata_by_key.items():
+            [ref] = meta["dagster/code_references"].code_references
+            url = re.fullmatch(
+                r"https://github\.com/example/ml-platform/tree/release/(.+\.py)#L(\d+)", ref.url
+            )
+            decorator, name = _defining_lines(root / url[1], int(url[2]))
+            assert decorator.startswith("@dg.asset("), (key, decorator)
+            assert name == asset.node_def.name
+            [file_ref] = local[key]
+            assert Path(file_ref.file_path) == root / url[1]
+            assert file_ref.line_number == int(url[2])

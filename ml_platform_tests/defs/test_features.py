@@ -167,17 +167,19 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
     assert planted not in pd.read_parquet(accepted)["temperature_mean"].tolist()
 
 
-def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
+def feast_cli(repo: Path, *args: str) -> str:
+    """``feast -c <repo> <args>`` as the README runs it (from the project root); its output."""
     cli = Path(sys.executable).with_name("feast")
-    plan = subprocess.run(
-        [str(cli), "plan"], cwd=env.repo, capture_output=True, text=True, timeout=120
+    done = subprocess.run(
+        [str(cli), "-c", str(repo), *args], capture_output=True, text=True, timeout=180
     )
-    assert plan.returncode == 0, plan.stderr[-2000:]
-    assert "Created feature view sensor_daily_stats" in plan.stdout
-    apply = subprocess.run(
-        [str(cli), "apply"], cwd=env.repo, capture_output=True, text=True, timeout=120
-    )
-    assert apply.returncode == 0, apply.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
+    assert "Created feature view sensor_daily_stats" in feast_cli(env.repo, "plan")
+    feast_cli(env.repo, "apply")
     registry = env.repo / "data" / "registry.db"
     before = registry.stat().st_mtime_ns
 
@@ -202,6 +204,76 @@ def test_feast_cli_by_hand_and_the_asset_agree_and_apply_only_on_change(env):
     view = feature_store().get_feature_view(fs.DAILY_STATS_VIEW)
     assert "(edited)" in view.description
     assert all(f.description for f in view.features)
+
+
+ON_DEMAND_VIEW = """
+import pandas as pd
+from feast import Field
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64
+
+from features import sensor_daily_stats
+
+
+@on_demand_feature_view(
+    sources=[sensor_daily_stats],
+    schema=[Field(name="temperature_range", dtype=Float64)],
+    mode="pandas",
+)
+def temperature_range(inputs: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"temperature_range": inputs["temperature_max"] - inputs["temperature_min"]})
+"""
+
+
+def feast_plan(repo: Path) -> set[str]:
+    """What ``feast plan`` would change, as ``"<created|updated|deleted> <kind> <name>"``."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", feast_cli(repo, "plan"))
+    found = re.findall(r"^(Created|Updated|Deleted) (.+) (\S+)$", text, flags=re.MULTILINE)
+    return {f"{verb[:-1].lower()} {kind} {name}" for verb, kind, name in found}
+
+
+def test_an_on_demand_view_added_to_the_repo_is_applied_as_feast_plan_says(env):
+    """Objects beyond feature views, entities and services (here an on-demand view) are applied
+    too, and the asset changes exactly what ``feast plan`` announced."""
+    assert materialize(env.instance, [feature_views]).success
+    (env.repo / "on_demand.py").write_text(ON_DEMAND_VIEW)
+    announced = feast_plan(env.repo)
+    assert announced == {"create on demand feature view temperature_range"}
+
+    result = materialize(env.instance, [feature_views])
+    applied = set(metadata(result, "feature_views")["changes"])
+    assert {c for c in applied if " data source " not in c} == announced
+    assert feast_plan(env.repo) == set()
+    view = feature_store().get_on_demand_feature_view("temperature_range")
+    assert [f.name for f in view.features] == ["temperature_range"]
+    assert metadata(materialize(env.instance, [feature_views]), "feature_views")["applied"] is False
+
+
+def test_the_readme_feast_commands_fill_the_online_store_from_the_gold_zone(env):
+    """``feast materialize START END`` over the history, then ``materialize-incremental``: the
+    online values are the last day's aggregates."""
+    feast_cli(env.repo, "apply")
+    first, last = env.days[0], env.days[-1]
+    after = (pd.Timestamp(last) + pd.Timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    feast_cli(env.repo, "materialize", f"{first}T00:00:00", after)
+    feast_cli(env.repo, "materialize-incremental", after)
+    want = gold(env.store, last)
+    sensors = sorted(want.index)
+    got = (
+        feature_store()
+        .get_online_features(
+            features=[f"{fs.DAILY_STATS_VIEW}:rows", f"{fs.DAILY_STATS_VIEW}:temperature_mean"],
+            entity_rows=[{"sensor_id": s} for s in sensors],
+        )
+        .to_df()
+        .set_index("sensor_id")
+    )
+    assert got.loc[sensors, "rows"].tolist() == want.loc[sensors, "rows"].tolist()
+    assert got.loc[sensors, "temperature_mean"].tolist() == pytest.approx(
+        want.loc[sensors, "temperature_mean"].tolist()
+    )
 
 
 def test_the_code_version_follows_the_repository_definitions():

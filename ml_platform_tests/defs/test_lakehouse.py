@@ -137,7 +137,14 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
         assert shown["rows_per_sensor"][day] == counts
         assert set(shown["gaps"][day]) <= set(counts)
         assert shown["days"][day]["rows"] == sum(counts.values())
-    assert shown["preview"].startswith("| timestamp | sensor_id |")
+    # A typed table, the silver zone's address, and no per-partition count for a range.
+    preview = shown["preview"]
+    types = {c.name: c.type for c in preview.schema.columns}
+    assert list(types)[:2] == ["timestamp", "sensor_id"] and types["temperature"] == "float"
+    sensors = set(expected_chunks(store, DAYS[0])["sensor_id"])
+    assert preview.records and {r.data["sensor_id"] for r in preview.records} <= sensors
+    assert shown["dagster/uri"] == (store.root / "lake" / "silver" / "sensor_chunks").as_uri()
+    assert "dagster/partition_row_count" not in shown
 
     trailing = trailing_week(daily_means({day: expected_chunks(store, day) for day in DAYS}))
     for day in DAYS:
@@ -334,6 +341,11 @@ def test_a_day_built_before_is_rebuilt_from_its_chunks_and_the_parts_added_since
     result = run_range(instance, day, day)
     assert result.success
     built = _built(result, day)
+    # One day built: its row count is the partition's.
+    [aggregates] = result.asset_materializations_for_node("daily_aggregates")
+    assert aggregates.metadata["dagster/partition_row_count"].value == len(
+        pd.read_parquet(store.root / paths.aggregates_object(day))
+    )
     assert (built["bronze_parts"], built["bronze_parts_read"], built["chunks_reused"]) == (
         parts_before + 1,
         1,

@@ -4,10 +4,11 @@ artifacts on the S3 API server)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
-import threading
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -45,6 +46,7 @@ from ml_platform_tests.feature_helpers import (
     model_config,
     run,
 )
+from ml_platform_tests.helpers import webhook_receiver
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +111,14 @@ def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
         "plots/precision_recall_curve.png",
         "plots/feature_importance.png",
     }
+    # The asset's page shows the same images: inline PNGs equal to the run's artifacts.
+    for path in sorted(plots):
+        name = Path(path).stem
+        inline = re.fullmatch(
+            r"!\[\w+\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", m[f"plot_{name}"]
+        )
+        local = mlflow.download_artifacts(m["mlflow_run_id"], path, str(env.store.root.parent))
+        assert base64.b64decode(inline.group(1)) == Path(local).read_bytes()
     version = mlflow.get_model_version(MODEL_NAME, m["model_version"])
     assert version.run_id == m["mlflow_run_id"]
     assert version.tags["quality_gate"] == "passed" and version.tags["week"] == WEEK
@@ -472,13 +482,8 @@ def test_a_drifting_measurement_closes_the_drift_gate_and_requests_one_retrainin
 def test_label_queue_live_performance_and_one_alert_per_failure(env):
     """The feedback loop on generated data: a queue of uncertain sensor-days, live metrics once
     labels are in, and a deduplicated webhook alert for a failed blocking check."""
-    import http.server
-
-    from ml_platform.defs.monitoring.feedback import (
-        alert_on_failure_sensor,
-        label_queue,
-        live_performance,
-    )
+    from ml_platform.defs.monitoring.alerts import alert_on_failure_sensor
+    from ml_platform.defs.monitoring.feedback import label_queue, live_performance
     from ml_platform.defs.resources import AlertResource
 
     run(env.instance, [failure_model], partition_key=WEEK, config=model_config())
@@ -522,24 +527,8 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
     assert version["actual_failures"] == expected.nunique() == live["actual_failures"]
 
     # Alerts: a local webhook receives one Slack-compatible message per asset, partition and day.
-    received = []
-
-    class Hook(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - the stdlib's name
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        resources = {
-            "alerts": AlertResource(webhook_url=f"http://127.0.0.1:{server.server_port}/hook"),
-            "lake": build_resources()["lake"],
-        }
+    with webhook_receiver() as (url, received):
+        resources = {"alerts": AlertResource(webhook_url=url), "lake": build_resources()["lake"]}
         for _ in range(2):  # the same failure twice (a retry, say): one alert
             failed = run(env.instance, [failure_model], partition_key=WEEK,
                          config=model_config(f1_floor=1.01), ok=False)  # fmt: skip
@@ -551,8 +540,6 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
                 resources=resources,
             ).for_run_failure()
             alert_on_failure_sensor(context)
-    finally:
-        server.shutdown()
     assert len(received) == 1
     assert "failure_model failed" in received[0]["text"] and received[0]["blocks"]
     assert WEEK in received[0]["blocks"][1]["text"]["text"]

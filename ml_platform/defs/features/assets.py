@@ -9,12 +9,12 @@ import dagster as dg
 from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES
 from ml_platform.defs.lakehouse.assets import daily_aggregates
+from ml_platform.defs.metadata import row_counts, table
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.store import read_prefixes
-from ml_platform.lib.tables import markdown_table
 from ml_platform.settings import settings
 
 _settings = settings()
@@ -95,7 +95,7 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
             "applied": bool(changes or infra),
             "changes": dg.MetadataValue.json(changes + infra),
             "registry_hash": fs.registry_hash(store),
-            "feature_views": dg.MetadataValue.md(markdown_table(views)),
+            "feature_views": table(views),
             "feature_service": fs.FEATURE_SERVICE,
             "profile": str(profile.yaml_path),
             "offline_store": profile.offline_type,
@@ -185,8 +185,9 @@ def online_features(
         metadata={
             "days": dg.MetadataValue.json(per_day),
             "sensors": sum(d["sensors"] for d in per_day.values()),
+            **row_counts({day: d["sensors"] for day, d in per_day.items()}),
             "online_store": str(feature_store.config.online_store.type),
-            "preview": dg.MetadataValue.md(markdown_table(preview)),
+            "preview": table(preview),
             "written_at": datetime.now(UTC).isoformat(),
             "seconds": round(time.perf_counter() - started, 3),
         },

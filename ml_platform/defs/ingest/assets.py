@@ -22,6 +22,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ml_platform.defs.metadata import table
 from ml_platform.defs.partitions import landing_days
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.lib import paths
@@ -29,7 +30,6 @@ from ml_platform.lib.contract import Contract
 from ml_platform.lib.ingest import IngestReport, RejectedFileError, batch_connection, ingest_file
 from ml_platform.lib.quarantine import keep_rejected, release
 from ml_platform.lib.store import ObjectChangedError, ObjectStore, sha256_file
-from ml_platform.lib.tables import markdown_table
 
 #: Errors raised by the asset code (an unreachable object store and the like) are retried after
 #: 10, 30 and 70 s, so an S3 outage of up to about 110 s costs no run; versions finished before
@@ -413,7 +413,7 @@ def _first_file_metadata(first: Outcome) -> dict:
                 dg.TableColumn(name, _TYPE_NAMES.get(t, t.lower())) for name, t in report["schema"]
             ]
         ),
-        "preview": dg.MetadataValue.md(markdown_table(report["preview"])),
+        "preview": table(report["preview"]),
         "first_file": dg.MetadataValue.json(
             {k: v for k, v in report.items() if k not in ("schema", "preview")}
         ),  # fmt: skip

@@ -18,6 +18,7 @@ import dagster as dg
 import pyarrow.parquet as pq
 
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES, raw_readings
+from ml_platform.defs.metadata import object_uri, row_counts, table
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.defs.runs import latest_runs_of
@@ -34,7 +35,6 @@ from ml_platform.lib.lakehouse import (
     previous_days,
 )
 from ml_platform.lib.store import ObjectInfo, ObjectStore
-from ml_platform.lib.tables import markdown_table
 
 #: Runs of the lakehouse are serialised by this tag (dagster.yaml: tag_concurrency_limits), so two
 #: files touching the same day cannot race: the later run always sees both bronze parts.
@@ -132,8 +132,8 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     return dg.MaterializeResult(
         metadata={
             **_range_metadata(per_day, details, inputs_uri),
-            "preview": dg.MetadataValue.md(markdown_table(preview)),
-            "location": store.uri(paths.SILVER_CHUNKS),
+            "preview": table(preview),
+            **object_uri(store, paths.SILVER_CHUNKS),
             "seconds": round(time.perf_counter() - started, 3),
         },
         check_results=[_invariant("sensor_chunks_conserve_rows", per_day, problems)],
@@ -256,7 +256,7 @@ DETAILED_DAYS = 7
 def _range_metadata(per_day: dict, details: dict, inputs_uri: str) -> dict:
     totals = {k: sum(d.get(k, 0) for d in per_day.values()) for k in next(iter(per_day.values()))}
     metadata = {
-        "dagster/row_count": totals["rows"],
+        **row_counts({day: d["rows"] for day, d in per_day.items()}),
         "days_built": len(per_day),
         "totals": dg.MetadataValue.json(totals),
         "inputs": inputs_uri,
@@ -333,8 +333,8 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
         metadata={
             **_range_metadata(per_day, {}, inputs_uri),
             "measurements": dg.MetadataValue.json(measurements),
-            "preview": dg.MetadataValue.md(markdown_table(preview, columns=10)),
-            "location": store.uri(paths.GOLD_AGGREGATES),
+            "preview": table(preview, columns=10),
+            **object_uri(store, paths.GOLD_AGGREGATES),
             "seconds": round(time.perf_counter() - started, 3),
         },
         check_results=[

@@ -12,12 +12,12 @@ import dagster as dg
 from ml_platform.defs.features.assets import feature_views
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES, raw_labels
 from ml_platform.defs.lakehouse.assets import daily_aggregates
+from ml_platform.defs.metadata import table
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.store import write_frame
-from ml_platform.lib.tables import markdown_table
 from ml_platform.lib.training_set import BuiltTrainingSet, build_training_frame
 from ml_platform.lib.versions import files_version
 
@@ -164,7 +164,7 @@ def _training_set_metadata(
         "training_set": manifest["training_set"],
         "accepted": accepted,
         "manifest": manifest_uri,
-        "preview": dg.MetadataValue.md(markdown_table(frame.head(5).to_dict("records"), columns=8)),
+        "preview": table(frame.head(5).to_dict("records"), columns=8),
         "sensor_days_without_features": int(frame[feature_names].isna().all(axis=1).sum()),
         "point_in_time_join_s": round(built.join_seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ml_platform.defs.automation import ON_ANY_NEW_PARENT
+from ml_platform.defs.metadata import table
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
@@ -30,7 +31,7 @@ from ml_platform.lib.promotion import (
     append_to_ledger,
     decide,
     holdout_value,
-    ledger_table,
+    ledger_rows,
 )
 from ml_platform.lib.store import read_frame
 from ml_platform.lib.versions import files_version
@@ -259,6 +260,20 @@ def _failure_model_metadata(
         "train_rows": len(trained.fitted.train),
         "holdout_rows": len(trained.fitted.holdout),
         "train_seconds": round(trained.train_seconds, 3),
+        **_plot_metadata(trained.plots),
+    }
+
+
+def _plot_metadata(plots: list[Path]) -> dict[str, dg.MetadataValue]:
+    """Each evaluation plot as an image on the asset's page (the same PNG as in the MLflow run):
+    markdown with the image inline, which Dagster's UI renders."""
+    import base64
+
+    return {
+        f"plot_{plot.stem}": dg.MetadataValue.md(
+            f"![{plot.stem}](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"
+        )
+        for plot in plots
     }
 
 
@@ -333,9 +348,9 @@ def failure_model(
         )
         for key, value in _version_tags(context, store, config, trained, passed).items():
             client.set_model_version_tag(MODEL_NAME, version, key, value)
-
-    run_url = mlflow.run_url(experiment_id, run.info.run_id)
-    metadata = _failure_model_metadata(store, trained, run.info.run_id, run_url, version)
+        run_url = mlflow.run_url(experiment_id, run.info.run_id)
+        # Inside the temporary folder: the metadata carries the plots it holds.
+        metadata = _failure_model_metadata(store, trained, run.info.run_id, run_url, version)
     return dg.MaterializeResult(
         metadata={**metadata, "seconds": round(time.perf_counter() - started, 3)},
         check_results=_failure_model_checks(trained.judged, passed, config),
@@ -443,7 +458,7 @@ def _champion_metadata(
         "challenger_version": int(challenger.version),
         f"challenger_{metric}": challenger.value,
         f"champion_{metric}": champion.value if champion is not None else -1.0,
-        "ledger": dg.MetadataValue.md(ledger_table(ledger)),
+        "ledger": table(ledger_rows(ledger)),
         "ledger_uri": ledger_uri,
     }
 

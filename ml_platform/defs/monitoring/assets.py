@@ -10,6 +10,7 @@ import dagster as dg
 
 from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.lakehouse.assets import daily_aggregates
+from ml_platform.defs.metadata import object_uri, table
 from ml_platform.defs.ml.models import (
     CHAMPION,
     MODEL_NAME,
@@ -21,7 +22,6 @@ from ml_platform.defs.resources import LakeResource, MLflowResource
 from ml_platform.lib import paths
 from ml_platform.lib.drift import Thresholds
 from ml_platform.lib.store import read_frame, read_prefixes
-from ml_platform.lib.tables import markdown_table
 
 BELOW_WARNING = "feature_drift_below_warning"
 BELOW_FAILURE = "feature_drift_below_failure"
@@ -131,9 +131,9 @@ def feature_drift(
             "adversarial_auc": report.adversarial_auc,
             "drifting_features": int(report.features["drifting"].sum()),
             "top_feature": str(report.features["feature"].iloc[0]),
-            "ranked": dg.MetadataValue.md(markdown_table(report.ranked(10))),
+            "ranked": table(report.ranked(10)),
             "reference_week": week,
-            "report": store.uri(paths.drift_report_object(day)),
+            **object_uri(store, paths.drift_report_object(day)),
             "seconds": round(time.perf_counter() - started, 3),
         },
         check_results=[

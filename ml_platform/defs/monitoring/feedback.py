@@ -1,19 +1,19 @@
 """Feedback from the field: ``label_queue[day]`` (what people should label next),
-``live_performance[day]`` (how served predictions did once labels arrived) and alerts."""
+``live_performance[day]`` (how served predictions did once labels arrived)."""
 
 import json
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 
 from ml_platform.defs.automation import eager_after_parents
+from ml_platform.defs.metadata import object_uri, table
 from ml_platform.defs.ml.models import MODEL_NAME
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.predictions.assets import daily_predictions
-from ml_platform.defs.resources import AlertResource, LakeResource, MLflowResource
+from ml_platform.defs.resources import LakeResource, MLflowResource
 from ml_platform.lib import paths
 from ml_platform.lib.store import read_frame, write_frame
-from ml_platform.lib.tables import markdown_table
 
 
 class LabelQueueConfig(dg.Config):
@@ -62,8 +62,8 @@ def label_queue(
     return dg.MaterializeResult(
         metadata={
             "rows": len(out),
-            "queue": store.uri(paths.label_queue_object(day)),
-            "preview": dg.MetadataValue.md(markdown_table(out.head(10).to_dict("records"))),
+            **object_uri(store, paths.label_queue_object(day)),
+            "preview": table(out.head(10).to_dict("records")),
         }
     )
 
@@ -153,10 +153,10 @@ def live_performance(
     )
     return dg.MaterializeResult(
         metadata={
-            "versions": dg.MetadataValue.md(markdown_table(rows)),
+            "versions": table(rows),
             "f1": rows[0]["f1"] if len(rows) == 1 else -1.0,
             "actual_failures": sum(r["actual_failures"] for r in rows),
-            "report": store.uri(paths.live_performance_object(day)),
+            **object_uri(store, paths.live_performance_object(day)),
         },
         check_results=[
             dg.AssetCheckResult(
@@ -167,45 +167,3 @@ def live_performance(
             )
         ],
     )
-
-
-@dg.run_failure_sensor(
-    name="alert_on_failure_sensor",
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="One alert per failed asset, partition and day (a failed blocking check fails "
-    "its run, so it alerts too); to ML_PLATFORM_ALERT_WEBHOOK_URL, or logged when unset.",
-)
-def alert_on_failure_sensor(
-    context: dg.RunFailureSensorContext, alerts: AlertResource, lake: LakeResource
-) -> None:
-    run = context.dagster_run
-    # The steps that failed name the assets (a failed blocking check fails its asset's step).
-    assets = sorted({e.step_key for e in context.get_step_failure_events() if e.step_key}) or (
-        sorted(k.to_user_string() for k in (run.asset_selection or []))
-    )
-    partition = run.tags.get("dagster/partition", "") or (
-        f"{run.tags.get('dagster/asset_partition_range_start', '')}..."
-        f"{run.tags.get('dagster/asset_partition_range_end', '')}"
-        if "dagster/asset_partition_range_start" in run.tags
-        else ""
-    )
-    today = datetime.now(UTC).date().isoformat()
-    key = f"{','.join(assets) or run.job_name}|{partition}|{today}"
-    store = lake.store()
-    marker = paths.alert_marker_object(today, key)
-    if store.exists(marker):
-        context.log.info(f"alert already sent today for {key}")
-        return
-    message = (context.failure_event.message or "run failed")[:500]
-    delivered = alerts.send(
-        title=f"ml-platform: {', '.join(assets) or run.job_name} failed",
-        text=message,
-        fields={"run": run.run_id, "partition": partition or "-", "job": run.job_name},
-        log=context.log,
-    )
-    # Marked as sent once delivered (or logged, without a webhook): a failed post is retried
-    # by the next failure of the same key.
-    if delivered or not alerts.webhook_url:
-        store.put_bytes(
-            json.dumps({"key": key, "run_id": run.run_id, "delivered": delivered}).encode(), marker
-        )

@@ -9,6 +9,7 @@ import dagster as dg
 
 from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.features.assets import online_features
+from ml_platform.defs.metadata import object_uri, row_counts, table
 from ml_platform.defs.ml.models import (
     CHAMPION,
     CLUSTER_ALIAS,
@@ -29,7 +30,6 @@ from ml_platform.lib import feature_store as fs
 from ml_platform.lib import paths
 from ml_platform.lib.quarantine import keep_rejected
 from ml_platform.lib.store import read_prefixes, write_frame
-from ml_platform.lib.tables import markdown_table
 
 COVERS_EVERY_SENSOR = "daily_predictions_cover_every_sensor"
 VALID = "daily_predictions_probabilities_are_valid"
@@ -285,9 +285,9 @@ def daily_predictions(
             "model_run_id": scorer.run_id,
             "cluster_model_version": scorer.cluster_version or "none",
             "days": dg.MetadataValue.json(scored.per_day),
-            "dagster/row_count": sum(d["sensors"] for d in scored.per_day.values()),
-            "location": store.uri(f"{paths.RESULTS}predictions/"),
-            "preview": dg.MetadataValue.md(markdown_table(scored.preview, columns=7)),
+            **row_counts({day: d["sensors"] for day, d in scored.per_day.items()}),
+            **object_uri(store, f"{paths.RESULTS}predictions/"),
+            "preview": table(scored.preview, columns=7),
             "seconds": round(time.perf_counter() - started, 3),
         },
         check_results=scored.check_results(),
@@ -346,7 +346,7 @@ def scored_files(
             "rows": len(out),
             "rows_without_features": int((~out["features_found"]).sum()),
             "model_version": scorer.version,
-            "preview": dg.MetadataValue.md(markdown_table(out.head(5).to_dict("records"), 6)),
+            "preview": table(out.head(5).to_dict("records"), 6),
         }
     )
 
