@@ -214,7 +214,12 @@ def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
     ]
     assert all(e["who"] and e["at"] and e["reason"] for e in ledger)
     assert ledger[1]["challenger_value"] < ledger[1]["champion_value"]
-    assert "kept" in better["ledger"]  # the ledger table shown in the UI
+    # The ledger table on the asset's page: the newest decision first, typed columns.
+    shown = better["ledger"]
+    assert [(r.data["decision"], r.data["challenger"]) for r in shown.records] == [
+        ("promoted", 3), ("kept", 2), ("promoted", 1),
+    ]  # fmt: skip
+    assert {c.name: c.type for c in shown.schema.columns}["challenger"] == "int"
 
 
 def test_a_challenger_that_fails_its_checks_is_promoted_only_when_forced(env):
