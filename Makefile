@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test test-fast soak bench lint format clean
+.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test test-fast soak bench screenshots lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S
 		ML_PLATFORM_FAULT_RESULTS=$(CURDIR)/soak-results.json \
 		$(BIN)/python -m pytest ml_platform_tests/faults/test_faults_daemon.py -p no:cacheprovider
 	@echo "measurements of every round (recovery_s, runs, retries, checksums): soak-results.json"
+
+screenshots: install  ## the README's UI screenshots -> docs/images/ (the browser test, on Debian's chromium)
+	ML_PLATFORM_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest -q -p no:cacheprovider \
+		ml_platform_tests/e2e/test_ui_backfill.py
 
 bench: install  ## benchmarks -> benchmarks/results.json and RESULTS.md (BENCH=name for one)
 	$(BIN)/python -m benchmarks.run $(if $(BENCH),--only $(BENCH))
