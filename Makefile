@@ -59,8 +59,9 @@ serve: install  ## prediction API on http://127.0.0.1:8000 (docs at /docs): cham
 	$(BIN)/uvicorn --factory ml_platform.serving.app:create_app --host 127.0.0.1 --port 8000 --workers 1
 
 test: install  ## all tests: unit, real S3 API (moto), PostgreSQL, Dagster daemon end to end (JOBS=2 processes)
-	@# --no-loadscope-reorder keeps conftest's longest-modules-first order (xdist would start the
-	@# modules with the most tests first, leaving the one-test end-to-end modules for last).
+	@# loadfile: one module per worker, the daemon modules together (conftest.py); and
+	@# --no-loadscope-reorder keeps conftest's longest-first order (xdist would start the modules
+	@# with the most tests first, leaving the long end-to-end modules for last).
 	$(BIN)/python -m pytest -n $(or $(JOBS),2) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: install  ## the unit tests only (no server, no Dagster run): about a minute

@@ -23,15 +23,25 @@ from ml_platform_tests.servers import (
 #: the two processes finish together instead of one waiting on a long module started last. The
 #: two daemon stacks with the most processes (production profile, fault suite) do not start at
 #: the same moment: the fault suite follows the CPU-bound model tests.
-SLOW_FIRST = (
+#: Modules that run the real daemon (with its code server, run workers, often PostgreSQL and
+#: moto). They wait on sensor ticks and run queues; two of them at once on 2 cores starve each
+#: other's heartbeats and ticks (each took 2-5x as long), so they share one xdist group and run
+#: one after another on one worker while the other worker takes the rest.
+DAEMON_MODULES = (
     "test_prod_profile.py",
-    "test_models.py",
     "test_faults_daemon.py",
     "test_e2e_daemon.py",
+    "test_ui_backfill.py",
+)
+#: The other modules, longest first, so no long module starts last.
+SLOW_FIRST = (
+    *DAEMON_MODULES,
+    "test_models.py",
     "test_faults_load.py",
+    "test_features.py",
+    "test_lakehouse.py",
     "test_reproduce.py",
     "test_serving.py",
-    "test_features.py",
     "test_faults_uploads.py",
     "test_demo.py",
 )
@@ -40,6 +50,23 @@ SLOW_FIRST = (
 #: Every test is of one or more kinds (markers in pyproject.toml): the fault modules are `faults`,
 #: a test marked none of integration/e2e/faults is `unit` (`make test-fast` runs those).
 KINDS = ("integration", "e2e", "faults")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile`, with the daemon modules as one unit: they run one after another on one
+    worker while the other worker takes the remaining modules, one module at a time. (xdist's
+    `loadgroup` cannot do it with pytest 9: it renames node ids through an attribute pytest no
+    longer reads.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class DaemonModulesTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "daemon modules" if module.rsplit("/", 1)[-1] in DAEMON_MODULES else module
+
+    return DaemonModulesTogether(config, log)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -447,3 +447,16 @@ def test_every_asset_links_to_the_decorator_of_its_function(monkeypatch):
             [file_ref] = local[key]
             assert Path(file_ref.file_path) == root / url[1]
             assert file_ref.line_number == int(url[2])
+
+
+def test_the_monday_0400_tick_trains_the_week_that_just_ended():
+    """Monday 2026-12-07 04:00 UTC: one training run of the week Monday 2026-11-30 to Sunday
+    2026-12-06, tagged as a training run (the run queue's limit)."""
+    [schedule] = [s for s in defs.schedules if s.name == "weekly_training_job_schedule"]
+    assert (schedule.cron_schedule, schedule.execution_timezone or "UTC") == ("0 4 * * 1", "UTC")
+    monday = datetime(2026, 12, 7, 4, 0, tzinfo=UTC)
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=monday)
+        [request] = schedule.evaluate_tick(context).run_requests
+    assert request.partition_key == "2026-11-30"
+    assert schedule.job.tags["ml_platform/kind"] == "training"

@@ -242,3 +242,63 @@ def test_moving_the_alias_swaps_the_model_without_a_failed_request(platform):
     assert not failures
     changes = [b for a, b in zip(versions, versions[1:], strict=False) if a != b]
     assert versions[0] == "1" and versions[-1] == "2" and changes == ["2"], versions
+
+
+def test_the_served_api_caps_batches_and_logs_one_json_line_per_request(platform, tmp_path):
+    """``make serve``'s command with ``ML_PLATFORM_API_MAX_BATCH=3``: three sensors are scored,
+    four are refused naming the limit, and stderr holds exactly one JSON line per request."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+    from pathlib import Path
+
+    from ml_platform_tests.servers import ROOT, free_port, stop_process_group
+
+    port = free_port()
+    log = tmp_path / "api.log"
+    with log.open("w") as err:
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("uvicorn")), "--factory",
+             "ml_platform.serving.app:create_app", "--host", "127.0.0.1", "--port", str(port),
+             "--no-access-log"],
+            cwd=ROOT, env={**os.environ, "ML_PLATFORM_API_MAX_BATCH": "3"},
+            stdout=subprocess.DEVNULL, stderr=err, process_group=0,
+        )  # fmt: skip
+
+    def call(path: str, body: dict | None = None, request_id: str = "") -> tuple[int, str]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"content-type": "application/json", "x-request-id": request_id}
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data, headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as refused:
+            return refused.code, refused.read().decode()
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if call("/health", request_id="warm-up")[0] == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+        scored, body = call("/predict", {"sensor_ids": platform.sensors[:3]}, "three")
+        assert scored == 200 and len(json.loads(body)["predictions"]) == 3
+        refused, body = call("/predict", {"sensor_ids": platform.sensors[:4]}, "four")
+        assert refused == 422 and "at most 3" in body
+        assert call("/model", request_id="model")[0] == 200
+    finally:
+        stop_process_group(server)
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    requests = [e for e in entries if e.get("message") == "request"]
+    mine = [
+        (e["request_id"], e["path"], e["status"]) for e in requests if e["request_id"] != "warm-up"
+    ]
+    assert mine == [("three", "/predict", 200), ("four", "/predict", 422), ("model", "/model", 200)]
+    assert all(isinstance(e["ms"], float) and e["at"] for e in requests)
