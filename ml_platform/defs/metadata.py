@@ -36,7 +36,7 @@ def _column_type(rows: Sequence[Mapping[str, Any]], name: str) -> str:
 def _cell(value: Any) -> str | int | float | bool | None:
     """A value a TableRecord holds: numbers and flags as themselves (numpy's too), missing values
     as empty, dates and everything else as text."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None:
         return None
     if hasattr(value, "item") and not isinstance(value, str | bytes):  # a numpy scalar
         value = value.item()

@@ -255,14 +255,13 @@ def _importable(repo: Path):
     before or after."""
     import sys
 
-    from feast.repo_operations import get_repo_files
+    from feast.repo_operations import get_repo_files, py_path_to_module
 
     cwd, entry = os.getcwd(), str(repo)
     os.chdir(repo)
     sys.path.insert(0, entry)
-    names = [
-        str(f.relative_to(repo).with_suffix("")).replace(os.sep, ".") for f in get_repo_files(repo)
-    ]
+    # The names parse_repo imports the files under (relative to the working directory).
+    names = [py_path_to_module(f) for f in get_repo_files(repo)]
     for name in names:
         sys.modules.pop(name, None)
     try:

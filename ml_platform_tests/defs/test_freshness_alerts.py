@@ -99,6 +99,17 @@ def test_failed_freshness_and_warning_checks_alert_once_per_check_partition_and_
         assert ingest(instance, store, bad, name="bad-again.csv") == ""
         cursor = alerts_after_tick(instance, url, cursor)
         assert len(received) == 2
+        # A failed blocking check fails its run, which alerts through the run failure sensor:
+        # this sensor stays silent about it.
+        instance.report_runless_asset_event(
+            dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey("daily_aggregates"),
+                check_name="daily_aggregates_pass_quality_suite",
+                passed=False, blocking=True, partition=due,
+            )
+        )  # fmt: skip
+        cursor = alerts_after_tick(instance, url, cursor)
+        assert len(received) == 2
         # Nothing failed since: a tick reads nothing new and sends nothing.
         assert alerts_after_tick(instance, url, cursor) == cursor
         assert len(received) == 2
