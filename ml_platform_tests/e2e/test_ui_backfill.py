@@ -12,6 +12,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import sync_playwright
 
 from ml_platform.defs.lakehouse import checks
 from ml_platform.defs.lakehouse.assets import sensor_chunks
@@ -61,12 +63,28 @@ def launch_backfill_from_the_asset_page(page, base: str, first: str, last: str) 
     page.get_by_role("button", name="Materialize…").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Show all partitions").click()
-    selection = dialog.locator("input[type=text]").first
-    selection.fill(f"[{first}...{last}]")
-    selection.press("Enter")
-    dialog.get_by_text("3 partitions").wait_for()
+    select_partition_range(page, dialog, f"[{first}...{last}]", "3 partitions")
     dialog.get_by_role("button", name="Launch backfill").click()
     dialog.wait_for(state="hidden")
+
+
+def select_partition_range(page, dialog, selection: str, shown: str, attempts: int = 6) -> None:
+    """Type the range until the dialog counts it: on a busy machine the dialog may still be
+    loading the partitions' status and reset the field after the first typing."""
+    field = dialog.locator("input[type=text]").first
+    for _ in range(attempts):
+        page.wait_for_load_state("networkidle")
+        field.fill(selection)
+        field.press("Enter")
+        try:
+            dialog.get_by_text(shown).wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(
+        f"the dialog never showed {shown!r}; field {field.input_value()!r}, dialog:\n"
+        + dialog.inner_text()
+    )
 
 
 def wait_for_backfill(instance, daemon) -> tuple[str, list[dg.DagsterRun]]:
@@ -97,7 +115,6 @@ def test_a_backfill_launched_in_the_ui_runs_three_days_as_one_run(
 ):
     if not Path(CHROMIUM).exists():
         tool_missing(f"{CHROMIUM} (Debian's chromium package) is not installed")
-    from playwright.sync_api import sync_playwright
 
     # SQLite instance (the local profile) shared by the daemon, the webserver and this test.
     home = tmp_path / "home"
