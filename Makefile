@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
 
-.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test test-fast soak bench screenshots lint format clean
+.PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test test-fast soak bench bench-smoke screenshots lint format clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ screenshots: install  ## the README's UI screenshots -> docs/images/ (the browse
 
 bench: install  ## benchmarks -> benchmarks/results.json and RESULTS.md (BENCH=name for one)
 	$(BIN)/python -m benchmarks.run $(if $(BENCH),--only $(BENCH))
+
+bench-smoke: install  ## every benchmark on a tiny input (CI): fails if one is broken; records nothing
+	$(BIN)/python -m benchmarks.run --smoke $(if $(BENCH),--only $(BENCH))
 
 lint: install $(DAGSTER_HOME)/dagster.yaml  ## ruff lint + format check, and `dg check defs`
 	$(BIN)/ruff check .

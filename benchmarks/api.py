@@ -24,7 +24,13 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.sizes import size
+
 ROOT = Path(__file__).resolve().parents[1]
+SENSORS = size(50, 20)  # enough for both classes in every cross-validation fold
+#: Seconds of each load phase.
+SECONDS = size({"one": 20, "fifty": 15, "closed": 10, "naive": 3},
+               {"one": 2, "fifty": 2, "closed": 2, "naive": 1})  # fmt: skip
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -42,7 +48,8 @@ def build_platform(work: Path) -> dict[str, str]:
     env = embedded_platform(pytest.MonkeyPatch(), work)  # this worker process only
     small = {"n_iter": 1, "cv_splits": 2, "holdout_days": 7, "baseline_margin": -1, "f1_floor": 0}
     with dg.instance_for_test() as instance:
-        build_lake(instance, work, GeneratorConfig(days=35, sensors=50, interval_s=3600, seed=9))
+        lake = GeneratorConfig(days=35, sensors=SENSORS, interval_s=3600, seed=9)
+        build_lake(instance, work, lake)
         for selection, partition, config in (
             (["feature_views"], None, None),
             (["online_features"], "2024-02-04", None),
@@ -138,15 +145,15 @@ def main(out: Path) -> dict:
     if built.returncode != 0:
         raise RuntimeError(f"building the platform failed:\n{built.stderr[-3000:]}")
     env = json.loads(built.stdout.strip().splitlines()[-1])
-    sensors = [f"sensor-{i:03d}" for i in range(1, 51)]
-    one = json.dumps({"sensor_ids": [sensors[7]]}).encode()
+    sensors = [f"sensor-{i:03d}" for i in range(1, SENSORS + 1)]
+    one = json.dumps({"sensor_ids": [sensors[min(7, SENSORS - 1)]]}).encode()
     fifty = json.dumps({"sensor_ids": sensors}).encode()
     result: dict = {}
     port = free_port()
     server = start("ml_platform.serving.app:create_app", port, env)
     try:
         open_loop(port, one, 50, 2)  # warm-up
-        lat, errors = open_loop(port, one, 100, 20)
+        lat, errors = open_loop(port, one, 100, SECONDS["one"])
         result.update(
             api_p50_ms_1=statistics.median(lat),
             api_p95_ms_1=percentile(lat, 95),
@@ -154,20 +161,20 @@ def main(out: Path) -> dict:
             api_requests_1=len(lat),
             api_errors_1=errors,
         )
-        lat, errors = open_loop(port, fifty, 20, 15)
+        lat, errors = open_loop(port, fifty, 20, SECONDS["fifty"])
         result.update(
             api_p50_ms_50=statistics.median(lat),
             api_p95_ms_50=percentile(lat, 95),
             api_p99_ms_50=percentile(lat, 99),
             api_errors_50=errors,
         )
-        result["api_rps"] = closed_loop(port, one, 10)
+        result["api_rps"] = closed_loop(port, one, SECONDS["closed"])
     finally:
         stop_process_group(server)
     naive_port = free_port()
     naive = start("benchmarks.naive_api:create_app", naive_port, env)
     try:
-        lat, errors = open_loop(naive_port, one, 100, 3)
+        lat, errors = open_loop(naive_port, one, 100, SECONDS["naive"])
         result.update(
             naive_api_p50_ms_1=statistics.median(lat),
             naive_api_p99_ms_1=percentile(lat, 99),

@@ -15,10 +15,15 @@ import os
 import subprocess
 import sys
 import time
+from datetime import date, timedelta
 from pathlib import Path
 
+from benchmarks.sizes import size
+
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "2024-01-01", "2024-12-30"  # 365 days
+DAYS = size(365, 3)
+START = "2024-01-01"
+END = (date.fromisoformat(START) + timedelta(days=DAYS - 1)).isoformat()  # 2024-12-30 for 365
 MEASUREMENTS = ["temperature", "vibration", "pressure", "current"]
 BLOCKING = (
     "sensor_chunks_pass_quality_suite",
@@ -34,7 +39,7 @@ def setup(sensors: int, interval_s: int, out: Path) -> dict:
 
     from benchmarks.run import readings_csv
 
-    year = readings_csv(days=365, sensors=sensors, interval_s=interval_s)
+    year = readings_csv(days=DAYS, sensors=sensors, interval_s=interval_s)
     store_url = (out / "lake").as_uri()
     os.environ["ML_PLATFORM_STORE_URL"] = store_url
     from ml_platform.defs.ingest.assets import raw_readings

@@ -40,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from benchmarks.sizes import size
 from ml_platform.devstack.stack import BUCKET, SENSOR_INTERVAL_S, Stack, prod_stack
 from ml_platform.lib import paths
 
@@ -623,9 +624,9 @@ if __name__ == "__main__":
 BENCH_BUDGET_S = 22 * 60
 ONE_FILE_TIMEOUT_S = 300
 BURST_TIMEOUT_S = 600
-STREAM_S = 180
+STREAM_S = size(180, 10)
 STACK_OVERHEAD_S = 240  # start-up, audit and teardown of one stack (2 cores under load)
-BURST_FILES = 2500
+BURST_FILES = size(2500, 20)
 
 
 def bench_landing() -> list[dict]:

@@ -6,42 +6,31 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
+from benchmarks.sizes import size
 from ml_platform.devstack import flow
 from ml_platform.devstack.stack import SENSOR_INTERVAL_S, prod_stack
-from ml_platform.lib import paths
 
-DAYS, SENSORS = 28, 16
+DAYS, SENSORS = size((28, 16), (28, 8))
 
 
 def main(out: str) -> int:
     files = flow.generate(Path(out), days=DAYS, sensors=SENSORS, interval_s=900)
     ports = dict.fromkeys(("s3", "postgres", "mlflow", "grpc", "ui", "api"), 0)
     with prod_stack(ports) as stack:
-        started = time.monotonic()
-        flow.put(stack, files.history, "readings")
-        flow.put(stack, files.labels, "labels")
-        flow.wait_until("a champion", lambda: flow.champion(stack), stack, 900)
-        first = time.monotonic() - started
-        key = paths.predictions_object(files.day)
-        flow.put(stack, files.new_day, "readings")
-        took = flow.wait_until("predictions", lambda: flow.exists(stack, key), stack, 600)
+        timings = flow.first_champion_then_prediction(
+            stack, files, champion_timeout=900, prediction_timeout=600
+        )
         with stack.instance() as instance:
             print(flow.timeline(instance), file=sys.stderr)
-    print(
-        json.dumps(
-            {
-                "upload_to_prediction_s": took,
-                "upload_to_first_champion_s": first,
-                "sensor_interval_s": SENSOR_INTERVAL_S,
-                "days": DAYS,
-                "sensors": SENSORS,
-            }
-        )
-    )
+    print(json.dumps(result(timings, SENSOR_INTERVAL_S, DAYS, SENSORS)))
     return 0
+
+
+def result(timings: dict[str, float], interval_s: float, days: int, sensors: int) -> dict:
+    """The JSON ``bench_prod`` reads (also written by the end-to-end test for the CI smoke)."""
+    return {**timings, "sensor_interval_s": interval_s, "days": days, "sensors": sensors}
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -21,10 +23,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.sizes import SMOKE_ENV, size, smoke
+
 ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 DATA = HERE / "data"
 RESULTS = HERE / "results.json"
+#: Files the daemon fault scenarios and the production-profile test write their numbers to.
+FAULT_RESULTS_ENV = "ML_PLATFORM_FAULT_RESULTS"
+PROD_RESULTS_ENV = "ML_PLATFORM_PROD_RESULTS"
 
 
 def record(name, value, unit, reference=None, reference_value=None, rows=None) -> dict:
@@ -85,10 +92,15 @@ def best_of(runs: int, fn: Callable[[], dict]) -> dict:
     return {**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}
 
 
+#: 30 days x 50 sensors, a reading every 13 s: ~10M rows, ~0.5 GB.
+INGEST_FILE = {"days": 30, "sensors": 50, "interval_s": 13}
+TINY_FILE = {"days": 2, "sensors": 2, "interval_s": 600}
+
+
 def bench_ingest() -> list[dict]:
-    path = readings_csv(days=30, sensors=50, interval_s=13)  # ~10M rows, ~0.5 GB
-    reference = best_of(3, lambda: measure("duckdb_copy", path))
-    ours = best_of(3, lambda: measure("asset", path))
+    path = readings_csv(**size(INGEST_FILE, TINY_FILE))
+    reference = best_of(size(3, 1), lambda: measure("duckdb_copy", path))
+    ours = best_of(size(3, 1), lambda: measure("asset", path))
     naive = measure("pandas_naive", path)
     rows = ours["rows"]
     ref_rate = reference["rows"] / reference["seconds"]
@@ -130,8 +142,9 @@ def bench_ingest() -> list[dict]:
 
 
 def bench_ingest_5x() -> list[dict]:
-    base = readings_csv(days=30, sensors=50, interval_s=13)
-    big = readings_csv(days=30, sensors=250, interval_s=13)  # 5x the rows, same days
+    base_file = size(INGEST_FILE, TINY_FILE)
+    base = readings_csv(**base_file)
+    big = readings_csv(**{**base_file, "sensors": 5 * base_file["sensors"]})  # 5x the rows
     small = measure("asset", base)
     large = measure("asset", big)
     return [
@@ -155,9 +168,9 @@ def bench_ingest_5x() -> list[dict]:
 
 
 def bench_lakehouse() -> list[dict]:
-    path = readings_csv(days=30, sensors=50, interval_s=13)
-    reference = best_of(2, lambda: measure("duckdb_pipeline", path))
-    ours = best_of(2, lambda: measure("lakehouse", path))
+    path = readings_csv(**size(INGEST_FILE, TINY_FILE))
+    reference = best_of(size(2, 1), lambda: measure("duckdb_pipeline", path))
+    ours = best_of(size(2, 1), lambda: measure("lakehouse", path))
     naive = measure("pandas_pipeline", path)
     overhead = (ours["backfill_wall_s"] - ours["backfill_compute_s"]) / ours["backfill_wall_s"]
     return [
@@ -192,9 +205,9 @@ def bench_lakehouse() -> list[dict]:
     ]
 
 
-def _import_seconds(module_code: str, runs: int = 5) -> float:
+def _import_seconds(module_code: str) -> float:
     times = []
-    for _ in range(runs):
+    for _ in range(size(5, 1)):
         started = time.perf_counter()
         subprocess.run(
             [sys.executable, "-W", "ignore", "-c", module_code],
@@ -219,7 +232,7 @@ def bench_e2e() -> list[dict]:
     """Upload -> landing sensor -> run success, through the real daemon on PostgreSQL + moto S3."""
     from benchmarks.e2e import upload_to_success
 
-    timings, interval = upload_to_success(uploads=5)
+    timings, interval = upload_to_success(uploads=size(5, 1))
     return [
         record(
             "upload_to_raw_success_s",
@@ -327,17 +340,34 @@ def bench_api() -> list[dict]:
     ]
 
 
-def bench_faults() -> list[dict]:
-    """The daemon fault scenarios (ml_platform_tests/faults/test_faults_daemon.py): recovery
-    after each fault against a file landed and ingested with no fault, on the same stack."""
+def run_fault_scenarios() -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "faults.json"
         subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
              "ml_platform_tests/faults/test_faults_daemon.py"],
-            cwd=ROOT, env={**os.environ, "ML_PLATFORM_FAULT_RESULTS": str(out)}, check=True,
+            cwd=ROOT, env={**os.environ, FAULT_RESULTS_ENV: str(out)}, check=True,
         )  # fmt: skip
-        results = json.loads(out.read_text())
+        return json.loads(out.read_text())
+
+
+def results_of_make_test(env: str, module: str) -> dict:
+    """The smoke's input for a benchmark whose scenario is a test of ``make test`` and takes
+    minutes: what that test wrote to the file ``$env`` (CI sets it for both steps)."""
+    path = Path(os.environ.get(env, "/nonexistent"))
+    if not path.is_file():
+        raise RuntimeError(f"{env}={path}: no results of {module} (run make test with it set)")
+    return json.loads(path.read_text())
+
+
+def bench_faults() -> list[dict]:
+    """The daemon fault scenarios (ml_platform_tests/faults/test_faults_daemon.py): recovery
+    after each fault against a file landed and ingested with no fault, on the same stack."""
+    results = (
+        results_of_make_test(FAULT_RESULTS_ENV, "test_faults_daemon.py")
+        if smoke()
+        else run_fault_scenarios()
+    )
     clean = results.pop("no_fault")["upload_to_ingested_s"]
     records = [
         record(f"fault_{name}_recovery_s", numbers["recovery_s"], "s",
@@ -355,6 +385,8 @@ def bench_faults() -> list[dict]:
 def bench_demo() -> list[dict]:
     """``make demo`` after install: a fresh embedded profile in a temporary folder, then a second
     run over what the first one built (the demo must be safe to run twice)."""
+    from ml_platform.demo import Demo
+
     DATA.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         work = Path(tmp)
@@ -374,16 +406,17 @@ def bench_demo() -> list[dict]:
         }
         for name in ("FEAST_FS_YAML_FILE_PATH", "AWS_ENDPOINT_URL_S3"):
             env.pop(name, None)
+        days, sensors = size((Demo.days, Demo.sensors), (21, 10))  # full: the demo's default
         seconds = []
         for _ in range(2):
             started = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "ml_platform.demo"], cwd=ROOT, env=env, check=True,
-                capture_output=True,
+                [sys.executable, "-m", "ml_platform.demo", "--days", str(days), "--sensors",
+                 str(sensors)], cwd=ROOT, env=env, check=True, capture_output=True,
             )  # fmt: skip
             seconds.append(time.perf_counter() - started)
     return [
-        record("demo_s", seconds[0], "s", "budget (10 min on 2 cores)", 600, 30 * 20),
+        record("demo_s", seconds[0], "s", "budget (10 min on 2 cores)", 600, days * sensors),
         record("demo_rerun_s", seconds[1], "s", "demo_s", seconds[0]),
     ]
 
@@ -391,7 +424,11 @@ def bench_demo() -> list[dict]:
 def bench_prod() -> list[dict]:
     """Production profile (benchmarks/prod.py): a readings file put to S3 until its day's
     prediction file exists, sensors at their configured interval."""
-    r = run_worker("benchmarks.prod")
+    r = (
+        results_of_make_test(PROD_RESULTS_ENV, "test_prod_profile.py")
+        if smoke()
+        else run_worker("benchmarks.prod")
+    )
     return [
         record(
             "upload_to_prediction_s",
@@ -431,8 +468,10 @@ def _check_steps(run: dict, assets: tuple[str, ...]) -> tuple[str, ...]:
 
 def _per_day_ms(year: dict, day: dict, steps: tuple[str, ...]) -> float:
     """Marginal milliseconds per day of ``steps``: (365-day run - 1-day run) / 364."""
+    from benchmarks.backfill import DAYS
+
     total = sum(year["steps"].get(s, 0) - day["steps"].get(s, 0) for s in steps)
-    return 1000 * total / 364
+    return 1000 * total / (DAYS - 1)
 
 
 def bench_backfill() -> list[dict]:
@@ -464,7 +503,8 @@ def bench_backfill() -> list[dict]:
         records += _backfill_on_postgres(small["store_url"], Path(tmp) / "small", small["rows"],
                                          records[2]["value"])  # fmt: skip
         out = Path(tmp) / "large"
-        large, _ = _python("-m", "benchmarks.backfill", "setup", "50", "300", str(out))
+        sensors, interval_s = size(("50", "300"), ("3", "3600"))
+        large, _ = _python("-m", "benchmarks.backfill", "setup", sensors, interval_s, str(out))
         year = materialize(large["store_url"], out / "home-year", START, END)
         assert year["blocking_passed"], year
         reference, reference_s = _python("-m", "benchmarks.backfill", "duckdb", str(out))
@@ -480,14 +520,14 @@ def bench_backfill() -> list[dict]:
 def _event_floor(store_url: str, out: Path, checks_ms: float, year_s: float) -> list[dict]:
     """Dagster's own cost of one check evaluation per day (benchmarks/event_floor.py), on the
     same SQLite instance storage: the lakehouse's three evaluations a day cost at least 3x it."""
-    from benchmarks.backfill import END, START, materialize
+    from benchmarks.backfill import DAYS, END, START, materialize
 
     runs = {
         name: materialize(store_url, out / f"home-floor-{name}", START, last,
                           module="benchmarks.event_floor", select="floor")
         for name, last in (("year", END), ("day", START))
     }  # fmt: skip
-    assert runs["year"]["evaluations"] == {"floor_check": 365}, runs["year"]
+    assert runs["year"]["evaluations"] == {"floor_check": DAYS}, runs["year"]
     floor_ms = _per_day_ms(runs["year"], runs["day"], ("floor_floor_check",))
     return [
         # One asset and one check that do nothing, over the year: Dagster's part of a backfill.
@@ -591,12 +631,7 @@ def write_markdown(records: list[dict]) -> None:
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), help="run one benchmark")
-    args = parser.parse_args(argv)
-    names = [args.only] if args.only else list(BENCHMARKS)
-    previous = json.loads(RESULTS.read_text()) if RESULTS.exists() and args.only else []
+def run_benchmarks(names: list[str]) -> list[dict]:
     fresh: list[dict] = []
     for name in names:
         started = time.perf_counter()
@@ -613,6 +648,57 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"[bench] {name} took {time.perf_counter() - started:.0f} s", flush=True)
         fresh += results
+    return fresh
+
+
+#: Metrics whose names carry the offered rate; which rates run depends on the machine.
+RATE_DEPENDENT = re.compile(r"landing_stream_\d+_")
+
+
+def smoke_problems(records: list[dict], recorded: list[dict], whole: bool) -> list[str]:
+    """What is wrong with the smoke's records: a malformed record, a name twice and, when every
+    benchmark ran, a metric of results.json that no benchmark reports any more (or the reverse)."""
+    problems = []
+    for r in records:
+        ok = (
+            set(r) == {"name", "value", "unit", "reference", "reference_value", "rows"}
+            and isinstance(r["value"], int | float)
+            and math.isfinite(r["value"])
+            and isinstance(r["unit"], str)
+            and (r["reference_value"] is None or math.isfinite(r["reference_value"]))
+        )
+        if not ok:
+            problems.append(f"malformed record {r}")
+    names = [r["name"] for r in records]
+    problems += [f"{n} reported twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    if whole:
+        expected = {r["name"] for r in recorded if not RATE_DEPENDENT.match(r["name"])}
+        got = {n for n in names if not RATE_DEPENDENT.match(n)}
+        problems += [f"{n} (in results.json) is no longer reported" for n in sorted(expected - got)]
+        problems += [f"{n} is not in results.json (run make bench)" for n in sorted(got - expected)]
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), metavar="NAME",
+                        help=f"run these benchmarks only: {', '.join(BENCHMARKS)}")  # fmt: skip
+    parser.add_argument("--smoke", action="store_true",
+                        help="every benchmark on a tiny input (CI); results are not recorded")  # fmt: skip
+    args = parser.parse_args(argv)
+    names = args.only or list(BENCHMARKS)
+    recorded = json.loads(RESULTS.read_text()) if RESULTS.exists() else []
+    if args.smoke:
+        os.environ[SMOKE_ENV] = "1"
+        fresh = run_benchmarks(names)
+        DATA.mkdir(parents=True, exist_ok=True)
+        (DATA / "smoke-results.json").write_text(json.dumps(fresh, indent=2) + "\n")
+        problems = smoke_problems(fresh, recorded, whole=not args.only)
+        for problem in problems:
+            print(f"[bench] smoke: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+    fresh = run_benchmarks(names)
+    previous = recorded if args.only else []
     names_fresh = {r["name"] for r in fresh}
     records = [r for r in previous if r["name"] not in names_fresh] + fresh
     RESULTS.write_text(json.dumps(records, indent=2) + "\n")

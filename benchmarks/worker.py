@@ -41,8 +41,9 @@ def _ingest(path: Path, out: Path, instance) -> tuple[dict, Any]:
     (out / key).parent.mkdir(parents=True, exist_ok=True)
     os.link(path.resolve(), out / key)
     os.environ["ML_PLATFORM_STORE_URL"] = out.as_uri()
-    partition, resources = paths.partition_key(path.name, store.etag(key)), build_resources()
-    instance.add_dynamic_partitions("reading_files", [partition])
+    # The landing day of the object: a run of that partition ingests what landed that day.
+    [landed] = store.list("landing/readings/")
+    partition, resources = paths.landing_day(landed.last_modified), build_resources()
     result = dg.materialize(
         [raw_readings], instance=instance, partition_key=partition, resources=resources
     )
@@ -58,7 +59,7 @@ def asset(path: Path, out: Path) -> tuple[int, float]:
         _, mat = _ingest(path, out, instance)
     # The asset's own wall time (read, hash, cast, validate, count, write, publish), without the
     # Dagster process start-up that every run pays whatever it does.
-    return int(mat.metadata["rows_in"].value), float(mat.metadata["seconds"].value)
+    return int(mat.metadata["dagster/row_count"].value), float(mat.metadata["seconds"].value)
 
 
 def pandas_naive(path: Path, out: Path) -> int:
@@ -98,7 +99,7 @@ def lakehouse(path: Path, out: Path) -> dict:
         for node in ("sensor_chunks", "daily_aggregates")
     }
     return {
-        "rows": int(mat.metadata["rows_in"].value),
+        "rows": int(mat.metadata["dagster/row_count"].value),
         "seconds": float(mat.metadata["seconds"].value) + sum(compute.values()),
         "backfill_wall_s": wall,
         "backfill_compute_s": sum(compute.values()),

@@ -7,6 +7,7 @@ import json
 import shutil
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,6 +46,33 @@ def generate(work: Path, *, days: int, sensors: int, interval_s: int, seed: int 
                     out.write(header)
                 shutil.copyfileobj(src, out)
     return Files(history, files.readings[-1], files.labels, yesterday.isoformat())
+
+
+def first_champion_then_prediction(
+    stack: Stack,
+    files: Files,
+    *,
+    champion_timeout: float,
+    prediction_timeout: float,
+    on_champion: Callable[[], None] = lambda: None,
+) -> dict[str, float]:
+    """What a new deployment lives through, nobody launching anything: history and labels put at
+    once until a champion model exists (then ``on_champion()``), then the next day's readings
+    until that day's prediction file exists. Returns the seconds of each wait."""
+    from ml_platform.lib.paths import predictions_object
+
+    started = time.monotonic()
+    put(stack, files.history, "readings")
+    put(stack, files.labels, "labels")
+    wait_until("a champion model", lambda: champion(stack), stack, champion_timeout)
+    first = time.monotonic() - started
+    on_champion()
+    key = predictions_object(files.day)
+    put(stack, files.new_day, "readings")
+    took = wait_until(
+        f"predictions for {files.day}", lambda: exists(stack, key), stack, prediction_timeout
+    )
+    return {"upload_to_first_champion_s": first, "upload_to_prediction_s": took}
 
 
 def put(stack: Stack, path: Path, dataset: str) -> None:

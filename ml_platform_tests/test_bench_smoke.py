@@ -1,0 +1,52 @@
+"""``make bench-smoke``'s judgement of the records a benchmark returns (benchmarks/run.py), and
+the tiny sizes it runs at (benchmarks/sizes.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.run import record, smoke_problems
+from benchmarks.sizes import SMOKE_ENV, size
+
+RECORDED = [
+    record("ingest_rows_per_s", 1.6e6, "rows/s", "duckdb_copy_rows_per_s", 2.1e6, 10),
+    record("duckdb_copy_rows_per_s", 2.1e6, "rows/s"),
+    record("landing_stream_5_files_per_s", 4.0, "files/s"),
+]
+
+
+def test_well_formed_records_of_every_recorded_metric_pass():
+    fresh = [
+        record("ingest_rows_per_s", 12.0, "rows/s", "duckdb_copy_rows_per_s", 30.0, 2),
+        record("duckdb_copy_rows_per_s", 30.0, "rows/s"),
+        # The offered rates that run depend on the machine: another rate is no missing metric.
+        record("landing_stream_10_files_per_s", 0.0, "files/s"),
+    ]
+    assert smoke_problems(fresh, RECORDED, whole=True) == []
+
+
+def test_a_metric_no_longer_reported_a_new_one_a_nan_and_a_duplicate_are_problems():
+    fresh = [
+        record("ingest_rows_per_s", float("nan"), "rows/s"),
+        record("ingest_rows_per_s", 1.0, "rows/s"),
+        record("ingest_rows_per_day", 1.0, "rows/day"),
+    ]
+    problems = smoke_problems(fresh, RECORDED, whole=True)
+    assert problems == [
+        "malformed record {'name': 'ingest_rows_per_s', 'value': nan, 'unit': 'rows/s', "
+        "'reference': None, 'reference_value': None, 'rows': None}",
+        "ingest_rows_per_s reported twice",
+        "duckdb_copy_rows_per_s (in results.json) is no longer reported",
+        "ingest_rows_per_day is not in results.json (run make bench)",
+    ]
+
+
+def test_a_partial_smoke_only_judges_the_records_it_made():
+    fresh = [record("ingest_rows_per_s", 1.0, "rows/s")]
+    assert smoke_problems(fresh, RECORDED, whole=False) == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", "tiny"), ("", "full"), ("0", "full")])
+def test_the_smoke_sizes_apply_only_when_it_is_asked_for(monkeypatch, value, expected):
+    monkeypatch.setenv(SMOKE_ENV, value)
+    assert size("full", "tiny") == expected
