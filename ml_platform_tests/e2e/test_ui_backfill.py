@@ -50,16 +50,14 @@ def webserver(home: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
 
 
 def dismiss_welcome(page) -> None:
-    """A first visit may greet with Dagster's community dialog."""
-    page.wait_for_timeout(1500)
-    skip = page.get_by_role("button", name="Skip")
-    if skip.count():
-        skip.click()
+    """Dagster's community dialog may greet a first visit at any moment (seconds late on a busy
+    machine) and cover the page: whenever it blocks an action, skip it."""
+    page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
 
 
 def launch_backfill_from_the_asset_page(page, base: str, first: str, last: str) -> None:
-    page.goto(f"{base}/assets/daily_aggregates", wait_until="networkidle")
     dismiss_welcome(page)
+    page.goto(f"{base}/assets/daily_aggregates", wait_until="networkidle")
     page.get_by_role("button", name="Materialize…").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_text("Show all partitions").click()
