@@ -15,14 +15,10 @@ BODY = (
 )
 
 
-def versions(run) -> list[str]:
-    """The object versions a landing sensor's ingest run was given."""
-    return run.run_config["ops"]["raw_readings"]["config"]["versions"]
-
-
 def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
     import dagster as dg
 
+    from ml_platform.devstack.flow import ingest_versions
     from ml_platform.lib import paths
     from ml_platform_tests.servers import dagster_daemon, moto_server, postgres_cluster
 
@@ -49,7 +45,7 @@ def upload_to_success(uploads: int = 5) -> tuple[list[float], int]:
                 )["ETag"]
                 key = paths.partition_key(f"{n}.csv", etag)
                 while True:
-                    runs = [r for r in instance.get_runs(ingest_runs) if key in versions(r)]
+                    runs = [r for r in instance.get_runs(ingest_runs) if key in ingest_versions(r)]
                     if runs and runs[0].is_finished:
                         assert runs[0].status == dg.DagsterRunStatus.SUCCESS, runs[0].status
                         break

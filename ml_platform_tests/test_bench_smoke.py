@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.run import record, smoke_problems
+from benchmarks.run import FAULT_RESULTS_ENV, record, results_of_make_test, smoke_problems
 from benchmarks.sizes import SMOKE_ENV, size
 
 RECORDED = [
@@ -50,3 +50,13 @@ def test_a_partial_smoke_only_judges_the_records_it_made():
 def test_the_smoke_sizes_apply_only_when_it_is_asked_for(monkeypatch, value, expected):
     monkeypatch.setenv(SMOKE_ENV, value)
     assert size("full", "tiny") == expected
+
+
+def test_a_smoke_without_the_tests_numbers_fails_and_names_what_it_needs(monkeypatch, tmp_path):
+    monkeypatch.setenv(FAULT_RESULTS_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(RuntimeError, match=r"ML_PLATFORM_FAULT_RESULTS=.*missing\.json.*faults"):
+        results_of_make_test(FAULT_RESULTS_ENV, "test_faults_daemon.py")
+    (tmp_path / "missing.json").write_text('{"no_fault": {"upload_to_ingested_s": 16.3}}')
+    assert results_of_make_test(FAULT_RESULTS_ENV, "test_faults_daemon.py") == {
+        "no_fault": {"upload_to_ingested_s": 16.3}
+    }

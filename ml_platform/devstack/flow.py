@@ -75,6 +75,13 @@ def first_champion_then_prediction(
     return {"upload_to_first_champion_s": first, "upload_to_prediction_s": took}
 
 
+def ingest_versions(run, dataset: str = "readings") -> list[str]:
+    """The object versions a landing sensor's ingest run of ``dataset`` was given (its run
+    config; none for a run launched without it)."""
+    config = run.run_config.get("ops", {}).get(f"raw_{dataset}", {}).get("config", {})
+    return list(config.get("versions", []))
+
+
 def put(stack: Stack, path: Path, dataset: str) -> None:
     stack.s3.client().upload_file(str(path), BUCKET, f"landing/{dataset}/{path.name}")
 

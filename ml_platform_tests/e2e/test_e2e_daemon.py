@@ -20,6 +20,7 @@ import pytest
 from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 
+from ml_platform.devstack import flow
 from ml_platform.lib import paths
 from ml_platform.lib.landing import LandingCursor
 from ml_platform_tests.feature_helpers import copy_feature_repo
@@ -67,10 +68,7 @@ def deployed(tmp_path, postgres, s3_env, monkeypatch, daemon_env):
 # --- reading the instance -----------------------------------------------------------------------
 
 
-def run_versions(run: dg.DagsterRun) -> list[str]:
-    """The object versions an ingest run was given (its run config)."""
-    config = run.run_config.get("ops", {}).get("raw_readings", {}).get("config", {})
-    return list(config.get("versions", []))
+run_versions = flow.ingest_versions
 
 
 def ingest_runs(instance, version: str | None = None) -> list[dg.DagsterRun]:

@@ -36,8 +36,7 @@ INTERVAL_S = 1  # seconds between sensor ticks (the stack's default is 5)
 def ingest_batches(instance, dataset: str) -> list[tuple[list[str], dg.DagsterRunStatus]]:
     """The dataset's ingest runs, oldest first: the versions of each batch and its status."""
     runs = instance.get_runs(dg.RunsFilter(tags={"ml_platform/ingest": dataset}))
-    asset = f"raw_{dataset}"
-    return [(r.run_config["ops"][asset]["config"]["versions"], r.status) for r in reversed(runs)]
+    return [(flow.ingest_versions(r, dataset), r.status) for r in reversed(runs)]
 
 
 def version_of(s3, path, dataset: str) -> str:

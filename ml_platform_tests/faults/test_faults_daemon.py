@@ -61,6 +61,7 @@ import pytest
 from dagster._core.events import DagsterEventType
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 
+from benchmarks.run import FAULT_RESULTS_ENV
 from ml_platform.lib import paths
 from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import open_store
@@ -593,7 +594,7 @@ def stack(tmp_path_factory, s3_server, postgres):
             s.s3.down()
             s.pg.down()
             print(f"\nFAULTS_DAEMON summary: {json.dumps(RESULTS, indent=1)}")
-            if out := os.environ.get("ML_PLATFORM_FAULT_RESULTS"):  # make bench BENCH=faults
+            if out := os.environ.get(FAULT_RESULTS_ENV):  # make bench BENCH=faults, the smoke
                 Path(out).write_text(json.dumps(RESULTS, indent=1))
 
 
