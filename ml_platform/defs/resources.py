@@ -78,6 +78,7 @@ class FeastResource(dg.ConfigurableResource):
 
     def store(self) -> FeatureStore:
         if self._store is None:
+            fs.import_feast_unchecked()
             from feast import FeatureStore
 
             self._store = FeatureStore(

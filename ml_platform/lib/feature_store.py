@@ -224,6 +224,30 @@ def definitions_version(
     return files_version(*files, Path(contract) if contract else bundled, salt=str(profile or ""))
 
 
+def import_feast_unchecked() -> None:
+    """Make the process's first ``import feast`` skip typeguard's ``@typechecked``.
+
+    Feast decorates its classes with it, and the decorator re-parses and recompiles each class from
+    source at import (3 to 4 s per process here) and type-checks every call after that. typeguard
+    documents it as a development aid that ``python -O`` turns off; this turns it off for Feast
+    alone (no other installed package uses typeguard), leaving ``assert`` working.
+    """
+    import sys
+
+    if "feast" in sys.modules:
+        return
+    try:
+        import typeguard
+    except ImportError:  # a Feast release without typeguard: nothing to turn off
+        return
+    typeguard.typechecked = _unchecked
+
+
+def _unchecked(target=None, **_options):
+    """``typeguard.typechecked`` that returns what it decorates unchanged, as under ``-O``."""
+    return target if target is not None else _unchecked
+
+
 def load_repo_contents(repo_path: Path, project: str):
     """The Feast objects of the repo, collected by Feast's own parser (``feast apply``'s): every
     kind Feast knows, on-demand and stream views, permissions and projects included.
@@ -232,6 +256,7 @@ def load_repo_contents(repo_path: Path, project: str):
     directory, as the CLI does from inside the repo; here that happens in a private import context,
     so a long-lived process always sees the current files and keeps its own working directory.
     """
+    import_feast_unchecked()
     from feast.project import Project
     from feast.repo_operations import parse_repo
 

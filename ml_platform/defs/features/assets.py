@@ -50,6 +50,7 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
     Applies only when ``feast plan`` would change something, so re-materializing unchanged
     definitions leaves the registry (and the online tables) untouched.
     """
+    fs.import_feast_unchecked()
     from feast.diff.property_diff import TransitionType
     from feast.feature_view import DUMMY_ENTITY_NAME
     from feast.repo_operations import apply_total_with_repo_instance
