@@ -530,6 +530,23 @@ def test_label_queue_live_performance_and_one_alert_per_failure(env):
     window = (times > end) & (times <= end + pd.Timedelta(days=1)) & (labels["failure"] == 1)
     expected = labels.loc[window, "sensor_id"]
     assert version["actual_failures"] == expected.nunique() == live["actual_failures"]
+    # Live F1 worked by hand from the day's alarms and the failures that followed.
+    alarm = predictions["predicted_failure"] == 1
+    failed = predictions["sensor_id"].isin(set(expected))
+    tp, fp, fn = (alarm & failed).sum(), (alarm & ~failed).sum(), (~alarm & failed).sum()
+    assert version["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    # The check holds the live F1 against the holdout F1 the registry recorded, within the
+    # tolerance: just inside it passes, just outside it warns and names the version.
+    holdout_f1 = float(mlflow_client().get_model_version(MODEL_NAME, "1").tags["holdout_f1"])
+    gap = holdout_f1 - version["f1"]
+    for tolerance, passed in ((gap + 0.01, True), (gap - 0.01, False)):
+        judged = run(env.instance, [live_performance], partition_key=DAY,
+                     config={"ops": {"live_performance": {"config": {"tolerance": tolerance}}}})  # fmt: skip
+        [check] = judged.get_asset_check_evaluations()
+        assert (check.check_name, check.passed) == ("live_performance_matches_holdout", passed)
+        assert check.severity == dg.AssetCheckSeverity.WARN
+        behind = check.metadata["behind"].value
+        assert [b["model_version"] for b in behind] == ([] if passed else ["1"])
 
     # Alerts: a local webhook receives one Slack-compatible message per asset, partition and day.
     with webhook_receiver() as (url, received):
