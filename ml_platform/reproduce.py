@@ -450,9 +450,11 @@ def _score_on_holdout(
 
     scores = modeling.evaluate(fitted.search.model, frozen, fitted.features, threshold)
     base = modeling.evaluate(fitted.baseline, frozen, fitted.features, threshold)
+    proba = fitted.search.model.predict_proba(frozen[fitted.features])[:, 1]
+    confusion = modeling.confusion_counts(frozen[modeling.TARGET], proba, threshold)
     recorded = {k: v for k, v in records.run.data.metrics.items() if k not in _TIMINGS}
     metrics = compare_metrics(
-        recorded, run_metrics(fitted.search.cv_metrics, scores, base), tolerance
+        recorded, run_metrics(fitted.search.cv_metrics, scores, base, confusion), tolerance
     )
     off = [row for row in metrics if row["status"] != "identical"]
     if off:

@@ -117,12 +117,17 @@ def run_params(fitted: FittedFailureModel, config: TrainingSettings) -> dict[str
 
 
 def run_metrics(
-    cv_metrics: dict[str, float], scores: dict[str, float], base: dict[str, float]
+    cv_metrics: dict[str, float],
+    scores: dict[str, float],
+    base: dict[str, float],
+    confusion: dict[str, int],
 ) -> dict[str, float]:
     """The metrics a failure_model run logs (besides its timing): cross-validation, then the
-    model's and the baseline's scores on the frozen holdout."""
+    model's and the baseline's scores on the frozen holdout, and the model's confusion-matrix
+    cells there (``modeling.confusion_counts``)."""
     return {
         **cv_metrics,
         **{f"holdout_{k}": v for k, v in scores.items()},
         **{f"baseline_{k}": v for k, v in base.items()},
+        **{f"holdout_{cell}": float(n) for cell, n in confusion.items()},
     }

@@ -189,8 +189,30 @@ def probabilities_are_valid(proba: np.ndarray) -> bool:
     return bool(np.isfinite(proba).all() and (proba >= 0).all() and (proba <= 1).all())
 
 
-def plots(model, frame: pd.DataFrame, features: list[str], out: Path, seed: int = 0) -> list[Path]:
-    """Confusion matrix, ROC and precision-recall curves, permutation feature importance."""
+def confusion_counts(actual, proba, threshold: float) -> dict[str, int]:
+    """The confusion matrix at the decision ``threshold``: true and false negatives and
+    positives of rows whose failure probability is ``proba`` and true class ``actual``."""
+    predicted = np.asarray(proba) >= threshold
+    failed = np.asarray(actual).astype(bool)
+    return {
+        "tn": int((~predicted & ~failed).sum()),
+        "fp": int((predicted & ~failed).sum()),
+        "fn": int((~predicted & failed).sum()),
+        "tp": int((predicted & failed).sum()),
+    }
+
+
+def plots(
+    model,
+    frame: pd.DataFrame,
+    features: list[str],
+    out: Path,
+    seed: int = 0,
+    *,
+    confusion: dict[str, int],
+) -> list[Path]:
+    """The ``confusion`` matrix (:func:`confusion_counts`), ROC and precision-recall curves,
+    permutation feature importance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,14 +226,19 @@ def plots(model, frame: pd.DataFrame, features: list[str], out: Path, seed: int 
 
     out.mkdir(parents=True, exist_ok=True)
     x, y = frame[features], frame[TARGET]
+    proba = model.predict_proba(x)[:, 1]  # once for both curves
+    c = confusion
     written = []
     for name, draw in (
-        ("confusion_matrix.png", ConfusionMatrixDisplay.from_estimator),
-        ("roc_curve.png", RocCurveDisplay.from_estimator),
-        ("precision_recall_curve.png", PrecisionRecallDisplay.from_estimator),
-    ):
+        ("confusion_matrix.png", lambda ax: ConfusionMatrixDisplay(
+            np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]]), display_labels=[0, 1]
+        ).plot(ax=ax)),
+        ("roc_curve.png", lambda ax: RocCurveDisplay.from_predictions(y, proba, ax=ax)),
+        ("precision_recall_curve.png",
+         lambda ax: PrecisionRecallDisplay.from_predictions(y, proba, ax=ax)),
+    ):  # fmt: skip
         figure, axes = plt.subplots(figsize=(5, 4))
-        draw(model, x, y, ax=axes)
+        draw(axes)
         figure.tight_layout()
         figure.savefig(out / name, dpi=80)
         plt.close(figure)

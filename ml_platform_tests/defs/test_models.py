@@ -184,7 +184,22 @@ def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
     # Same search, decision thresholds that throw recall away: measurably weaker versions.
     weak = model_config(threshold=0.995, baseline_margin=-1.0, f1_floor=0.0)
     worse = model_config(threshold=0.99999, baseline_margin=-1.0, f1_floor=0.0)
-    run(env.instance, [failure_model], partition_key=WEEK, config=weak)
+    weak_run = run(env.instance, [failure_model], partition_key=WEEK, config=weak)
+    trained = metadata(weak_run, "failure_model")
+    # The confusion matrix is that of the version's own threshold (0.995), not of predict()'s
+    # 0.5: its cells, counted here from the registered model's probabilities on the holdout.
+    ml = build_resources()["mlflow"].mlflow()
+    model = ml.sklearn.load_model(f"models:/{MODEL_NAME}/{trained['model_version']}")
+    holdout_key = paths.model_holdout_object(MODEL_NAME, WEEK, weak_run.run_id)
+    holdout = pd.read_parquet(env.store.root / holdout_key)
+    alarm = model.predict_proba(holdout[model.feature_names_in_])[:, 1] >= 0.995
+    failed = holdout["failure_within_horizon"].to_numpy() == 1
+    logged = mlflow_client().get_run(trained["mlflow_run_id"]).data.metrics
+    assert {c: logged[f"holdout_{c}"] for c in ("tn", "fp", "fn", "tp")} == {
+        "tn": (~alarm & ~failed).sum(), "fp": (alarm & ~failed).sum(),
+        "fn": (~alarm & failed).sum(), "tp": (alarm & failed).sum(),
+    }  # fmt: skip
+    assert (~alarm).sum() > (model.predict(holdout[model.feature_names_in_]) == 0).sum()
     first = metadata(run(env.instance, [champion_model]), "champion_model")
     assert (first["decision"], first["champion_version"]) == ("promoted", 1)
 

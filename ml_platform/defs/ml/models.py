@@ -111,6 +111,7 @@ class _TrainedWeek:
     train_seconds: float
     holdout_file: Path
     holdout_key: str  # where the frozen holdout is in the lake
+    confusion: dict[str, int]  # holdout cells at the version's threshold (tn, fp, fn, tp)
     plots: list[Path]
 
 
@@ -151,10 +152,17 @@ def _train_week(
     holdout_file, holdout_key = _freeze_holdout(
         store, fitted.holdout, tmp, week, context.run.run_id
     )
+    actual = fitted.holdout[modeling.TARGET]
+    confusion = modeling.confusion_counts(actual, judged.proba, config.threshold)
     plots = modeling.plots(
-        fitted.search.model, fitted.holdout, fitted.features, tmp / "plots", config.seed
+        fitted.search.model,
+        fitted.holdout,
+        fitted.features,
+        tmp / "plots",
+        config.seed,
+        confusion=confusion,
     )
-    return _TrainedWeek(fitted, judged, train_seconds, holdout_file, holdout_key, plots)
+    return _TrainedWeek(fitted, judged, train_seconds, holdout_file, holdout_key, confusion, plots)
 
 
 def _gates(judged: HoldoutScores, config: FailureModelConfig) -> dict[str, bool]:
@@ -205,7 +213,7 @@ def _log_failure_model_run(
             pip_requirements=_pip_requirements(),
         )
         # On the run and on the logged model: the model's page in MLflow shows its holdout scores.
-        metrics = run_metrics(result.cv_metrics, judged.scores, judged.baseline)
+        metrics = run_metrics(result.cv_metrics, judged.scores, judged.baseline, trained.confusion)
         ml.log_metrics({**metrics, "train_seconds": trained.train_seconds}, model_id=info.model_id)
     return run, str(info.registered_model_version)
 
