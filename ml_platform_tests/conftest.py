@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 
-import dagster as dg
 import pytest
 
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.helpers import ingest, tool_missing
+from ml_platform_tests.helpers import ingest, memory_instance, tool_missing
 from ml_platform_tests.servers import (
     Postgres,
     S3Server,
@@ -115,7 +114,7 @@ def store(tmp_path, monkeypatch) -> LocalStore:
 
 @pytest.fixture
 def instance():
-    with dg.instance_for_test() as inst:
+    with memory_instance() as inst:
         yield inst
 
 

@@ -33,6 +33,7 @@ from ml_platform_tests.feature_helpers import (
     metadata,
     s3_options,
 )
+from ml_platform_tests.helpers import memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ SMALL = {"ops": {"training_set": {"config": {"min_rows": 50}}}}
 def built(tmp_path_factory):
     """One lakehouse with labels, built once; tests work on copies of it."""
     work = tmp_path_factory.mktemp("feature-lake")
-    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+    with pytest.MonkeyPatch.context() as mp, memory_instance() as instance:
         embedded_platform(mp, work)
         days = build_lake(instance, work, GENERATED)
         yield SimpleNamespace(lake=work / "lake", days=days, instance=instance)
@@ -419,7 +420,7 @@ def test_s3_profile_reads_gold_parquet_through_the_endpoint_override(
     monkeypatch.setenv("ML_PLATFORM_FEAST_REPO", str(repo))
     postgres_profile(monkeypatch, postgres, repo, f"feast_{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv(fs.YAML_ENV, str(repo / "profiles" / "s3.yaml"))
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         days = build_lake(
             instance, tmp_path, GeneratorConfig(days=14, sensors=5, interval_s=3600, seed=5)
         )

@@ -46,7 +46,7 @@ from ml_platform_tests.feature_helpers import (
     model_config,
     run,
 )
-from ml_platform_tests.helpers import webhook_receiver
+from ml_platform_tests.helpers import memory_instance, webhook_receiver
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ DAY = "2024-03-09"
 def built(tmp_path_factory):
     """A lakehouse with labels, the Feast registry and two weeks of training sets, built once."""
     work = tmp_path_factory.mktemp("model-lake")
-    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+    with pytest.MonkeyPatch.context() as mp, memory_instance() as instance:
         embedded_platform(mp, work)
         build_lake(instance, work, GENERATED)
         run(instance, [feature_views])
@@ -360,7 +360,7 @@ def test_mlflow_on_postgresql_with_artifacts_on_the_s3_api(
         if key != "ML_PLATFORM_STORE_URL":
             monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-    with dg.instance_for_test() as instance:
+    with memory_instance() as instance:
         result = run(instance, [failure_model], partition_key=WEEK, config=model_config())
         run(instance, [champion_model])
     keys = [
@@ -440,7 +440,7 @@ def test_the_compose_mlflow_server_command_tracks_on_postgresql_with_s3_artifact
         monkeypatch.delenv("ML_PLATFORM_MLFLOW_ARTIFACTS", raising=False)
         for name in ("AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             monkeypatch.delenv(name, raising=False)  # the client needs no S3 keys: proxied
-        with dg.instance_for_test() as instance:
+        with memory_instance() as instance:
             result = run(instance, [failure_model], partition_key=WEEK, config=model_config())
             run(instance, [champion_model])
         m = metadata(result, "failure_model")

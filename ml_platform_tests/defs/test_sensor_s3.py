@@ -83,12 +83,6 @@ def put_in_order(client, bucket: str, names: list[str], bodies: list[bytes]) -> 
     return out
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as inst:
-        yield inst
-
-
 def test_2500_objects_are_each_requested_exactly_once_across_capped_ticks(
     s3_env, s3_server, instance
 ):

@@ -24,7 +24,6 @@ import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
-import dagster as dg
 import pytest
 
 from ml_platform.defs.features.assets import feature_views, online_features
@@ -43,7 +42,7 @@ from ml_platform_tests.feature_helpers import (
     model_config,
     run,
 )
-from ml_platform_tests.helpers import tool_missing
+from ml_platform_tests.helpers import memory_instance, tool_missing
 from ml_platform_tests.servers import (
     ROLE_PASSWORDS,
     free_port,
@@ -173,7 +172,7 @@ def test_the_api_serves_on_its_read_only_role(deployed_postgres, tmp_path, monke
         # 2. The platform, as role feast: lake, registry, offline + online features, champion.
         for name, value in feast_env(pg, repo, "feast", "feast_offline").items():
             monkeypatch.setenv(name, value)
-        with dg.instance_for_test() as instance:
+        with memory_instance() as instance:
             days = build_lake(instance, work, SERVED_DATA)
             run(instance, [feature_views])
             published = materialize(instance, [online_features],

@@ -67,7 +67,7 @@ from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import open_store
 from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.helpers import READINGS_HEADER as HEADER
-from ml_platform_tests.helpers import ingest_landed
+from ml_platform_tests.helpers import ingest_landed, memory_instance
 from ml_platform_tests.servers import dagster_daemon, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -524,7 +524,7 @@ def clean_run(stack: Stack, partition: str) -> tuple[dict[str, str], dict]:
     stack.client.create_bucket(Bucket=bucket)
     etag = stack.client.put_object(Bucket=bucket, Key=PREFIX + name, Body=body)["ETag"]
     try:
-        with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+        with pytest.MonkeyPatch.context() as mp, memory_instance() as instance:
             mp.setenv("ML_PLATFORM_STORE_URL", f"s3://{bucket}")
             same, result = ingest_landed(instance, name, etag)
         assert same == partition

@@ -299,10 +299,10 @@ started = time.perf_counter()
 import dagster as dg
 from ml_platform.lib import paths
 from ml_platform.lib.store import open_store
-from ml_platform_tests.helpers import ingest_landed, outcomes
+from ml_platform_tests.helpers import ingest_landed, memory_instance, outcomes
 store = open_store(os.environ["ML_PLATFORM_STORE_URL"])
 etag = store.etag(paths.landing_object("readings", sys.argv[1]))
-with dg.instance_for_test() as instance:
+with memory_instance() as instance:
     version, result = ingest_landed(instance, sys.argv[1], etag)
     out = {"success": result.success, "seconds": round(time.perf_counter() - started, 1)}
     if result.success:

@@ -12,7 +12,6 @@ import time
 from contextlib import closing
 from types import SimpleNamespace
 
-import dagster as dg
 import pytest
 
 from ml_platform.defs.ml.models import MODEL_NAME
@@ -29,6 +28,7 @@ from ml_platform_tests.feature_helpers import (
     mlflow_client,
     run,
 )
+from ml_platform_tests.helpers import memory_instance
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ TABLES = [f"ml_platform_{view}" for view in fs.VIEWS]
 def platform(tmp_path_factory):
     """A lake, a Feast registry and online store for DAY, failure_model version 1 as champion."""
     work = tmp_path_factory.mktemp("faults_serving")
-    with pytest.MonkeyPatch.context() as mp, dg.instance_for_test() as instance:
+    with pytest.MonkeyPatch.context() as mp, memory_instance() as instance:
         embedded_platform(mp, work)
         build_served_platform(instance, work)
         from ml_platform.serving.app import create_app
