@@ -32,13 +32,9 @@ READINGS_HEADER = "timestamp,sensor_id,temperature,vibration,pressure,current\n"
 
 
 def memory_instance() -> dg.DagsterInstance:
-    """A Dagster instance on Dagster's in-memory storage, for runs executed in this process.
-
-    It keeps the same SQL schema as the SQLite storage of ``dg.instance_for_test()`` but one
-    connection for the whole test, where the SQLite storage opens a connection and commits for
-    every event (a 365-day range with its checks: 13 s here instead of 38 s). Runs launched by a
-    daemon or another process need a real storage: those tests use PostgreSQL or a DAGSTER_HOME.
-    """
+    """Dagster's in-memory instance, for runs executed in this process: the SQLite storage of
+    ``dg.instance_for_test()`` opens a connection and commits for every event (docs/testing.md).
+    Runs of another process (the daemon's, the CLI's) need a storage they can reach."""
     return dg.DagsterInstance.ephemeral()
 
 
