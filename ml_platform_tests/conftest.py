@@ -18,6 +18,8 @@ from ml_platform_tests.servers import (
     postgres_cluster,
 )
 
+pytest_plugins = ("ml_platform_tests.crash_report",)
+
 #: The longest modules go first, so that under ``pytest -n 2 --dist loadfile`` (``make test``)
 #: the two processes finish together instead of one waiting on a long module started last. The
 #: two daemon stacks with the most processes (production profile, fault suite) do not start at
