@@ -27,11 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @contextlib.contextmanager
 def dagster_daemon(
-    home: Path, env: dict[str, str], log: Path | None = None, config: str = "docker/dagster.yaml"
+    home: Path,
+    env: dict[str, str],
+    log: Path | None = None,
+    config: str = "docker/dagster.yaml",
+    workspace: Path = ROOT / "workspace.yaml",
 ):
-    """``dagster-daemon run`` on the repository's workspace, with ``home`` as DAGSTER_HOME holding
-    the repository's own instance ``config`` (by default the deployed profile, PostgreSQL).
-    Yields ``(instance, process)``.
+    """``dagster-daemon run`` on ``workspace`` (by default the repository's), with ``home`` as
+    DAGSTER_HOME holding the repository's own instance ``config`` (by default the deployed
+    profile, PostgreSQL). Yields ``(instance, process)``.
 
     The instance is opened in this process, so the variables the config reads must be set
     in ``os.environ`` too.
@@ -45,7 +49,7 @@ def dagster_daemon(
     out = log.open("w") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("dagster-daemon")), "run", "-w",
-         str(ROOT / "workspace.yaml")],
+         str(workspace)],
         cwd=ROOT, env={**env, "DAGSTER_HOME": str(home)}, stdout=out, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         process_group=0,  # its code server and run workers die with the group (same session)
