@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -65,6 +66,7 @@ class ObjectStore(Protocol):
     def fetch(self, keys: list[str], into: Path) -> list[Path]: ...
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None: ...
     def put_bytes(self, data: bytes, key: str) -> None: ...
+    def create_bytes(self, data: bytes, key: str) -> bool: ...
     def delete(self, key: str) -> None: ...
     def uri(self, key: str) -> str: ...
     def bucket_and_prefix(self) -> tuple[str, str] | None: ...
@@ -227,12 +229,34 @@ class LocalStore:
     def put_bytes(self, data: bytes, key: str) -> None:
         self._atomic_write(key, lambda fh: fh.write(data))
 
+    def create_bytes(self, data: bytes, key: str) -> bool:
+        """Write ``data`` only if ``key`` does not exist yet; False when another writer was first.
+        A hard link fails on an existing name, so the whole file appears at once or not at all."""
+        dst = self._path(key)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dst.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.link(tmp, dst)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._path(key).unlink()
 
     def uri(self, key: str) -> str:
         return (self.root / key).as_uri()
+
+
+#: S3's answers to a create-only write (``If-None-Match: *``) of a key that exists, and of a key
+#: that another conditional write is writing at that moment.
+_ALREADY_EXISTS = {"PreconditionFailed", "412"}
+_WRITE_IN_FLIGHT = {"ConditionalRequestConflict", "409"}
 
 
 class S3Store:
@@ -359,6 +383,26 @@ class S3Store:
     def put_bytes(self, data: bytes, key: str) -> None:
         with self._errors(f"writing {self.uri(key)}"):
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def create_bytes(self, data: bytes, key: str) -> bool:
+        """Write ``data`` only if ``key`` does not exist yet (S3's conditional write, also in
+        MinIO); False when another writer was first."""
+        from botocore.exceptions import ClientError
+
+        with self._errors(f"creating {self.uri(key)}"):
+            try:
+                self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                )
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in _ALREADY_EXISTS:
+                    return False
+                if code in _WRITE_IN_FLIGHT:  # the other write ends first, then ask again
+                    time.sleep(0.1)
+                    return self.create_bytes(data, key)
+                raise
+        return True
 
     def delete(self, key: str) -> None:
         with self._errors(f"deleting {self.uri(key)}"):

@@ -574,6 +574,56 @@ def test_the_s3_download_only_accepts_the_expected_version(s3_server, s3_env):
         pass
 
 
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_a_create_only_write_lets_exactly_one_of_racing_writers_in(kind, tmp_path, request):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ml_platform.lib.store import LocalStore, open_store
+
+    if kind == "local":
+        store = LocalStore(tmp_path / "lake")
+    else:
+        store = open_store(request.getfixturevalue("s3_env")["ML_PLATFORM_STORE_URL"])
+    key = "lake/ledger/readings/x.json"
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda i: store.create_bytes(f"writer {i}".encode(), key), range(8)))
+    assert won.count(True) == 1, won
+    assert store.read_bytes(key) == f"writer {won.index(True)}".encode()
+    assert store.create_bytes(b"late", key) is False
+    assert store.read_bytes(key) == f"writer {won.index(True)}".encode()
+    assert [o.key for o in store.list("lake/")] == [key]  # no temporary file left behind
+
+
+def test_a_run_that_loses_the_ledger_race_reports_the_other_runs_decision(
+    s3_server, s3_env, instance, monkeypatch
+):
+    """Two runs of one batch at once (two daemons' ticks can both submit it): the second read
+    the ledger before the first wrote it, ingests the same bytes, and then finds the first run's
+    entry: it reports that run's decision instead of a second "ingested"."""
+    from ml_platform.defs.ingest import assets as ingest_assets
+
+    version = land(s3_server, s3_env, "readings", "race/a.csv", THREE_DAYS.encode())
+    first = run_batch(instance, versions=[version])
+    assert outcome_of(first) == {version: "ingested"}
+    parts = {k: read(s3_server, s3_env, k) for k in keys_under(s3_server, s3_env, "lake/bronze/")}
+    real = ingest_assets._ledger_entry
+    reads: list[dict | None] = []
+
+    def read_before_the_first_run_wrote(store, dataset, v):
+        reads.append(None if not reads else real(store, dataset, v))
+        return reads[-1]
+
+    monkeypatch.setattr(ingest_assets, "_ledger_entry", read_before_the_first_run_wrote)
+    second = run_batch(instance, versions=[version])
+    assert second.success
+    [row] = file_outcomes(second).values()
+    assert (row["outcome"], row["rows"]) == ("already_ingested", 4)
+    assert first.run_id in row["reason"]  # names the run that decided
+    assert ledger(s3_server, s3_env, "readings", version)["run_id"] == first.run_id
+    after = {k: read(s3_server, s3_env, k) for k in keys_under(s3_server, s3_env, "lake/bronze/")}
+    assert after == parts  # the same parts, rewritten with the same bytes
+
+
 def test_publishing_is_all_days_or_none(s3_server, s3_env, tmp_path):
     from ml_platform.defs.ingest.assets import _publish
     from ml_platform.lib.ingest import ingest_file

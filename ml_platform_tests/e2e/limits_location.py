@@ -1,6 +1,6 @@
 """A code location for the run-limit test: jobs with the run tags of the platform's own jobs and
-an asset in the platform's training pool, each holding its step for ``HOLD_S`` seconds, and a
-sensor that requests them two by two, one pair once the previous pair has finished.
+an asset in the platform's training pool, whose steps hold for a few seconds, and a sensor that
+requests their runs two by two, one pair once the previous pair has finished.
 
 Its steps only wait: what is under test is the instance's queue and pools (dagster.yaml and
 docker/dagster.yaml) acting on the tags and the pool that the real jobs and assets carry, which
@@ -18,7 +18,9 @@ from ml_platform.defs.lakehouse.assets import lakehouse_job
 from ml_platform.defs.ml.models import failure_model
 from ml_platform.defs.ml.schedules import weekly_training_job
 
-HOLD_S = 1.5
+#: Long enough that two runs the queue lets through together overlap, whatever the seconds
+#: between their workers' starts on a loaded machine.
+HOLD_S = 3.0
 PHASE_TAG = "limits/phase"
 #: The pairs the sensor requests, in this order: phase name -> (job, run tags of the real job).
 PHASES = {
@@ -37,14 +39,13 @@ def hold() -> None:
 
 @dg.asset
 def arrive() -> None:
-    """Outside the pool and long enough that both runs of a pair are in progress at once,
-    whatever the seconds between their workers' starts."""
-    time.sleep(2 * HOLD_S)
+    """Outside the pool: both runs of the pair are in progress at once before their pooled step."""
+    time.sleep(HOLD_S)
 
 
 @dg.asset(deps=[arrive], pool=failure_model.op.pool)
 def pooled_hold() -> None:
-    time.sleep(HOLD_S)
+    time.sleep(HOLD_S / 2)
 
 
 hold_job = dg.define_asset_job("hold_job", selection=[hold])

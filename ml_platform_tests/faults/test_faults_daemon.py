@@ -1,5 +1,5 @@
 """Fault injection under the real daemon (docs/reliability.md): an S3 outage, PostgreSQL
-restarts, a SIGKILLed run worker and a SIGKILLed daemon, against moto's S3 API server and a real
+restarts, a SIGKILLed run worker, a SIGKILLed daemon and two daemons at once, against moto's S3 API server and a real
 PostgreSQL, with the deployed instance config ``docker/dagster.yaml`` (PostgreSQL storage, queued runs, run retries,
 run monitoring, S3 compute logs).
 
@@ -255,6 +255,16 @@ class Stack:
         )
         self.instance, self.daemon = self._daemon_cm.__enter__()
 
+    @contextlib.contextmanager
+    def twin_daemon(self):
+        """A second daemon on the same instance (its own home, the same config, databases and
+        proxies), as a rolling deploy or a second stack started by mistake leaves for a while.
+        Yields its log."""
+        log = self.tmp / f"daemon-twin-{time.monotonic_ns()}.log"
+        home = self.tmp / f"dagster_home_twin_{time.monotonic_ns()}"
+        with dagster_daemon(home, self.daemon_env, log, config=str(self.config)):
+            yield log
+
     def stop_daemon(self) -> None:
         if self._daemon_cm is not None:
             self._daemon_cm.__exit__(None, None, None)
@@ -419,8 +429,10 @@ class Stack:
         )
         return sum(t.status == TickStatus.FAILURE for t in ticks)
 
-    def check(self, versions: list[str]) -> dict:
-        """The invariants over the scenario's object versions (and the whole bucket)."""
+    def check(self, versions: list[str], twins: bool = False) -> dict:
+        """The invariants over the scenario's object versions (and the whole bucket). With
+        ``twins`` (two daemons), a version may be in the batch of two root runs, under one run key:
+        both daemons' ticks may create the run of a request before either sees the other's."""
         outcome = {}
         for version in versions:
             runs, parts, record, entry = (
@@ -431,7 +443,8 @@ class Stack:
             )
             roots = [r for r in runs if "dagster/parent_run_id" not in r.tags]
             successes = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
-            assert len(roots) == 1, f"{version}: {len(roots)} root runs"
+            keys = {r.tags.get("dagster/run_key") for r in roots}
+            assert len(roots) == 1 or (twins and len(keys) == 1), f"{version}: {len(roots)} roots"
             assert successes, f"{version}: no successful run: {[r.status for r in runs]}"
             assert entry is not None, f"{version}: no ledger entry"
             done = entry["outcome"]
@@ -816,3 +829,47 @@ def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str
            recovery_s=round(recovery, 1), root_runs=len(roots), batch_files=sizes,
            runs_per_object=sorted({o["runs"] for o in outcome.values()}), outcome=outcome,
            runs_missing_from_tag_index=sum(stack.untagged(p) for p in landed))  # fmt: skip
+
+
+# --- scenario 4: two daemons --------------------------------------------------------------------
+
+
+@pytest.mark.timeout(420)
+def test_two_daemons_tick_the_landing_sensor_from_one_cursor(stack: Stack, tag: str):
+    """Two daemons on one instance: the listing that shows one daemon's landing tick the new
+    files is held until the other daemon's tick lists them too, so both ticks cut their batches
+    from the same cursor and submit them. Each version still ends up ingested exactly once."""
+    names = [f"faults/{tag}/twin/f{i}.csv" for i in range(4)]
+    stack.stop_sensor(SENSOR)
+    time.sleep(3)  # a tick already under way ends (the interval is 1 s)
+    with stack.twin_daemon() as twin_log:
+        deadline = time.monotonic() + 120
+        while "Checking for new runs for sensor" not in twin_log.read_text():
+            assert time.monotonic() < deadline, f"the second daemon never ticked: {twin_log}"
+            time.sleep(0.5)
+        second = threading.Event()
+
+        def hold_until_the_other_tick_lists() -> None:
+            stack.s3.arm(listed(PREFIX + names[0]), second.set, from_server=True)
+            second.wait(90)
+
+        first = stack.s3.arm(listed(PREFIX + names[0]), hold_until_the_other_tick_lists,
+                             from_server=True)  # fmt: skip
+        landed = [stack.put(name, reading_file(i, f"twin{tag}")) for i, name in enumerate(names)]
+        stack.start_sensor(SENSOR)
+        wait(first, "a listing naming the new files", stack)
+        assert second.is_set(), f"no second tick listed the files\n{stack.describe()}"
+        stack.settle(landed)
+        outcome = stack.check(landed, twins=True)
+        roots = stack.roots(landed)
+    assert all(o["parts"] == 2 for o in outcome.values()), outcome
+    # Both ticks cut the same batches: runs of one run key hold the same versions.
+    by_key: dict[str, list[list[str]]] = {}
+    for run in roots:
+        by_key.setdefault(run.tags["dagster/run_key"], []).append(batch(run))
+    assert all(len({tuple(b) for b in batches_}) == 1 for batches_ in by_key.values()), by_key
+    assert sorted(v for batches_ in by_key.values() for v in batches_[0]) == sorted(landed)
+    report("twin_daemons", tag=tag, root_runs=len(roots), run_keys=len(by_key),
+           batch_files=batches(stack, landed),
+           runs_per_object=sorted({o["runs"] for o in outcome.values()}),
+           reported=sorted({tuple(o["reported"]) for o in outcome.values()}))  # fmt: skip

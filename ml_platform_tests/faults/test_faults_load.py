@@ -234,12 +234,9 @@ def test_two_ticks_racing_from_one_cursor(lake: Lake):
     outcome = lake.check()  # every part written once, one ledger entry each
     assert all(isinstance(o, dict) for o in outcome.values())
     # The guard for batches running at the same time is the run queue: ingest runs carry the
-    # tag that dagster.yaml and docker/dagster.yaml limit to one run per dataset.
+    # tag that both instance profiles limit to one run per dataset (e2e/test_run_limits.py shows
+    # the daemon holding the second run back).
     assert ingest_readings_job.tags["ml_platform/ingest"] == "readings"
-    for profile in ("dagster.yaml", "docker/dagster.yaml"):
-        text = (ROOT / profile).read_text()
-        block = text[text.index("- key: ml_platform/ingest") :].splitlines()[:3]
-        assert "applyLimitPerUniqueValue: true" in block[1] and "limit: 1" in block[2], profile
     print(
         f"\nFAULTS 8-race: versions={len(lake.versions)} requests={len(lake.requests)} "
         f"deduped={lake.deduped} runs={len(lake.results)} overlapping_skipped=3 "

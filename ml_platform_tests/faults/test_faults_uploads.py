@@ -198,6 +198,7 @@ class Lake:
 
     def _count_writes(self, monkeypatch) -> None:
         put_file, put_bytes, lock = S3Store.put_file, S3Store.put_bytes, threading.Lock()
+        create_bytes = S3Store.create_bytes
 
         def counted_put_file(store, src, key, *, move=False):
             put_file(store, src, key, move=move)
@@ -209,8 +210,15 @@ class Lake:
             with lock:
                 self.writes[key] += 1
 
+        def counted_create_bytes(store, data, key):
+            created = create_bytes(store, data, key)
+            with lock:
+                self.writes[key] += created
+            return created
+
         monkeypatch.setattr(S3Store, "put_file", counted_put_file)
         monkeypatch.setattr(S3Store, "put_bytes", counted_put_bytes)
+        monkeypatch.setattr(S3Store, "create_bytes", counted_create_bytes)
 
     def put(self, name: str, body: bytes) -> str:
         response = self.client.put_object(Bucket=self.bucket, Key=PREFIX + name, Body=body)

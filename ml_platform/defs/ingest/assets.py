@@ -161,11 +161,7 @@ def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
     key = paths.landing_object(dataset, relative_key)
     previous = _ledger_entry(store, dataset, version)
     if previous and not reingest:
-        return Outcome(
-            version, store.uri(key), f"already_{previous['outcome']}", rows=previous["rows"],
-            dates=previous["dates"], rows_by_date=previous["rows_by_date"],
-            reason=previous.get("reason", ""), message=f"by run {previous['run_id']}",
-        )  # fmt: skip
+        return _already(store.uri(key), previous)
     try:
         outcome = _ingest_version(batch, version, key, etag)
     except ObjectChangedError:
@@ -174,8 +170,20 @@ def _handle(batch: _Batch, version: str, reingest: bool) -> Outcome:
     except _Gone:
         return Outcome(version, store.uri(key), "gone", message="no longer exists")
     _replace_previous(store, dataset, version, previous, outcome)
-    _write_ledger(batch, version, outcome)
+    if not _write_ledger(batch, version, outcome, replace=previous is not None):
+        # Another run of the same version got there first (two daemons' ticks can both submit a
+        # batch): it decided, with the same bytes, so this run reports its decision.
+        return _already(store.uri(key), _ledger_entry(store, dataset, version))
     return outcome
+
+
+def _already(uri: str, previous: dict) -> Outcome:
+    """What a run reports for a version another run (or attempt) has already decided."""
+    return Outcome(
+        previous["version"], uri, f"already_{previous['outcome']}", rows=previous["rows"],
+        dates=previous["dates"], rows_by_date=previous["rows_by_date"],
+        reason=previous.get("reason", ""), message=f"by run {previous['run_id']}",
+    )  # fmt: skip
 
 
 class _Gone(Exception):
@@ -295,7 +303,9 @@ def _ledger_entry(store: ObjectStore, dataset: str, version: str) -> dict | None
     return json.loads(data)
 
 
-def _write_ledger(batch: _Batch, version: str, outcome: Outcome) -> None:
+def _write_ledger(batch: _Batch, version: str, outcome: Outcome, replace: bool) -> bool:
+    """The version's ledger entry: created only if it has none (False when another run's
+    came first), or with ``replace`` (a re-ingest) written over the former one."""
     entry = {
         "version": version,
         "object": outcome.object,
@@ -311,9 +321,14 @@ def _write_ledger(batch: _Batch, version: str, outcome: Outcome) -> None:
         "run_id": batch.run_id,
         "at": datetime.now(UTC).isoformat(),
     }
-    batch.store.put_bytes(
-        json.dumps(entry).encode(), paths.ledger_object(batch.dataset, paths.file_id(version))
+    data, key = (
+        json.dumps(entry).encode(),
+        paths.ledger_object(batch.dataset, paths.file_id(version)),
     )
+    if replace:
+        batch.store.put_bytes(data, key)
+        return True
+    return batch.store.create_bytes(data, key)
 
 
 def _replace_previous(
