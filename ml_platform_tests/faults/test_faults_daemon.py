@@ -859,7 +859,9 @@ def test_two_daemons_tick_the_landing_sensor_from_one_cursor(stack: Stack, tag: 
         stack.start_sensor(SENSOR)
         wait(first, "a listing naming the new files", stack)
         assert second.is_set(), f"no second tick listed the files\n{stack.describe()}"
+        released = time.monotonic()
         stack.settle(landed)
+        recovery = time.monotonic() - released
         outcome = stack.check(landed, twins=True)
         roots = stack.roots(landed)
     assert all(o["parts"] == 2 for o in outcome.values()), outcome
@@ -869,7 +871,7 @@ def test_two_daemons_tick_the_landing_sensor_from_one_cursor(stack: Stack, tag: 
         by_key.setdefault(run.tags["dagster/run_key"], []).append(batch(run))
     assert all(len({tuple(b) for b in batches_}) == 1 for batches_ in by_key.values()), by_key
     assert sorted(v for batches_ in by_key.values() for v in batches_[0]) == sorted(landed)
-    report("twin_daemons", tag=tag, root_runs=len(roots), run_keys=len(by_key),
-           batch_files=batches(stack, landed),
-           runs_per_object=sorted({o["runs"] for o in outcome.values()}),
-           reported=sorted({tuple(o["reported"]) for o in outcome.values()}))  # fmt: skip
+    report("twin_daemons", tag=tag, recovery_s=round(recovery, 1), root_runs=len(roots),
+           run_keys=len(by_key), batch_files=batches(stack, landed),
+           reported=sorted({tuple(o["reported"]) for o in outcome.values()}),
+           outcome=outcome)  # fmt: skip
