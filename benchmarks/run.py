@@ -29,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = ROOT / "benchmarks"
 DATA = HERE / "data"
 RESULTS = HERE / "results.json"
+#: When each metric of results.json was measured (a partial `make bench` keeps the others' rows).
+MEASURED = HERE / "measured.json"
+RESULTS_MD = HERE / "RESULTS.md"
 #: Files the daemon fault scenarios and the production-profile test write their numbers to.
 FAULT_RESULTS_ENV = "ML_PLATFORM_FAULT_RESULTS"
 PROD_RESULTS_ENV = "ML_PLATFORM_PROD_RESULTS"
@@ -611,30 +614,43 @@ BENCHMARKS: dict[str, Callable[[], list[dict]]] = {
 }
 
 
-def write_markdown(records: list[dict]) -> None:
+#: References that are fixed figures, not measured: a goal or budget, a configured interval, a
+#: bound or an input size (RESULTS.md marks them).
+CONSTANT_REFERENCES = ("goal", "budget", "sensor_interval_s", "one_partition_per_file",
+                       "landing_2500_wait_bound_s", "rows put", "offered rate")  # fmt: skip
+
+
+def write_markdown(records: list[dict], measured: dict[str, str], now: str) -> None:
+    """RESULTS.md: every record with its reference, marked *constant* when it is a fixed figure,
+    and the run it comes from when that is not this one."""
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}. References are measured "
-        "in the same run.",
+        f"Written by `make bench` on {now} UTC, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}. A reference is measured in the same run as its metric, "
+        "unless marked *constant* (a goal or a fixed figure); *measured* gives the run a row comes "
+        "from when it is an earlier one (`make bench BENCH=name` reruns one benchmark).",
         "",
-        "| metric | value | unit | reference | reference value | ratio | rows |",
-        "|---|---:|---|---|---:|---:|---:|",
+        "| metric | value | unit | reference | reference value | ratio | rows | measured |",
+        "|---|---:|---|---|---:|---:|---:|---|",
     ]
     for r in records:
         comparable = r["reference_value"] and r["unit"] != "ratio"  # a ratio is its own comparison
         ratio = f"{r['value'] / r['reference_value']:.2f}x" if comparable else ""
         rows = f"{r['rows']:,}" if r["rows"] else ""
         ref_value = "" if r["reference_value"] is None else f"{r['reference_value']:,}"
+        reference = r["reference"] or ""
+        if reference.startswith(CONSTANT_REFERENCES):
+            reference += " *(constant)*"
+        when = measured.get(r["name"], "an earlier run")
         lines.append(
-            f"| {r['name']} | {r['value']:,} | {r['unit']} | {r['reference'] or ''} | "
-            f"{ref_value} | {ratio} | {rows} |"
+            f"| {r['name']} | {r['value']:,} | {r['unit']} | {reference} | "
+            f"{ref_value} | {ratio} | {rows} | {'' if when == now else when} |"
         )
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]
-    (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n")
+    RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
 def run_benchmarks(names: list[str]) -> list[dict]:
@@ -708,7 +724,13 @@ def main(argv: list[str] | None = None) -> int:
     names_fresh = {r["name"] for r in fresh}
     records = [r for r in previous if r["name"] not in names_fresh] + fresh
     RESULTS.write_text(json.dumps(records, indent=2) + "\n")
-    write_markdown(records)
+    now = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+    earlier = json.loads(MEASURED.read_text()) if MEASURED.exists() and args.only else {}
+    measured = {r["name"]: now if r["name"] in names_fresh else earlier.get(r["name"], "")
+                for r in records}  # fmt: skip
+    measured = {k: v for k, v in measured.items() if v}
+    MEASURED.write_text(json.dumps(measured, indent=2) + "\n")
+    write_markdown(records, measured, now)
     return 0
 
 

@@ -60,3 +60,24 @@ def test_a_smoke_without_the_tests_numbers_fails_and_names_what_it_needs(monkeyp
     assert results_of_make_test(FAULT_RESULTS_ENV, "test_faults_daemon.py") == {
         "no_fault": {"upload_to_ingested_s": 16.3}
     }
+
+
+def test_results_md_marks_constant_references_and_rows_of_earlier_runs(tmp_path, monkeypatch):
+    from benchmarks import run
+
+    monkeypatch.setattr(run, "RESULTS_MD", tmp_path / "RESULTS.md")
+    monkeypatch.setattr(run, "HERE", tmp_path)  # no NOTES.md appended
+    records = [
+        record("demo_s", 30.0, "s", "budget (10 min on 2 cores)", 600),
+        record("ingest_rows_per_s", 10.0, "rows/s", "duckdb_copy_rows_per_s", 20.0),
+        record("duckdb_copy_rows_per_s", 20.0, "rows/s"),
+    ]
+    measured = {"demo_s": "2026-11-22 08:49", "ingest_rows_per_s": "2026-12-06 22:38",
+                "duckdb_copy_rows_per_s": "2026-12-06 22:38"}  # fmt: skip
+    run.write_markdown(records, measured, "2026-12-06 22:38")
+    rows = [line for line in run.RESULTS_MD.read_text().splitlines() if line.startswith("| ")]
+    cells = {c[0]: c for c in ([x.strip() for x in r.split("|")[1:-1]] for r in rows)}
+    assert cells["demo_s"][3] == "budget (10 min on 2 cores) *(constant)*"
+    assert cells["demo_s"][7] == "2026-11-22 08:49"  # an earlier run's row says when
+    assert cells["ingest_rows_per_s"][3] == "duckdb_copy_rows_per_s"  # measured alongside
+    assert cells["ingest_rows_per_s"][7] == ""  # this run's
