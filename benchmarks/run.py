@@ -726,9 +726,11 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.write_text(json.dumps(records, indent=2) + "\n")
     now = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     earlier = json.loads(MEASURED.read_text()) if MEASURED.exists() and args.only else {}
-    measured = {r["name"]: now if r["name"] in names_fresh else earlier.get(r["name"], "")
-                for r in records}  # fmt: skip
-    measured = {k: v for k, v in measured.items() if v}
+    kept = {r["name"] for r in records} - names_fresh
+    measured = {
+        **{k: v for k, v in earlier.items() if k in kept},
+        **dict.fromkeys(names_fresh, now),
+    }
     MEASURED.write_text(json.dumps(measured, indent=2) + "\n")
     write_markdown(records, measured, now)
     return 0

@@ -198,18 +198,26 @@ class LocalStore:
         """Local paths of ``keys``; a folder store needs no copy."""
         return [self._path(key) for key in keys]
 
-    def _atomic_write(self, key: str, write: Any) -> None:
+    def _atomic_write(self, key: str, write: Any, *, exclusive: bool = False) -> bool:
+        """Write a temporary file, then give it the key's name whole: replacing what was there,
+        or with ``exclusive`` by a hard link, which fails (False) when the name exists."""
         dst = self._path(key)
         dst.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dst.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
-            os.replace(tmp, dst)
-        except BaseException:
+            if not exclusive:
+                os.replace(tmp, dst)
+                return True
+            try:
+                os.link(tmp, dst)
+            except FileExistsError:
+                return False
+            return True
+        finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            raise
 
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None:
         """Copy ``src`` in atomically; with ``move``, rename it in when on the same filesystem."""
@@ -230,20 +238,8 @@ class LocalStore:
         self._atomic_write(key, lambda fh: fh.write(data))
 
     def create_bytes(self, data: bytes, key: str) -> bool:
-        """Write ``data`` only if ``key`` does not exist yet; False when another writer was first.
-        A hard link fails on an existing name, so the whole file appears at once or not at all."""
-        dst = self._path(key)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dst.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.link(tmp, dst)
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
-        return True
+        """Write ``data`` only if ``key`` does not exist yet; False when another writer was first."""
+        return self._atomic_write(key, lambda fh: fh.write(data), exclusive=True)
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -257,6 +253,7 @@ class LocalStore:
 #: that another conditional write is writing at that moment.
 _ALREADY_EXISTS = {"PreconditionFailed", "412"}
 _WRITE_IN_FLIGHT = {"ConditionalRequestConflict", "409"}
+_CONFLICT_TRIES = 50
 
 
 class S3Store:
@@ -390,19 +387,20 @@ class S3Store:
         from botocore.exceptions import ClientError
 
         with self._errors(f"creating {self.uri(key)}"):
-            try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
-                )
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in _ALREADY_EXISTS:
-                    return False
-                if code in _WRITE_IN_FLIGHT:  # the other write ends first, then ask again
-                    time.sleep(0.1)
-                    return self.create_bytes(data, key)
-                raise
-        return True
+            for _ in range(_CONFLICT_TRIES):
+                try:
+                    self.client.put_object(
+                        Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+                    )
+                    return True
+                except ClientError as exc:
+                    code = exc.response.get("Error", {}).get("Code")
+                    if code in _ALREADY_EXISTS:
+                        return False
+                    if code not in _WRITE_IN_FLIGHT:
+                        raise
+                time.sleep(0.1)  # the other write ends first, then ask again
+            raise StoreUnavailableError(f"{self.uri(key)}: conditional writes keep conflicting")
 
     def delete(self, key: str) -> None:
         with self._errors(f"deleting {self.uri(key)}"):

@@ -260,8 +260,8 @@ class Stack:
         """A second daemon on the same instance (its own home, the same config, databases and
         proxies), as a rolling deploy or a second stack started by mistake leaves for a while.
         Yields its log."""
-        log = self.tmp / f"daemon-twin-{time.monotonic_ns()}.log"
-        home = self.tmp / f"dagster_home_twin_{time.monotonic_ns()}"
+        stamp = time.monotonic_ns()
+        log, home = self.tmp / f"daemon-twin-{stamp}.log", self.tmp / f"dagster_home_twin_{stamp}"
         with dagster_daemon(home, self.daemon_env, log, config=str(self.config)):
             yield log
 
@@ -396,6 +396,12 @@ class Stack:
         """Turn a sensor off as the UI does (its stored state says STOPPED)."""
         self._set_sensor_status(name, InstigatorStatus.STOPPED)
 
+    def pause_landing(self) -> None:
+        """Turn the landing sensor off and let a tick already under way end (the interval is
+        1 s), so that the next tick sees every file landed meanwhile."""
+        self.stop_sensor(SENSOR)
+        time.sleep(3)
+
     def start_sensor(self, name: str) -> None:
         """Turn a sensor back on as the UI does (its cursor is kept)."""
         self._set_sensor_status(name, InstigatorStatus.RUNNING)
@@ -429,10 +435,10 @@ class Stack:
         )
         return sum(t.status == TickStatus.FAILURE for t in ticks)
 
-    def check(self, versions: list[str], twins: bool = False) -> dict:
-        """The invariants over the scenario's object versions (and the whole bucket). With
-        ``twins`` (two daemons), a version may be in the batch of two root runs, under one run key:
-        both daemons' ticks may create the run of a request before either sees the other's."""
+    def check(self, versions: list[str], daemons: int = 1) -> dict:
+        """The invariants over the scenario's object versions (and the whole bucket). Each
+        version is in the batch of one run key, with a root run from each of up to ``daemons``
+        daemons: racing ticks may each create the run of a request before seeing the other's."""
         outcome = {}
         for version in versions:
             runs, parts, record, entry = (
@@ -444,7 +450,7 @@ class Stack:
             roots = [r for r in runs if "dagster/parent_run_id" not in r.tags]
             successes = [r for r in runs if r.status == dg.DagsterRunStatus.SUCCESS]
             keys = {r.tags.get("dagster/run_key") for r in roots}
-            assert len(roots) == 1 or (twins and len(keys) == 1), f"{version}: {len(roots)} roots"
+            assert len(keys) == 1 and len(roots) <= daemons, f"{version}: {len(roots)} roots"
             assert successes, f"{version}: no successful run: {[r.status for r in runs]}"
             assert entry is not None, f"{version}: no ledger entry"
             done = entry["outcome"]
@@ -795,8 +801,7 @@ def test_daemon_sigkilled_between_a_ticks_run_submissions(stack: Stack, tag: str
         rb"INSERT INTO runs \(.*(" + etags + rb")", lambda: os.kill(old.pid, signal.SIGKILL), nth=3
     )
     # The sensor is off while they land, so that one tick sees all seven.
-    stack.stop_sensor(SENSOR)
-    time.sleep(3)  # a tick already under way ends (the interval is 1 s)
+    stack.pause_landing()
     landed = [stack.put(f"faults/{tag}/daemon/f{i}.csv", body) for i, body in enumerate(bodies)]
     stack.start_sensor(SENSOR)
     wait(fired, "third INSERT INTO runs", stack)
@@ -840,8 +845,7 @@ def test_two_daemons_tick_the_landing_sensor_from_one_cursor(stack: Stack, tag: 
     files is held until the other daemon's tick lists them too, so both ticks cut their batches
     from the same cursor and submit them. Each version still ends up ingested exactly once."""
     names = [f"faults/{tag}/twin/f{i}.csv" for i in range(4)]
-    stack.stop_sensor(SENSOR)
-    time.sleep(3)  # a tick already under way ends (the interval is 1 s)
+    stack.pause_landing()
     with stack.twin_daemon() as twin_log:
         deadline = time.monotonic() + 120
         while "Checking for new runs for sensor" not in twin_log.read_text():
@@ -862,7 +866,7 @@ def test_two_daemons_tick_the_landing_sensor_from_one_cursor(stack: Stack, tag: 
         released = time.monotonic()
         stack.settle(landed)
         recovery = time.monotonic() - released
-        outcome = stack.check(landed, twins=True)
+        outcome = stack.check(landed, daemons=2)
         roots = stack.roots(landed)
     assert all(o["parts"] == 2 for o in outcome.values()), outcome
     # Both ticks cut the same batches: runs of one run key hold the same versions.
