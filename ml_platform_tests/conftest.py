@@ -38,6 +38,7 @@ DAEMON_MODULES = (
 SLOW_FIRST = (
     *DAEMON_MODULES,
     "test_models.py",
+    "test_run_limits.py",
     "test_faults_load.py",
     "test_features.py",
     "test_lakehouse.py",

@@ -1,6 +1,6 @@
 """A code location for the run-limit test: jobs with the run tags of the platform's own jobs and
 an asset in the platform's training pool, whose steps hold for a few seconds, and a sensor that
-requests their runs two by two, one pair once the previous pair has finished.
+requests their runs in pairs, the next pairs once the previous ones have finished.
 
 Its steps only wait: what is under test is the instance's queue and pools (dagster.yaml and
 docker/dagster.yaml) acting on the tags and the pool that the real jobs and assets carry, which
@@ -23,6 +23,7 @@ from ml_platform.defs.ml.schedules import weekly_training_job
 HOLD_S = 3.0
 PHASE_TAG = "limits/phase"
 #: The pairs the sensor requests, in this order: phase name -> (job, run tags of the real job).
+#: Every pair but the pool's is held back by a run limit on at least one profile.
 PHASES = {
     "lakehouse": ("hold_job", dict(lakehouse_job.tags)),
     "ingest": ("hold_job", dict(ingest_readings_job.tags)),
@@ -52,9 +53,18 @@ hold_job = dg.define_asset_job("hold_job", selection=[hold])
 pooled_job = dg.define_asset_job("pooled_job", selection=[arrive, pooled_hold])
 
 
-def _finished(instance: dg.DagsterInstance, phase: str) -> bool:
-    runs = instance.get_runs(dg.RunsFilter(tags={PHASE_TAG: phase}))
-    return len(runs) == 2 and all(r.is_finished for r in runs)
+def phase_groups(max_concurrent_runs: int) -> list[list[str]]:
+    """The phases whose pairs are requested together. A group of limited pairs leaves the queue
+    one slot more than one run of each, so that a pair whose limit were gone would run at once
+    (and fail the test); the pool pair goes alone, as both its runs must start together."""
+    limited = [p for p in PHASES if p != "pool"]
+    size = max(1, max_concurrent_runs - 1)
+    return [limited[i : i + size] for i in range(0, len(limited), size)] + [["pool"]]
+
+
+def _finished(instance: dg.DagsterInstance, phases: list[str]) -> bool:
+    runs = instance.get_runs(dg.RunsFilter(tags={PHASE_TAG: phases}))
+    return len(runs) == 2 * len(phases) and all(r.is_finished for r in runs)
 
 
 @dg.sensor(
@@ -63,23 +73,23 @@ def _finished(instance: dg.DagsterInstance, phase: str) -> bool:
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def request_pairs(context: dg.SensorEvaluationContext):
-    """Both runs of the next phase at once, when the phase before it (the cursor) is done."""
-    names = list(PHASES)
-    done = context.cursor
-    if done is None:
-        phase = names[0]
-    elif not _finished(context.instance, done):
-        return dg.SkipReason(f"waiting for the {done} pair")
-    elif done == names[-1]:
+    """The pairs of the next group at once, when the group before it (the cursor) is done."""
+    queue = context.instance.get_concurrency_config().run_queue_config
+    groups = phase_groups(queue.max_concurrent_runs if queue else 1)
+    done = None if context.cursor is None else int(context.cursor)
+    if done is not None and not _finished(context.instance, groups[done]):
+        return dg.SkipReason(f"waiting for the {groups[done]} pairs")
+    if done == len(groups) - 1:
         return dg.SkipReason("every pair has run")
-    else:
-        phase = names[names.index(done) + 1]
-    job, tags = PHASES[phase]
-    pair = [
-        dg.RunRequest(run_key=f"{phase}-{i}", job_name=job, tags={**tags, PHASE_TAG: phase})
-        for i in (1, 2)
-    ]
-    return dg.SensorResult(run_requests=pair, cursor=phase)
+    group = 0 if done is None else done + 1
+    requests = []
+    for phase in groups[group]:
+        job, tags = PHASES[phase]
+        requests += [
+            dg.RunRequest(run_key=f"{phase}-{i}", job_name=job, tags={**tags, PHASE_TAG: phase})
+            for i in (1, 2)
+        ]
+    return dg.SensorResult(run_requests=requests, cursor=str(group))
 
 
 defs = dg.Definitions(

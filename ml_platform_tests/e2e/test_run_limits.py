@@ -4,8 +4,10 @@ at a time, one training step at a time across runs, and on the deployed profile 
 job run at a time.
 
 The runs come from ``limits_location``: pairs of runs with the run tags of the platform's own
-jobs, or with a step in the platform's training pool, requested together by a sensor. Each run
-holds its step for a few seconds, so two runs that the queue lets through together overlap.
+jobs, or with a step in the platform's training pool, requested together by a sensor (and pairs
+of different limits together while the queue has a free slot besides one run of each: a pair
+whose limit is gone then runs at once). Each run holds its step for a few seconds, so two runs
+that the queue lets through together overlap.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 The landing side reuses the invariants harness of ``test_faults_uploads.py`` (:class:`Lake`: the
 real S3 API of a moto server, the real landing sensor in batch mode, ``raw_readings`` run on a
 real Dagster instance with each batch request's partition and run config). Run requests are
-submitted as the daemon submits them: a request whose run key already has a run of this sensor
-is skipped (Dagster's run-key dedupe, read through ``DagsterInstance.get_runs``). Exactly once is
-judged by the outputs (:meth:`Lake.check`): bronze parts XOR a quarantine record per version, its
+submitted as one daemon submits them: a request whose run key already has a run of this sensor
+is skipped (Dagster's run-key dedupe, read through ``DagsterInstance.get_runs``); a request two
+racing ticks both cut is run twice, as two daemons run it (``Lake.submit``; the real two-daemon
+race is in ``test_faults_daemon.py``). Exactly once is judged by the outputs (:meth:`Lake.check`): bronze parts XOR a quarantine record per version, its
 ledger entry, every part written once.
 
 ==========================================================  =========================================
@@ -158,22 +159,23 @@ def test_500_files_landed_at_once(lake: Lake):
     evaluation = contract_check(result)
     assert not evaluation.passed and evaluation.metadata["quarantined_count"].value == 50
 
-    # The same request again (a tick evaluated twice, a restarted daemon): its run key has run.
-    assert lake.launch(request) is None and lake.deduped == 1
-    # A batch cut differently that overlaps the burst (one of the capped sensor's): every version
-    # skipped by the ledger, nothing written.
+    # The same request run again (a tick evaluated by two daemons at once), then a batch cut
+    # differently that overlaps the burst (one of the capped sensor's): every version skipped
+    # by the ledger, nothing written.
     writes = Counter(lake.writes)
-    overlap = lake.launch_all([per_tick[1][0]])
-    assert overlap == []
-    [again] = [r for r in lake.results.values() if r is not result]
-    assert set(outcomes(again).values()) <= {"already_ingested", "already_quarantined"}
-    assert len(outcomes(again)) == 100 and lake.writes == writes
+    repeat, overlap = lake.submit(request), lake.submit(per_tick[1][0])
+    assert Counter(outcomes(repeat).values()) == {
+        "already_ingested": 450,
+        "already_quarantined": 50,
+    }
+    assert set(outcomes(overlap).values()) <= {"already_ingested", "already_quarantined"}
+    assert len(outcomes(overlap)) == 100 and lake.writes == writes
     lake.check()
     print(
         f"\nFAULTS 8-burst: objects=500 batches_default=1 tick_s={tick_s:.2f} "
         f"capped_per_tick={[[len(batch_versions(r)) for r in t] for t in per_tick]} "
         f"run_s={run_s:.1f} s_per_file={run_s / 500:.3f} quarantined={len(quarantined)} "
-        f"deduped={lake.deduped} cursor_hwm={LandingCursor.from_json(lake.cursor).hwm}"
+        f"cursor_hwm={LandingCursor.from_json(lake.cursor).hwm}"
     )
 
 
@@ -205,12 +207,15 @@ def test_two_ticks_racing_from_one_cursor(lake: Lake):
     lake.cursor = second.cursor
     lake.requests += [one, two]
 
-    launched_first = lake.launch_all([one])
-    launched_second = lake.launch_all([two])
-    assert sorted(launched_first) == sorted(lake.versions) and launched_second == []
-    assert lake.deduped == 1 and len(lake.results) == 1
+    # Both requests become runs, as with two daemons (test_faults_daemon.py saw both submitted:
+    # run-key dedupe does not see across racing ticks); the queue runs them one after the other,
+    # and the ledger makes the second one handle nothing.
+    first_run, second_run = lake.submit(one), lake.submit(two)
+    assert first_run.success and second_run.success
+    assert outcomes(first_run) == dict.fromkeys(lake.versions, "ingested")
+    assert outcomes(second_run) == dict.fromkeys(lake.versions, "already_ingested")
     runs = lake.instance.get_runs(filters=dg.RunsFilter(tags={RUN_KEY: one.run_key}))
-    assert len(runs) == 1
+    assert len(runs) == 2
     assert_cursor_past_everything(lake)
 
     # Two batches overlapping in their versions (one after the other, as the run queue's limit of
@@ -236,7 +241,7 @@ def test_two_ticks_racing_from_one_cursor(lake: Lake):
     # dataset, e2e/test_run_limits.py), and behind it the ledger's create-only entries.
     print(
         f"\nFAULTS 8-race: versions={len(lake.versions)} requests={len(lake.requests)} "
-        f"deduped={lake.deduped} runs={len(lake.results)} overlapping_skipped=3 "
+        f"runs={len(lake.results)} overlapping_skipped=3 "
         f"cursor_hwm={LandingCursor.from_json(lake.cursor).hwm}"
     )
 

@@ -261,6 +261,12 @@ class Lake:
         if self.instance.get_runs(filters=dg.RunsFilter(tags=tags)):
             self.deduped += 1
             return None
+        return self.submit(request)
+
+    def submit(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+        """A run of the request, whether or not its run key has one already: what each of two
+        daemons ticking at once submits (their run-key dedupe does not see the other's run)."""
+        tags = {RUN_KEY: request.run_key, SENSOR_NAME: self.sensor.name}
         return self.run(request.partition_key, request.run_config, {**request.tags, **tags})
 
     def run(self, partition: str, run_config: dict, tags: dict[str, str] | None = None):
