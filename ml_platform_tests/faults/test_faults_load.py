@@ -6,8 +6,8 @@ real Dagster instance with each batch request's partition and run config). Run r
 submitted as one daemon submits them: a request whose run key already has a run of this sensor
 is skipped (Dagster's run-key dedupe, read through ``DagsterInstance.get_runs``); a request two
 racing ticks both cut is run twice, as two daemons run it (``Lake.submit``; the real two-daemon
-race is in ``test_faults_daemon.py``). Exactly once is judged by the outputs (:meth:`Lake.check`): bronze parts XOR a quarantine record per version, its
-ledger entry, every part written once.
+race is in ``test_faults_daemon.py``). Exactly once is judged by the outputs (:meth:`Lake.check`):
+bronze parts XOR a quarantine record per version, its ledger entry, every part written once.
 
 ==========================================================  =========================================
 Scenario                                                    Test

@@ -257,8 +257,7 @@ class Lake:
     def launch(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult | None:
         """The daemon's submission: skipped when this sensor already has a run for the run key
         (Dagster's run-key dedupe), else a run of the request's partition and run config."""
-        tags = {RUN_KEY: request.run_key, SENSOR_NAME: self.sensor.name}
-        if self.instance.get_runs(filters=dg.RunsFilter(tags=tags)):
+        if self.instance.get_runs(filters=dg.RunsFilter(tags=self._daemon_tags(request))):
             self.deduped += 1
             return None
         return self.submit(request)
@@ -266,8 +265,11 @@ class Lake:
     def submit(self, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
         """A run of the request, whether or not its run key has one already: what each of two
         daemons ticking at once submits (their run-key dedupe does not see the other's run)."""
-        tags = {RUN_KEY: request.run_key, SENSOR_NAME: self.sensor.name}
-        return self.run(request.partition_key, request.run_config, {**request.tags, **tags})
+        tags = {**request.tags, **self._daemon_tags(request)}
+        return self.run(request.partition_key, request.run_config, tags)
+
+    def _daemon_tags(self, request: dg.RunRequest) -> dict[str, str]:
+        return {RUN_KEY: request.run_key, SENSOR_NAME: self.sensor.name}
 
     def run(self, partition: str, run_config: dict, tags: dict[str, str] | None = None):
         result = dg.materialize(
