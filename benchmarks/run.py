@@ -653,6 +653,16 @@ def write_markdown(records: list[dict], measured: dict[str, str], now: str) -> N
     RESULTS_MD.write_text("\n".join(lines) + "\n")
 
 
+def merge_records(previous: list[dict], fresh: list[dict]) -> list[dict]:
+    """The previous records with the fresh ones in their places (a partial run keeps the file's
+    order, so its diff shows only what changed), then the fresh names not recorded before."""
+    by_name = {r["name"]: r for r in fresh}
+    known = {r["name"] for r in previous}
+    return [by_name.get(r["name"], r) for r in previous] + [
+        r for r in fresh if r["name"] not in known
+    ]
+
+
 def run_benchmarks(names: list[str]) -> list[dict]:
     fresh: list[dict] = []
     for name in names:
@@ -722,7 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     fresh = run_benchmarks(names)
     previous = recorded if args.only else []
     names_fresh = {r["name"] for r in fresh}
-    records = [r for r in previous if r["name"] not in names_fresh] + fresh
+    records = merge_records(previous, fresh)
     RESULTS.write_text(json.dumps(records, indent=2) + "\n")
     now = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     earlier = json.loads(MEASURED.read_text()) if MEASURED.exists() and args.only else {}

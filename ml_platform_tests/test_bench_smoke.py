@@ -81,3 +81,14 @@ def test_results_md_marks_constant_references_and_rows_of_earlier_runs(tmp_path,
     assert cells["demo_s"][7] == "2026-11-22 08:49"  # an earlier run's row says when
     assert cells["ingest_rows_per_s"][3] == "duckdb_copy_rows_per_s"  # measured alongside
     assert cells["ingest_rows_per_s"][7] == ""  # this run's
+
+
+def test_a_partial_run_replaces_its_records_in_place():
+    from benchmarks.run import merge_records
+
+    previous = [record("a_s", 1.0, "s"), record("b_s", 2.0, "s"), record("c_s", 3.0, "s")]
+    fresh = [record("b_s", 2.5, "s"), record("d_s", 4.0, "s")]
+    merged = merge_records(previous, fresh)
+    assert [(r["name"], r["value"]) for r in merged] == [
+        ("a_s", 1.0), ("b_s", 2.5), ("c_s", 3.0), ("d_s", 4.0),
+    ]  # fmt: skip

@@ -23,7 +23,8 @@ from ml_platform.defs.ml.schedules import weekly_training_job
 HOLD_S = 3.0
 PHASE_TAG = "limits/phase"
 #: The pairs the sensor requests, in this order: phase name -> (job, run tags of the real job).
-#: Every pair but the pool's is held back by a run limit on at least one profile.
+#: A pair with tags is held back by a run limit on at least one profile; the untagged one only
+#: by the pool.
 PHASES = {
     "lakehouse": ("hold_job", dict(lakehouse_job.tags)),
     "ingest": ("hold_job", dict(ingest_readings_job.tags)),
@@ -57,9 +58,10 @@ def phase_groups(max_concurrent_runs: int) -> list[list[str]]:
     """The phases whose pairs are requested together. A group of limited pairs leaves the queue
     one slot more than one run of each, so that a pair whose limit were gone would run at once
     (and fail the test); the pool pair goes alone, as both its runs must start together."""
-    limited = [p for p in PHASES if p != "pool"]
+    limited = [phase for phase, (_, tags) in PHASES.items() if tags]
+    pooled = [[phase] for phase, (_, tags) in PHASES.items() if not tags]
     size = max(1, max_concurrent_runs - 1)
-    return [limited[i : i + size] for i in range(0, len(limited), size)] + [["pool"]]
+    return [limited[i : i + size] for i in range(0, len(limited), size)] + pooled
 
 
 def _finished(instance: dg.DagsterInstance, phases: list[str]) -> bool:
