@@ -51,7 +51,7 @@ def test_readings_and_labels_put_to_s3_end_as_prediction_files(tmp_path):
     ports = dict.fromkeys(("s3", "postgres", "mlflow", "grpc", "ui", "api"), 0)
     with prod_stack(ports, extra_env={"ML_PLATFORM_SENSOR_INTERVAL_S": str(INTERVAL_S)}) as stack:
         instance = stack.instance()
-        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.run_storage).__name__ == "PooledPostgresRunStorage"
         s3 = stack.s3.client()
 
         def a_champion_from_one_training_run_of_one_batch_each() -> None:
