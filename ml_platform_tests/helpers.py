@@ -4,11 +4,12 @@ import http.server
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
+from urllib.parse import unquote
 
 import dagster as dg
 import pytest
@@ -36,6 +37,34 @@ def memory_instance() -> dg.DagsterInstance:
     ``dg.instance_for_test()`` opens a connection and commits for every event (docs/testing.md).
     Runs of another process (the daemon's, the CLI's) need a storage they can reach."""
     return dg.DagsterInstance.ephemeral()
+
+
+def table_rows(value: dg.TableMetadataValue) -> list[dict]:
+    """The rows of a Dagster table (``MetadataValue.table``) as dicts."""
+    return [r.data for r in value.records]
+
+
+def rows_by(value: dg.TableMetadataValue, column: str) -> dict[Any, dict]:
+    """A Dagster table's rows by their ``column`` (a per-day table by its day)."""
+    return {row[column]: row for row in table_rows(value)}
+
+
+def table_column(value: dg.TableMetadataValue, key: str, column: str) -> dict[Any, Any]:
+    """One column of a Dagster table by the rows' ``key`` (``rows_by_date``: date -> rows)."""
+    return {row[key]: row[column] for row in table_rows(value)}
+
+
+def stored_key(store, metadata: Mapping[str, Any]) -> str:
+    """The key of the object a materialization's ``dagster/uri`` names, asserted to read back
+    from ``store`` (``metadata``: its MetadataValues or their values)."""
+    assert "dagster/uri" in metadata, sorted(metadata)
+    uri = getattr(metadata["dagster/uri"], "value", metadata["dagster/uri"])
+    base = store.uri("").rstrip("/") + "/"
+    assert uri.startswith(base), (uri, base)
+    key = unquote(uri[len(base) :]) if uri.startswith("file:") else uri[len(base) :]
+    assert store.uri(key) == uri, (uri, key)
+    assert store.read_bytes(key), f"{uri}: an empty object"
+    return key
 
 
 def ingest_versions(

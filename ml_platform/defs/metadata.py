@@ -15,10 +15,16 @@ import dagster as dg
 _COLUMN_TYPES = ((bool, "bool"), (Integral, "int"), (Real, "float"))
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: int | None = None) -> dg.TableMetadataValue:
-    """``rows`` as a Dagster table (the first ``columns`` keys of the first row), with a schema
-    typed from the values; what is not a number or a flag is shown as text."""
-    names = list(rows[0])[:columns] if rows else []
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: int | Sequence[str] | None = None
+) -> dg.TableMetadataValue:
+    """``rows`` as a Dagster table, with a schema typed from the values; what is not a number or
+    a flag is shown as text. Its columns: those named in ``columns`` (an empty table keeps its
+    header; a column without values is text), else the first ``columns`` keys of the first row."""
+    if columns is not None and not isinstance(columns, int):
+        names = list(columns)
+    else:
+        names = list(rows[0])[:columns] if rows else []
     records = [dg.TableRecord({n: _cell(row.get(n)) for n in names}) for row in rows]
     schema = dg.TableSchema(columns=[dg.TableColumn(n, _column_type(rows, n)) for n in names])
     return dg.MetadataValue.table(records=records, schema=schema)
@@ -50,8 +56,14 @@ def _cell(value: Any) -> str | int | float | bool | None:
 
 
 def object_uri(store, key: str) -> dict[str, dg.MetadataValue]:
-    """``dagster/uri`` of an object the asset wrote: its ``s3://`` or ``file://`` address."""
+    """``dagster/uri`` of the main object (or zone prefix) the asset wrote: its ``s3://`` or
+    ``file://`` address. One per asset; other objects are :func:`object_path` entries."""
     return {"dagster/uri": dg.MetadataValue.text(store.uri(key))}
+
+
+def object_path(store, key: str) -> dg.PathMetadataValue:
+    """The address of another object the asset wrote or read, as a Dagster path."""
+    return dg.MetadataValue.path(store.uri(key))
 
 
 def row_counts(rows_by_partition: Mapping[str, int]) -> dict[str, int]:

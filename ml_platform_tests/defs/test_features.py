@@ -33,7 +33,7 @@ from ml_platform_tests.feature_helpers import (
     metadata,
     s3_options,
 )
-from ml_platform_tests.helpers import memory_instance
+from ml_platform_tests.helpers import memory_instance, rows_by, stored_key
 
 pytestmark = pytest.mark.integration
 
@@ -314,9 +314,8 @@ def test_online_values_after_a_day_equal_that_days_aggregates(env):
     # Backfilling an older day keeps the newer values online; re-running the day is idempotent.
     result = materialize(env.instance, [online_features], partition_key=older)
     assert result.success
-    assert metadata(result, "online_features")["days"][older]["kept_newer_online"][
-        fs.DAILY_STATS_VIEW
-    ] == len(gold(env.store, older))
+    shown = rows_by(metadata(result, "online_features")["days"], "day")
+    assert shown[older][f"kept_newer_online_{fs.DAILY_STATS_VIEW}"] == len(gold(env.store, older))
     pd.testing.assert_frame_equal(online(want.index.tolist()).astype(float), want.astype(float))
     again = materialize(env.instance, [online_features], partition_key=last)
     assert again.success
@@ -369,6 +368,10 @@ def test_training_set_labels_manifest_and_size_check(env):
     result = materialize(env.instance, [training_set], partition_key=WEEK, config=SMALL)
     assert result.success
     meta = metadata(result, "training_set")
+    # The set is the asset's dagster/uri, its manifest a path beside it.
+    assert stored_key(env.store, meta) == paths.training_set_object(WEEK)
+    assert meta["training_set"] == meta["dagster/uri"]
+    assert meta["manifest"] == env.store.uri(paths.training_manifest_object(WEEK))
     frame = pd.read_parquet(meta["training_set"])
     # Days 2024-01-01..01-20: the last day whose one-day horizon ends inside the week.
     assert (frame["day"].min(), frame["day"].max()) == (
@@ -408,7 +411,8 @@ def test_training_set_labels_manifest_and_size_check(env):
     failed = materialize(env.instance, [training_set], partition_key=WEEK, config=too_small)
     assert not failed.success and checks(failed)[SIZE_CHECK] is False
     # The week's accepted set and manifest stay the ones that passed.
-    assert "/rejected/" in metadata(failed, "training_set")["training_set"]
+    rejected = metadata(failed, "training_set")
+    assert "/rejected/" in stored_key(env.store, rejected) and "/rejected/" in rejected["manifest"]
     assert json.loads(env.store.read_bytes(paths.training_manifest_object(WEEK))) == manifest
 
 
@@ -452,12 +456,15 @@ def test_a_range_serves_each_sensors_newest_day_and_writes_it_once(env):
     tags = {RANGE_START: days[0], RANGE_END: days[-1]}
     result = materialize(env.instance, [online_features], tags=tags)
     assert result.success and checks(result)["online_store_answers_for_every_sensor"]
-    shown = metadata(result, "online_features")["days"]
+    table = metadata(result, "online_features")["days"]
+    assert {c.name: c.type for c in table.schema.columns}["sensors_without_answer"] == "int"
+    shown = rows_by(table, "day")
+    assert list(shown) == days
     frames = {day: gold(env.store, day) for day in days}
     for i, day in enumerate(days):
         later = set().union(*(frames[d].index for d in days[i + 1 :]))
         expected = len(set(frames[day].index) - later)
-        assert shown[day]["written"][fs.DAILY_STATS_VIEW] == expected, (day, shown[day])
+        assert shown[day][f"written_{fs.DAILY_STATS_VIEW}"] == expected, (day, shown[day])
         assert shown[day]["sensors_without_answer"] == 0
     refs = feature_refs()
     want = frames[days[-1]][list(refs)]

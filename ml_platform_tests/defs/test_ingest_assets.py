@@ -18,6 +18,7 @@ from ml_platform.defs.ingest.assets import raw_labels, raw_readings
 from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform_tests.helpers import READINGS_HEADER as HEADER
+from ml_platform_tests.helpers import table_column, table_rows
 from ml_platform_tests.servers import S3Server, free_port
 
 pytestmark = pytest.mark.integration
@@ -154,7 +155,13 @@ def test_a_three_day_file_writes_bronze_parts_for_exactly_those_days(s3_server, 
 
     meta = metadata(result)
     assert meta["dates"] == ["2024-03-01", "2024-03-02", "2024-03-03"]
-    assert meta["rows_by_date"] == {"2024-03-01": 1, "2024-03-02": 2, "2024-03-03": 1}
+    assert table_column(meta["rows_by_date"], "date", "rows") == {
+        "2024-03-01": 1,
+        "2024-03-02": 2,
+        "2024-03-03": 1,
+    }
+    schema = meta["rows_by_date"].schema.columns
+    assert {c.name: c.type for c in schema} == {"date": "string", "rows": "int"}
     assert (meta["files"], meta["dagster/row_count"], meta["bronze_parts"]) == (1, 4, 3)
     assert meta["outcomes"] == {"ingested": 1}
     first = meta["first_file"]
@@ -207,8 +214,9 @@ def test_bad_files_are_quarantined_with_a_reason_and_warn_without_failing_the_ru
     assert (row["version"], row["outcome"], row["reason"]) == (version, "quarantined", reason)
     check = contract_check(result)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
-    [listed] = check.metadata["quarantined"].value
+    [listed] = table_rows(check.metadata["quarantined"].value)
     assert listed["object"].endswith(f"landing/readings/{name}") and listed["reason"] == reason
+    assert list(listed) == ["object", "reason", "message"] and listed["message"]
     meta = metadata(result)
     assert (meta["dagster/row_count"], meta["dates"], meta["outcomes"]) == (
         0,
@@ -261,7 +269,7 @@ def test_an_overwritten_object_is_not_ingested_under_its_old_version(s3_server, 
     # The new version is its own, with its own rows.
     result = run_batch(instance, versions=[new])
     assert outcome_of(result) == {new: "ingested"}
-    assert metadata(result)["rows_by_date"] == {
+    assert table_column(metadata(result)["rows_by_date"], "date", "rows") == {
         "2024-03-01": 1,
         "2024-03-02": 2,
         "2024-03-03": 1,
@@ -352,7 +360,7 @@ def test_a_bad_file_is_quarantined_and_the_rest_of_its_batch_is_ingested(
     check = contract_check(result)
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
     assert check.metadata["quarantined_count"].value == 1
-    [listed] = check.metadata["quarantined"].value
+    [listed] = table_rows(check.metadata["quarantined"].value)
     assert listed["object"].endswith("landing/readings/bad.csv")
     assert listed["reason"] == "missing_columns"
 
@@ -360,7 +368,11 @@ def test_a_bad_file_is_quarantined_and_the_rest_of_its_batch_is_ingested(
     assert meta["files"] == 4 and meta["outcomes"] == {"ingested": 3, "quarantined": 1}
     assert meta["dagster/row_count"] == 4 and meta["bronze_parts"] == 4
     assert meta["dates"] == ["2024-03-01", "2024-03-02", "2024-03-03"]
-    assert meta["rows_by_date"] == {"2024-03-01": 1, "2024-03-02": 2, "2024-03-03": 1}
+    assert table_column(meta["rows_by_date"], "date", "rows") == {
+        "2024-03-01": 1,
+        "2024-03-02": 2,
+        "2024-03-03": 1,
+    }
 
 
 def test_a_second_run_of_the_same_versions_skips_them_and_writes_nothing(

@@ -1,5 +1,6 @@
 """sensor_chunks and daily_aggregates: correctness, late data, checks, range runs and automation."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.generator import GeneratorConfig, write_files
 from ml_platform.lib.store import LocalStore
-from ml_platform_tests.helpers import READINGS_HEADER, ingest
+from ml_platform_tests.helpers import READINGS_HEADER, ingest, rows_by
 
 # Real Dagster runs (in process and through the CLI) on a local lake.
 pytestmark = pytest.mark.integration
@@ -132,11 +133,12 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
         assert ("sensor_chunks_values_within_contract_ranges", day) in evaluations
     [chunk_meta] = result.asset_materializations_for_node("sensor_chunks")[:1]
     shown = {k: v.value for k, v in chunk_meta.metadata.items()}
+    built = rows_by(shown["days"], "day")
     for day in DAYS:  # per-sensor row counts and gaps of every day, and a preview
         counts = expected_chunks(store, day).groupby("sensor_id").size().to_dict()
         assert shown["rows_per_sensor"][day] == counts
         assert set(shown["gaps"][day]) <= set(counts)
-        assert shown["days"][day]["rows"] == sum(counts.values())
+        assert built[day]["rows"] == sum(counts.values())
     # A typed table, the silver zone's address, and no per-partition count for a range.
     preview = shown["preview"]
     types = {c.name: c.type for c in preview.schema.columns}
@@ -144,6 +146,11 @@ def test_chunks_and_aggregates_match_an_independent_pandas_computation(store, in
     sensors = set(expected_chunks(store, DAYS[0])["sensor_id"])
     assert preview.records and {r.data["sensor_id"] for r in preview.records} <= sensors
     assert shown["dagster/uri"] == (store.root / "lake" / "silver" / "sensor_chunks").as_uri()
+    # The run's input record, a path beside it, holds the same days.
+    record = paths.run_inputs_object("sensor_chunks", result.run_id)
+    assert isinstance(chunk_meta.metadata["inputs"], dg.PathMetadataValue)
+    assert shown["inputs"] == store.uri(record)
+    assert set(json.loads(store.read_bytes(record))["days"]) == set(built) == set(DAYS)
     assert "dagster/partition_row_count" not in shown
 
     trailing = trailing_week(daily_means({day: expected_chunks(store, day) for day in DAYS}))
@@ -268,7 +275,7 @@ def test_trailing_week_features_are_the_seven_calendar_days_before(tmp_path, sto
     assert again.success
     assert objects(store, "lake/gold/") == before
     shown = again.asset_materializations_for_node("daily_aggregates")[0].metadata["days"].value
-    assert {day: v["history_days"] for day, v in shown.items()} == {
+    assert {day: v["history_days"] for day, v in rows_by(shown, "day").items()} == {
         TEN_DAYS[8]: 7,
         TEN_DAYS[9]: 7,
     }
@@ -324,7 +331,7 @@ def test_a_late_file_reopens_its_day_and_leaves_the_others_byte_identical(
 
 def _built(result: dg.ExecuteInProcessResult, day: str) -> dict:
     [event] = result.asset_materializations_for_node("sensor_chunks")
-    return event.metadata["days"].value[day]
+    return rows_by(event.metadata["days"].value, "day")[day]
 
 
 def test_a_day_built_before_is_rebuilt_from_its_chunks_and_the_parts_added_since(

@@ -32,7 +32,12 @@ from ml_platform.defs.ml.models import (
 )
 from ml_platform.defs.monitoring.assets import drift_retraining_sensor, feature_drift
 from ml_platform.defs.partitions import scoring_files
-from ml_platform.defs.predictions.assets import daily_predictions, scored_files, scoring_job
+from ml_platform.defs.predictions.assets import (
+    _DaysScored,
+    daily_predictions,
+    scored_files,
+    scoring_job,
+)
 from ml_platform.defs.resources import build_resources
 from ml_platform.lib import paths
 from ml_platform.lib.generator import GeneratorConfig
@@ -46,7 +51,7 @@ from ml_platform_tests.feature_helpers import (
     model_config,
     run,
 )
-from ml_platform_tests.helpers import memory_instance, webhook_receiver
+from ml_platform_tests.helpers import memory_instance, rows_by, stored_key, webhook_receiver
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +136,8 @@ def test_failure_model_is_tracked_registered_and_beats_the_baseline(env):
     # The holdout is frozen in the ml zone: the last 14 days of the window.
     holdout_key = paths.model_holdout_object(MODEL_NAME, WEEK, result.run_id)
     assert version.tags["holdout_key"] == holdout_key
+    assert stored_key(env.store, m) == holdout_key  # the asset's dagster/uri
+    assert m["holdout"] == m["dagster/uri"] == version.tags["holdout"]
     holdout = pd.read_parquet(env.store.root / holdout_key)
     assert holdout["day"].nunique() == 14 and str(holdout["day"].max()) == "2024-03-09"
     # The day before the holdout is left out of training (a one-day horizon looks into it).
@@ -229,7 +236,10 @@ def test_the_champion_moves_only_for_a_measurably_better_challenger(env):
     ]
     assert all(e["who"] and e["at"] and e["reason"] for e in ledger)
     assert ledger[1]["challenger_value"] < ledger[1]["champion_value"]
-    # The ledger table on the asset's page: the newest decision first, typed columns.
+    # The ledger table on the asset's page: the newest decision first, typed columns; the
+    # ledger object is the asset's dagster/uri.
+    assert stored_key(env.store, better) == paths.promotion_ledger_object(MODEL_NAME)
+    assert better["ledger_uri"] == better["dagster/uri"]
     shown = better["ledger"]
     assert [(r.data["decision"], r.data["challenger"]) for r in shown.records] == [
         ("promoted", 3), ("kept", 2), ("promoted", 1),
@@ -283,6 +293,11 @@ def test_daily_predictions_for_every_sensor_with_the_champions_version(env):
     frame = pd.read_parquet(env.store.root / paths.predictions_object(DAY))
     gold = pd.read_parquet(env.store.root / paths.aggregates_object(DAY))
     assert sorted(frame["sensor_id"]) == sorted(gold["sensor_id"])
+    # A one-day run's dagster/uri is the day's file (its CSV beside it), its days a table.
+    shown = metadata(result, "daily_predictions")
+    assert stored_key(env.store, shown) == paths.predictions_object(DAY)
+    assert shown["csv"] == env.store.uri(paths.predictions_object(DAY, "csv"))
+    assert rows_by(shown["days"], "day")[DAY]["sensors"] == len(frame)
     assert (frame["model_version"] == "1").all() and (frame["model_name"] == MODEL_NAME).all()
     assert frame["failure_probability"].between(0, 1).all() and frame["features_found"].all()
     assert frame["cluster"].notna().all() and (frame["date"] == DAY).all()
@@ -299,6 +314,19 @@ def test_daily_predictions_for_every_sensor_with_the_champions_version(env):
     run(env.instance, [daily_predictions], partition_key=DAY, config=pin)
     frame = pd.read_parquet(env.store.root / paths.predictions_object(DAY))
     assert (frame["model_version"] == "2").all()
+
+
+def test_a_prediction_ranges_uri_is_its_zone_and_a_days_its_file(tmp_path):
+    store, zone = LocalStore(tmp_path), f"{paths.RESULTS}predictions/"
+    day = _DaysScored(per_day={DAY: {"sensors": 3}})
+    assert day.written(store)["dagster/uri"].value == store.uri(paths.predictions_object(DAY))
+    for scored in (
+        _DaysScored(per_day={DAY: {"sensors": 3}, "2024-03-10": {"sensors": 3}}),
+        _DaysScored(per_day={DAY: {"sensors": 0}}),  # a day without aggregates wrote nothing
+    ):
+        assert {k: v.value for k, v in scored.written(store).items()} == {
+            "dagster/uri": store.uri(zone)
+        }
 
 
 def test_a_scoring_request_becomes_one_scored_file_and_a_bad_one_is_quarantined(env):
@@ -329,7 +357,11 @@ def test_a_scoring_request_becomes_one_scored_file_and_a_bad_one_is_quarantined(
     scored = pd.read_csv(store.root / paths.scored_object("requests/today.csv"))
     assert list(scored["sensor_id"]) == ["sensor-001", "sensor-002"]
     assert scored["failure_probability"].between(0, 1).all()
-    assert metadata(ok, "scored_files")["rows"] == 2
+    answered = metadata(ok, "scored_files")
+    assert answered["rows"] == 2
+    assert stored_key(store, answered) == paths.scored_object("requests/today.csv")
+    assert answered["scored"] == answered["dagster/uri"]
+    assert answered["request"] == store.uri("landing/scoring/requests/today.csv")
     assert [o.key for o in store.list("results/scored/")] == [
         paths.scored_object("requests/today.csv")
     ]

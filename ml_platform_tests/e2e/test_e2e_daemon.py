@@ -25,6 +25,7 @@ from ml_platform.lib import paths
 from ml_platform.lib.landing import LandingCursor
 from ml_platform_tests.feature_helpers import copy_feature_repo
 from ml_platform_tests.helpers import READINGS_HEADER as HEADER
+from ml_platform_tests.helpers import table_rows
 from ml_platform_tests.servers import dagster_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -173,7 +174,8 @@ def keys(client, bucket: str, prefix: str) -> list[str]:
 
 def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed, s3_server, s3_env):
     instance, daemon = deployed
-    assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+    assert type(instance.run_storage).__name__ == "PooledPostgresRunStorage"
+    assert type(instance.event_log_storage).__name__ == "PooledPostgresEventLogStorage"
     client, bucket = s3_server.client(), s3_env["ML_PLATFORM_STORE_URL"][5:]
 
     uploaded = time.monotonic()
@@ -248,7 +250,7 @@ def test_upload_to_s3_runs_raw_readings_through_the_daemon_on_postgres(deployed,
     evaluation = contract_check(instance, bad_run.run_id)
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["quarantined_count"].value == 1
-    [listed] = evaluation.metadata["quarantined"].value
+    [listed] = table_rows(evaluation.metadata["quarantined"].value)
     assert listed["reason"] == "no_rows" and listed["object"].endswith("/e2e/bad.csv")
     record = paths.quarantine_record("readings", paths.file_id(bad), "e2e/bad.csv")
     assert json.loads(client.get_object(Bucket=bucket, Key=record)["Body"].read())["reason"] == (
@@ -455,7 +457,7 @@ def test_a_burst_of_300_files_is_ingested_in_a_few_batch_runs(deployed, s3_serve
         if has_bad:
             [row] = [row for row in rows if row["version"] == bad]
             assert (row["outcome"], row["reason"]) == ("quarantined", "no_rows")
-            [listed] = evaluation.metadata["quarantined"].value
+            [listed] = table_rows(evaluation.metadata["quarantined"].value)
             assert listed["reason"] == "no_rows"
             assert listed["object"].endswith(f"/r{BAD_AT:03d}.csv")
     assert set(reported) == set(versions.values())

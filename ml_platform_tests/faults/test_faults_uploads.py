@@ -84,7 +84,7 @@ from ml_platform.lib import paths
 from ml_platform.lib.lakehouse import distinct_keys
 from ml_platform.lib.landing import LandingCursor, select_new
 from ml_platform.lib.store import S3Store, open_store
-from ml_platform_tests.helpers import outcomes
+from ml_platform_tests.helpers import outcomes, table_column, table_rows
 
 pytestmark = pytest.mark.integration
 PREFIX = paths.LANDING_PREFIXES["readings"]
@@ -341,7 +341,7 @@ class Lake:
         quarantined = [v for v, o in outcomes(result).items() if o == "quarantined"]
         assert evaluation.passed == (not quarantined), result.run_id
         assert evaluation.metadata["quarantined_count"].value == len(quarantined)
-        listed = evaluation.metadata["quarantined"].value
+        listed = table_rows(evaluation.metadata["quarantined"].value)
         assert sorted((q["object"], q["reason"]) for q in listed) == sorted(
             (self.uri(self.versions[v]), self.record(v)["reason"]) for v in quarantined
         )
@@ -519,7 +519,10 @@ def test_corrupt_uploads_in_one_batch(lake: Lake):
     assert batch["outcomes"] == {"ingested": 1, "quarantined": 7}
     assert (batch["files"], batch["dagster/row_count"], batch["bronze_parts"]) == (8, 144, 2)
     assert batch["dates"] == ["2024-03-01", "2024-03-02"]
-    assert batch["rows_by_date"] == {"2024-03-01": 72, "2024-03-02": 72}
+    assert table_column(batch["rows_by_date"], "date", "rows") == {
+        "2024-03-01": 72,
+        "2024-03-02": 72,
+    }
     assert batch["first_file"]["rows_in"] == 144  # the clean file, the only one ingested
     assert batch["first_file"]["sha256"] == sha256(CLEAN)
     for name, (body, _) in bad.items():  # the quarantined copy is the rejected bytes
@@ -735,10 +738,10 @@ def test_out_of_order_late_future_and_clock_shifted(lake: Lake):
     assert lake.ledger(shifted)["rows_by_date"] == {"2024-03-01": 72, "2024-03-02": 72}
     assert sorted(outcome[late]) == ["2024-01-15"]
     assert meta(late_batch)["dates"] == ["2024-01-15"]
-    assert meta(late_batch)["rows_by_date"] == {"2024-01-15": 72}
+    assert table_column(meta(late_batch)["rows_by_date"], "date", "rows") == {"2024-01-15": 72}
     # The first batch's days: three clean files of 72 rows a day, and the future file's 6 + 1.
     near_day = near.date().isoformat()
-    assert meta(first_batch)["rows_by_date"] == {
+    assert table_column(meta(first_batch)["rows_by_date"], "date", "rows") == {
         "2024-03-01": 3 * 72 + 6,
         "2024-03-02": 3 * 72,
         near_day: 1,

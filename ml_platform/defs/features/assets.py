@@ -104,6 +104,19 @@ def feature_views(context: dg.AssetExecutionContext, feast: FeastResource) -> dg
     )
 
 
+def _days_table(per_day: dict[str, dict]) -> dg.TableMetadataValue:
+    """A row per day of the run: its sensors, per view the sensors written and those whose newer
+    value was kept online, and what the read-back found wrong (empty for a day without rows)."""
+    rows = []
+    for day, d in per_day.items():
+        row = {"day": day, "sensors": d["sensors"]}
+        for figure in ("written", "kept_newer_online"):
+            row |= {f"{figure}_{view}": d.get(figure, {}).get(view) for view in fs.VIEWS}
+        row |= {k: d.get(k) for k in ("sensors_without_answer", "values_not_as_written")}
+        rows.append(row)
+    return table(rows)
+
+
 @dg.asset(
     partitions_def=daily,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -184,7 +197,7 @@ def online_features(
     preview = newest.head(5)[["sensor_id", *names[fs.DAILY_STATS_VIEW][:5]]].to_dict("records")
     return dg.MaterializeResult(
         metadata={
-            "days": dg.MetadataValue.json(per_day),
+            "days": _days_table(per_day),
             "sensors": sum(d["sensors"] for d in per_day.values()),
             **row_counts({day: d["sensors"] for day, d in per_day.items()}),
             "online_store": str(feature_store.config.online_store.type),

@@ -363,7 +363,10 @@ def _batch_result(outcomes: list[Outcome], seconds: float) -> dg.MaterializeResu
         # Read by the lakehouse automation: which day partitions this batch's files touch
         # (also those of versions a failed attempt of this batch had already ingested).
         "dates": dg.MetadataValue.json(sorted(rows_by_date)),
-        "rows_by_date": dg.MetadataValue.json(rows_by_date),
+        "rows_by_date": table(
+            [{"date": day, "rows": rows_by_date[day]} for day in sorted(rows_by_date)],
+            columns=("date", "rows"),
+        ),
         "bronze_parts": sum(len(o.parts) for o in outcomes),
         "seconds": round(seconds, 3),
     }
@@ -377,11 +380,12 @@ def _batch_result(outcomes: list[Outcome], seconds: float) -> dg.MaterializeResu
                 passed=not quarantined,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={
-                    "quarantined": dg.MetadataValue.json(
+                    "quarantined": table(
                         [
                             {"object": o.object, "reason": o.reason, "message": o.message}
                             for o in quarantined[:100]
-                        ]  # fmt: skip
+                        ],
+                        columns=("object", "reason", "message"),
                     ),
                     "quarantined_count": len(quarantined),
                 },

@@ -259,10 +259,10 @@ def _range_metadata(per_day: dict, details: dict, inputs_uri: str) -> dict:
         **row_counts({day: d["rows"] for day, d in per_day.items()}),
         "days_built": len(per_day),
         "totals": dg.MetadataValue.json(totals),
-        "inputs": inputs_uri,
+        "inputs": dg.MetadataValue.path(inputs_uri),
     }
     if len(per_day) <= DETAILED_DAYS:
-        metadata["days"] = dg.MetadataValue.json(per_day)
+        metadata["days"] = table([{"day": day, **figures} for day, figures in per_day.items()])
         metadata |= {k: dg.MetadataValue.json(v) for k, v in details.items()}
     return metadata
 

@@ -12,7 +12,7 @@ import dagster as dg
 from ml_platform.defs.features.assets import feature_views
 from ml_platform.defs.ingest.assets import TRANSIENT_RETRIES, raw_labels
 from ml_platform.defs.lakehouse.assets import daily_aggregates
-from ml_platform.defs.metadata import table
+from ml_platform.defs.metadata import object_path, object_uri, table
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import FeastResource, IngestResource, LakeResource
 from ml_platform.lib import feature_store as fs
@@ -143,12 +143,7 @@ def _manifest(
 
 
 def _training_set_metadata(
-    built: BuiltTrainingSet,
-    classes: _Classes,
-    manifest: dict,
-    manifest_uri: str,
-    accepted: bool,
-    started: float,
+    built: BuiltTrainingSet, classes: _Classes, manifest: dict, accepted: bool, started: float
 ) -> dict:
     frame = built.frame
     feature_names = [n for cols in built.views.values() for n in cols]
@@ -161,9 +156,7 @@ def _training_set_metadata(
         "last_day": built.last_day.isoformat(),
         "label_parts_read": len(built.label_keys),
         "registry_hash": manifest["registry_hash"],
-        "training_set": manifest["training_set"],
         "accepted": accepted,
-        "manifest": manifest_uri,
         "preview": table(frame.head(5).to_dict("records"), columns=8),
         "sensor_days_without_features": int(frame[feature_names].isna().all(axis=1).sum()),
         "point_in_time_join_s": round(built.join_seconds, 3),
@@ -272,8 +265,12 @@ def training_set(
     manifest_key = paths.training_manifest_object(week, kept_for)
     store.put_bytes(json.dumps(manifest, indent=2).encode(), manifest_key)
     return dg.MaterializeResult(
-        metadata=_training_set_metadata(
-            built, classes, manifest, store.uri(manifest_key), accepted, started
-        ),
+        metadata={
+            **_training_set_metadata(built, classes, manifest, accepted, started),
+            # The set is the object the asset writes; its manifest is written beside it.
+            **object_uri(store, set_key),
+            "training_set": object_path(store, set_key),
+            "manifest": object_path(store, manifest_key),
+        },
         check_results=[_leakage_check(built), _size_check(classes, big_enough, config)],
     )

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ml_platform.defs.automation import ON_ANY_NEW_PARENT
-from ml_platform.defs.metadata import table
+from ml_platform.defs.metadata import object_path, object_uri, table
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
@@ -264,7 +264,9 @@ def _failure_model_metadata(
         "holdout_pr_auc": scores["pr_auc"],
         "cv_f1": result.cv_metrics["cv_f1"],
         "best_params": dg.MetadataValue.json({k: float(v) for k, v in result.best_params.items()}),
-        "holdout": store.uri(trained.holdout_key),
+        # The one object the asset writes to the lake (the model itself is in MLflow).
+        **object_uri(store, trained.holdout_key),
+        "holdout": object_path(store, trained.holdout_key),
         "train_rows": len(trained.fitted.train),
         "holdout_rows": len(trained.fitted.holdout),
         "train_seconds": round(trained.train_seconds, 3),
@@ -454,7 +456,6 @@ def _champion_metadata(
     challenger: Contender,
     champion: Contender | None,
     ledger: list[dict],
-    ledger_uri: str,
 ) -> dict[str, Any]:
     """What champion_model reports: the champion after the decision, the decision, the ledger."""
     metric = entry["metric"]
@@ -467,7 +468,6 @@ def _champion_metadata(
         f"challenger_{metric}": challenger.value,
         f"champion_{metric}": champion.value if champion is not None else -1.0,
         "ledger": table(ledger_rows(ledger)),
-        "ledger_uri": ledger_uri,
     }
 
 
@@ -520,9 +520,11 @@ def champion_model(
     ledger = append_to_ledger(store, ledger_key, entry)
     current = challenger_version if promote else champion_version
     context.log.info(f"{entry['decision']} version {challenger.version}: {reason}")
-    metadata = _champion_metadata(
-        current, entry, challenger, champion, ledger, store.uri(ledger_key)
-    )
+    metadata = {
+        **_champion_metadata(current, entry, challenger, champion, ledger),
+        **object_uri(store, ledger_key),  # the promotion ledger, the object it writes
+        "ledger_uri": object_path(store, ledger_key),
+    }
     return dg.MaterializeResult(metadata=metadata)
 
 

@@ -9,7 +9,7 @@ import dagster as dg
 
 from ml_platform.defs.automation import eager_after_parents
 from ml_platform.defs.features.assets import online_features
-from ml_platform.defs.metadata import object_uri, row_counts, table
+from ml_platform.defs.metadata import object_path, object_uri, row_counts, table
 from ml_platform.defs.ml.models import (
     CHAMPION,
     CLUSTER_ALIAS,
@@ -215,6 +215,25 @@ class _DaysScored:
         }
         self.preview = self.preview or out.head(5).to_dict("records")
 
+    def days_table(self) -> dg.TableMetadataValue:
+        """A row per day of the run: its sensors, predicted failures and highest probability."""
+        columns = ("sensors", "predicted_failures", "max_probability")
+        return table(
+            [{"day": day, **{c: d.get(c) for c in columns}} for day, d in self.per_day.items()],
+            columns=("day", *columns),
+        )
+
+    def written(self, store) -> dict[str, dg.MetadataValue]:
+        """``dagster/uri``: the day's parquet file when the run scored one day (its CSV beside
+        it), else the predictions zone."""
+        days = list(self.per_day)
+        if len(days) == 1 and self.per_day[days[0]]["sensors"]:
+            return {
+                **object_uri(store, paths.predictions_object(days[0])),
+                "csv": object_path(store, paths.predictions_object(days[0], "csv")),
+            }
+        return object_uri(store, f"{paths.RESULTS}predictions/")
+
     def check_results(self) -> list[dg.AssetCheckResult]:
         return [
             dg.AssetCheckResult(
@@ -284,9 +303,9 @@ def daily_predictions(
             "model_version": scorer.version,
             "model_run_id": scorer.run_id,
             "cluster_model_version": scorer.cluster_version or "none",
-            "days": dg.MetadataValue.json(scored.per_day),
+            "days": scored.days_table(),
             **row_counts({day: d["sensors"] for day, d in scored.per_day.items()}),
-            **object_uri(store, f"{paths.RESULTS}predictions/"),
+            **scored.written(store),
             "preview": table(scored.preview, columns=7),
             "seconds": round(time.perf_counter() - started, 3),
         },
@@ -341,8 +360,9 @@ def scored_files(
     write_frame(store, out, target, float_format="%.6f")
     return dg.MaterializeResult(
         metadata={
-            "request": store.uri(key),
-            "scored": store.uri(target),
+            **object_uri(store, target),
+            "request": object_path(store, key),
+            "scored": object_path(store, target),
             "rows": len(out),
             "rows_without_features": int((~out["features_found"]).sum()),
             "model_version": scorer.version,
