@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 BENCH ?=
+# Where the browser test looks for Debian's chromium (test_ui_backfill.CHROMIUM).
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: help install lock dev dev-prod demo serve mlflow reproduce materialize test test-fast soak bench bench-smoke screenshots lint format clean
 
@@ -74,6 +76,10 @@ soak: install  ## the daemon fault scenarios again and again (ROUNDS=5, OUTAGE_S
 	@echo "measurements of every round (recovery_s, runs, retries, checksums): soak-results.json"
 
 screenshots: install  ## the README's UI screenshots -> docs/images/ (the browser test, on Debian's chromium)
+	@# Only here to take them: no chromium is an error, not the test's quiet skip (the test
+	@# fails too when ML_PLATFORM_SCREENSHOTS is set and chromium is missing).
+	@test -x $(CHROMIUM) || { echo "make screenshots: no $(CHROMIUM); install Debian's chromium" \
+	  "(apt-get install chromium)" >&2; exit 1; }
 	ML_PLATFORM_SCREENSHOTS=$(CURDIR)/docs/images $(BIN)/python -m pytest -q -p no:cacheprovider \
 		ml_platform_tests/e2e/test_ui_backfill.py
 

@@ -1,6 +1,7 @@
 """Freshness per partition and alerts on failed checks that do not fail their run, on a real
 Dagster instance: a backfilled older day leaves the due day stale, a failed freshness check and
-a failed warning check each alert once per check, partition and day."""
+a failed warning check each alert once per check, partition and day: again for another partition
+the same day, and again for the same check and partition the next day."""
 
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -8,10 +9,14 @@ import dagster as dg
 import pytest
 
 from ml_platform.definitions import defs
+from ml_platform.defs import freshness as freshness_defs
 from ml_platform.defs.freshness import CHECK_NAME, freshness_checks
+from ml_platform.defs.ingest.assets import raw_readings
 from ml_platform.defs.lakehouse.assets import daily_aggregates
+from ml_platform.defs.monitoring import alerts
 from ml_platform.defs.monitoring.alerts import alert_on_failed_check_sensor
 from ml_platform.defs.resources import AlertResource, build_resources
+from ml_platform.lib import paths
 from ml_platform.lib.store import LocalStore
 from ml_platform_tests.helpers import READINGS_HEADER, ingest, webhook_receiver
 
@@ -46,6 +51,41 @@ def run_freshness_check(instance) -> dg.AssetCheckEvaluation:
     return evaluation
 
 
+def shift_clock(monkeypatch, module, by: timedelta) -> None:
+    """``module``'s ``datetime.now()`` runs ``by`` ahead of (or behind) the real clock."""
+
+    class Shifted(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) + by
+
+    monkeypatch.setattr(module, "datetime", Shifted)
+
+
+def ingest_bad_file_on(instance, store: LocalStore, file, name: str, day: str) -> None:
+    """Land ``file`` and ingest it in the landing-day partition ``day``: it is quarantined, so
+    the partition's warning check fails."""
+    key = paths.landing_object("readings", name)
+    store.put_file(file, key)
+    version = paths.partition_key(name, store.etag(key))
+    result = dg.materialize(
+        [raw_readings], instance=instance, partition_key=day, resources=build_resources(),
+        run_config={"ops": {"raw_readings": {"config": {"versions": [version]}}}},
+    )  # fmt: skip
+    [check] = result.get_asset_check_evaluations()
+    assert (check.passed, result.dagster_run.tags["dagster/partition"]) == (False, day)
+
+
+def titles_and_partitions(received: list[dict]) -> list[tuple[str, str]]:
+    """(title, partition field) of each alert posted, sorted."""
+    return sorted(
+        (r["blocks"][0]["text"]["text"],
+         next(line for line in r["blocks"][1]["text"]["text"].splitlines()
+              if line.startswith("*partition*")))
+        for r in received
+    )  # fmt: skip
+
+
 def alerts_after_tick(instance, url: str, cursor: str | None) -> str | None:
     context = dg.build_sensor_context(
         instance=instance,
@@ -75,7 +115,7 @@ def test_a_backfilled_older_day_leaves_the_due_day_stale(platform):
 
 
 def test_failed_freshness_and_warning_checks_alert_once_per_check_partition_and_day(
-    platform, tmp_path
+    platform, tmp_path, monkeypatch
 ):
     instance, store = platform
     due = newest_due_day(time(6, 0), datetime.now(UTC)).isoformat()
@@ -90,8 +130,13 @@ def test_failed_freshness_and_warning_checks_alert_once_per_check_partition_and_
             "ml-platform: check daily_aggregates:due_day_materialized failed",
             "ml-platform: check raw_readings:landed_files_pass_their_contract failed",
         ]
-        freshness = next(r for r in received if "due_day_materialized" in r["text"])
-        assert f"*partition*: {due}" in freshness["blocks"][1]["text"]["text"]
+        today = paths.landing_day(datetime.now(UTC))
+        assert [p for _, p in titles_and_partitions(received)] == [
+            f"*partition*: {due}",  # the due day the freshness check judged
+            f"*partition*: {today}",  # the landing day of the run the warning check failed in
+        ]
+        warning = next(r for r in received if "landed_files" in r["text"])
+        assert "no_valid_rows" in warning["text"]  # its reason, from the check's metadata table
 
         # The same failures again (a re-run check, a second bad file the same landing day):
         # nothing new to say today.
@@ -113,3 +158,32 @@ def test_failed_freshness_and_warning_checks_alert_once_per_check_partition_and_
         # Nothing failed since: a tick reads nothing new and sends nothing.
         assert alerts_after_tick(instance, url, cursor) == cursor
         assert len(received) == 2
+
+        # The same checks failing for other partitions the same day each alert once more:
+        # the freshness check judging the day before (as it does before and after its
+        # deadline on one day) and the warning check of yesterday's landing day.
+        before = (date.fromisoformat(due) - timedelta(days=1)).isoformat()
+        yesterday = (date.fromisoformat(today) - timedelta(days=1)).isoformat()
+        with monkeypatch.context() as earlier:
+            shift_clock(earlier, freshness_defs, -timedelta(days=1))
+            stale = run_freshness_check(instance)
+            assert (stale.passed, stale.metadata["due_partition"].value) == (False, before)
+        ingest_bad_file_on(instance, store, bad, "bad-yesterday.csv", yesterday)
+        cursor = alerts_after_tick(instance, url, cursor)
+        assert titles_and_partitions(received[2:]) == [
+            ("ml-platform: check daily_aggregates:due_day_materialized failed",
+             f"*partition*: {before}"),
+            ("ml-platform: check raw_readings:landed_files_pass_their_contract failed",
+             f"*partition*: {yesterday}"),
+        ]  # fmt: skip
+
+        # The next day, the same checks failing for the same partitions as first alert again,
+        # once.
+        shift_clock(monkeypatch, alerts, timedelta(days=1))
+        for _ in range(2):
+            assert run_freshness_check(instance).passed is False
+        assert ingest(instance, store, bad, name="bad-next-day.csv") == ""
+        cursor = alerts_after_tick(instance, url, cursor)
+        assert titles_and_partitions(received[4:]) == titles_and_partitions(received[:2])
+        assert alerts_after_tick(instance, url, cursor) == cursor
+        assert len(received) == 6

@@ -89,7 +89,12 @@ def alert_on_failed_check_sensor(
     since = int(context.cursor) if context.cursor else None
     failed = _failed_evaluations(context, since)
     for record, evaluation in failed:
-        partition = evaluation.partition or record.partition or _due_partition(evaluation)
+        partition = (
+            evaluation.partition
+            or record.partition
+            or _due_partition(evaluation)
+            or _record_run_partition(context.instance, record.run_id)
+        )
         check = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
         send_once(
             context, alerts, lake,
@@ -136,7 +141,26 @@ def _due_partition(evaluation: dg.AssetCheckEvaluation) -> str:
     return str(getattr(due, "value", due) or "")
 
 
+def _record_run_partition(instance: dg.DagsterInstance, run_id: str) -> str:
+    """The partition (or range) of the run that stored an evaluation: the result of a check
+    declared on a partitioned asset (``check_specs``) names no partition of its own."""
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return _run_partition(run) if run else ""
+
+
 def _first_reason(evaluation: dg.AssetCheckEvaluation) -> str:
     """Something to read when the check gave no description: its metadata, briefly."""
-    shown = {k: getattr(v, "value", v) for k, v in list(evaluation.metadata.items())[:5]}
+    shown = {k: _plain(v) for k, v in list(evaluation.metadata.items())[:5]}
     return json.dumps(shown, default=str)[:500]
+
+
+def _plain(value) -> object:
+    """A metadata value as JSON can take it: a table's rows as dicts (Dagster's records are
+    named tuples that refuse iteration, so ``json.dumps`` cannot walk them), anything else
+    that is not plain JSON as its text."""
+    if isinstance(value, dg.TableMetadataValue):
+        return [r.data for r in value.records]
+    value = getattr(value, "value", value)
+    if value is None or isinstance(value, str | int | float | bool | list | dict):
+        return value
+    return str(value)
