@@ -62,17 +62,21 @@ def setup(sensors: int, interval_s: int, out: Path) -> dict:
     return {"rows": int(event.metadata["dagster/row_count"].value), "store_url": store_url}
 
 
-#: The deployed profile's instance storage (docker/dagster.yaml), values from the environment.
-POSTGRES_STORAGE = """storage:
-  postgres:
-    postgres_db:
-      hostname: {env: DAGSTER_PG_HOST}
-      port: {env: DAGSTER_PG_PORT}
-      username: {env: DAGSTER_PG_USER}
-      password: {env: DAGSTER_PG_PASSWORD}
-      db_name: {env: DAGSTER_PG_DB}
-      scheme: postgresql+psycopg2
-"""
+def postgres_storage(*, pooled: bool = True) -> str:
+    """The storage sections of the deployed profile's instance (docker/dagster.yaml), values from
+    the environment. ``pooled=False``: dagster-postgres' own classes on the same database, which
+    connect for every statement (the reference)."""
+    import yaml
+
+    instance = yaml.safe_load((ROOT / "docker" / "dagster.yaml").read_text())
+    sections = {k: instance[k] for k in ("run_storage", "event_log_storage", "schedule_storage")}
+    if not pooled:
+        sections = {
+            key: {**section, "module": "dagster_postgres",
+                  "class": section["class"].removeprefix("Pooled")}
+            for key, section in sections.items()
+        }  # fmt: skip
+    return yaml.safe_dump(sections, sort_keys=False)
 
 
 def materialize(

@@ -550,25 +550,39 @@ def _event_floor(store_url: str, out: Path, checks_ms: float, year_s: float) -> 
 
 def _backfill_on_postgres(store_url: str, out: Path, rows: int, sqlite_ms: float) -> list[dict]:
     """The same year and day on the deployed profile's instance storage (PostgreSQL, a
-    throwaway cluster), where each event write reuses a pooled connection."""
-    from benchmarks.backfill import END, POSTGRES_STORAGE, START, materialize
+    throwaway cluster, connections pooled), and on dagster-postgres' own storage classes, which
+    connect for every statement, as the reference."""
+    from benchmarks.backfill import END, START, materialize, postgres_storage
     from ml_platform.devstack.servers import postgres_cluster
 
     assets = ("sensor_chunks", "daily_aggregates")
+    runs = {}
     with postgres_cluster() as pg:
-        runs = {}
-        for name, last in (("year", END), ("day", START)):
-            pg.create_database(f"dagster_{name}")
-            runs[name] = materialize(store_url, out / f"home-pg-{name}", START, last,
-                                     storage=POSTGRES_STORAGE, env=pg.dagster_env(f"dagster_{name}"))  # fmt: skip
-    year, day = runs["year"], runs["day"]
-    assert year["blocking_passed"] and year["evaluations"], year
+        for pooled in (True, False):
+            storage = postgres_storage(pooled=pooled)
+            for name, last in (("year", END), ("day", START)):
+                db = f"dagster_{name}_{'pooled' if pooled else 'plain'}"
+                pg.create_database(db)
+                runs[pooled, name] = materialize(store_url, out / f"home-{db}", START, last,
+                                                 storage=storage, env=pg.dagster_env(db))  # fmt: skip
+    for pooled in (True, False):
+        assert runs[pooled, "year"]["blocking_passed"] and runs[pooled, "year"]["evaluations"], runs
+    checks_ms = {
+        pooled: _per_day_ms(runs[pooled, "year"], runs[pooled, "day"],
+                            _check_steps(runs[pooled, "year"], assets))
+        for pooled in (True, False)
+    }  # fmt: skip
+    year, day, plain = runs[True, "year"], runs[True, "day"], runs[False, "year"]
     return [
         record("backfill_365d_2_sensors_postgres_s", year["wall_s"], "s",
+               "backfill_365d_2_sensors_postgres_unpooled_s", plain["wall_s"], rows),
+        record("backfill_365d_2_sensors_postgres_unpooled_s", plain["wall_s"], "s",
                "backfill_1d_2_sensors_postgres_s", day["wall_s"], rows),
         record("backfill_1d_2_sensors_postgres_s", day["wall_s"], "s"),
-        record("checks_per_day_postgres_ms", _per_day_ms(year, day, _check_steps(year, assets)),
-               "ms", "checks_per_day_ms", sqlite_ms, rows),
+        record("checks_per_day_postgres_ms", checks_ms[True], "ms",
+               "checks_per_day_postgres_unpooled_ms", checks_ms[False], rows),
+        record("checks_per_day_postgres_unpooled_ms", checks_ms[False], "ms",
+               "checks_per_day_ms", sqlite_ms, rows),
     ]  # fmt: skip
 
 
