@@ -548,12 +548,16 @@ def test_base_image_is_pinned_to_an_exact_release() -> None:
 
 
 def test_slim_dagster_image_has_no_project_code() -> None:
-    """webserver/daemon image: the four Dagster packages from their own lock, nothing of the
-    project (no source, no feature repo, no full lock)."""
+    """webserver/daemon image: the four Dagster packages from their own lock, and of the project
+    only the instance storage module its dagster.yaml names (no other source, no feature repo,
+    no full lock)."""
     _, ordered = _dockerfile()
     stages = {stage.name: stage for stage in ordered}
     copied = " ".join(_copied(stages, "dagster"))
-    for forbidden in ("ml_platform", "pyproject.toml", "feature_repo", "requirements.lock",
+    sources = set(re.findall(r"\bml_platform/\S*", copied))
+    # The two files, and the end of their destination (/opt/dagster/lib/ml_platform/).
+    assert sources == {"ml_platform/__init__.py", "ml_platform/instance_storage.py", "ml_platform/"}
+    for forbidden in ("pyproject.toml", "feature_repo", "requirements.lock",
                       "requirements-k8s.lock"):  # fmt: skip
         assert forbidden not in copied, f"the dagster target copies {forbidden}"
     assert "requirements-dagster.lock" in copied
