@@ -135,7 +135,7 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
     result = materialize(instance, [training_set], partition_key=WEEK, config=SMALL)
     assert result.success, checks(result)
     assert checks(result) == {LEAKAGE_CHECK: True, SIZE_CHECK: True}
-    frame = pd.read_parquet(metadata(result, "training_set")["training_set"])
+    frame = pd.read_parquet(metadata(result, "training_set")["dagster/uri"])
     assert planted not in frame["temperature_mean"].tolist()
     assert frame["temperature_mean"].notna().mean() > 0.95
 
@@ -150,7 +150,7 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
     )
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["values_blanked_by_guard"].value["sensor_daily_stats"] >= 1
-    accepted = metadata(result, "training_set")["training_set"]
+    accepted = metadata(result, "training_set")["dagster/uri"]
     assert planted not in pd.read_parquet(accepted)["temperature_mean"].tolist()
 
     # Guard bypassed as well: the leak is there, the blocking check fails the run, and the set
@@ -162,7 +162,7 @@ def assert_guarded(instance, monkeypatch, planted: float) -> None:
         c for c in result.get_asset_check_evaluations() if c.check_name == LEAKAGE_CHECK
     )
     assert not evaluation.passed and evaluation.severity == dg.AssetCheckSeverity.ERROR
-    rejected = metadata(result, "training_set")["training_set"]
+    rejected = metadata(result, "training_set")["dagster/uri"]
     assert "/rejected/" in rejected and rejected != accepted
     assert planted in pd.read_parquet(rejected)["temperature_mean"].tolist()
     assert planted not in pd.read_parquet(accepted)["temperature_mean"].tolist()
@@ -370,9 +370,8 @@ def test_training_set_labels_manifest_and_size_check(env):
     meta = metadata(result, "training_set")
     # The set is the asset's dagster/uri, its manifest a path beside it.
     assert stored_key(env.store, meta) == paths.training_set_object(WEEK)
-    assert meta["training_set"] == meta["dagster/uri"]
     assert meta["manifest"] == env.store.uri(paths.training_manifest_object(WEEK))
-    frame = pd.read_parquet(meta["training_set"])
+    frame = pd.read_parquet(meta["dagster/uri"])
     # Days 2024-01-01..01-20: the last day whose one-day horizon ends inside the week.
     assert (frame["day"].min(), frame["day"].max()) == (
         pd.Timestamp("2024-01-01").date(),

@@ -1,6 +1,6 @@
 """The deployed profile's instance storage (docker/dagster.yaml, ml_platform/instance_storage.py)
 on a real PostgreSQL: a run's events reuse pooled connections, and the pool outlives a server
-restart."""
+restart. The storage sections are the backfill benchmark's (benchmarks/backfill.py)."""
 
 from pathlib import Path
 
@@ -9,12 +9,11 @@ import pytest
 import sqlalchemy
 import yaml
 
+from benchmarks.backfill import postgres_storage
 from ml_platform_tests.servers import postgres_bin_dir, postgres_cluster
 
 pytestmark = pytest.mark.integration
 
-DEPLOYED = Path(__file__).resolve().parents[2] / "docker" / "dagster.yaml"
-SECTIONS = ("run_storage", "event_log_storage", "schedule_storage")
 DAYS = 30
 days = dg.DailyPartitionsDefinition(start_date="2024-01-01", end_date=f"2024-01-{DAYS + 1}")
 
@@ -81,13 +80,8 @@ def pg(monkeypatch):
 
 
 def test_a_run_reuses_pooled_connections_and_the_pool_outlives_a_restart(tmp_path, pg, monkeypatch):
-    deployed = yaml.safe_load(DEPLOYED.read_text())
-    sections = {key: deployed[key] for key in SECTIONS}
-    # dagster-postgres' own classes on the same settings: a connection per statement.
-    plain = {
-        key: {**section, "module": "dagster_postgres", "class": section["class"][len("Pooled") :]}
-        for key, section in sections.items()
-    }
+    sections = yaml.safe_load(postgres_storage())
+    plain = yaml.safe_load(postgres_storage(pooled=False))  # dagster-postgres' own classes
     connects = Connects()
     try:
         for name, value in pg.dagster_env("plain").items():

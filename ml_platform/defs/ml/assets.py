@@ -269,7 +269,6 @@ def training_set(
             **_training_set_metadata(built, classes, manifest, accepted, started),
             # The set is the object the asset writes; its manifest is written beside it.
             **object_uri(store, set_key),
-            "training_set": object_path(store, set_key),
             "manifest": object_path(store, manifest_key),
         },
         check_results=[_leakage_check(built), _size_check(classes, big_enough, config)],

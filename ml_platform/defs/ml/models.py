@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 
 from ml_platform.defs.automation import ON_ANY_NEW_PARENT
-from ml_platform.defs.metadata import object_path, object_uri, table
+from ml_platform.defs.metadata import object_uri, table
 from ml_platform.defs.ml.assets import training_set
 from ml_platform.defs.partitions import weekly
 from ml_platform.defs.resources import LakeResource, MLflowResource
@@ -266,7 +266,6 @@ def _failure_model_metadata(
         "best_params": dg.MetadataValue.json({k: float(v) for k, v in result.best_params.items()}),
         # The one object the asset writes to the lake (the model itself is in MLflow).
         **object_uri(store, trained.holdout_key),
-        "holdout": object_path(store, trained.holdout_key),
         "train_rows": len(trained.fitted.train),
         "holdout_rows": len(trained.fitted.holdout),
         "train_seconds": round(trained.train_seconds, 3),
@@ -523,7 +522,6 @@ def champion_model(
     metadata = {
         **_champion_metadata(current, entry, challenger, champion, ledger),
         **object_uri(store, ledger_key),  # the promotion ledger, the object it writes
-        "ledger_uri": object_path(store, ledger_key),
     }
     return dg.MaterializeResult(metadata=metadata)
 

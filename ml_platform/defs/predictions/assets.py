@@ -360,9 +360,8 @@ def scored_files(
     write_frame(store, out, target, float_format="%.6f")
     return dg.MaterializeResult(
         metadata={
-            **object_uri(store, target),
+            **object_uri(store, target),  # the answer file
             "request": object_path(store, key),
-            "scored": object_path(store, target),
             "rows": len(out),
             "rows_without_features": int((~out["features_found"]).sum()),
             "model_version": scorer.version,
