@@ -81,11 +81,11 @@ class S3Server:
 @contextlib.contextmanager
 def moto_server(port: int | None = None) -> Iterator[S3Server]:
     port = port or free_port()
-    exe = Path(sys.executable).with_name("moto_server")
+    command = [sys.executable, "-m", "ml_platform.devstack.moto_s3", "-H", "127.0.0.1"]
     fd, log_path = tempfile.mkstemp(prefix="moto-", suffix=".log")
     with os.fdopen(fd, "w") as log:  # the child keeps its own handle
         process = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+            [*command, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
         )
     server = S3Server(f"http://127.0.0.1:{port}", process)
 

@@ -29,6 +29,9 @@ from ml_platform.lib.paths import local_name
 _TMP_PREFIX = ".tmp-"
 #: Parallel downloads of one fetch (boto3 clients are thread-safe; its pool holds 10 connections).
 FETCH_THREADS = 8
+#: Files up to this size are written with one PUT; larger ones as boto3's multipart upload (its
+#: own threshold is the same 8 MiB).
+SINGLE_PUT_BYTES = 8 << 20
 #: Longest file or folder name of a local filesystem, in bytes (ext4, XFS, APFS, NTFS: 255).
 _NAME_MAX = 255
 
@@ -363,7 +366,7 @@ class S3Store:
         def download(pair: tuple[str, Path]) -> None:
             key, path = pair
             with self._errors(f"downloading {self.uri(key)}"):
-                self.client.download_file(self.bucket, self._key(key), str(path))
+                self._get_to(key, path)
 
         if len(keys) <= 1:
             for pair in zip(keys, paths, strict=True):
@@ -373,9 +376,20 @@ class S3Store:
                 list(pool.map(download, zip(keys, paths, strict=True)))
         return paths
 
+    def _get_to(self, key: str, path: Path) -> None:
+        """One GET streamed to ``path``: boto3's ``download_file`` asks a HEAD first, a second
+        request for every small object of a fetch."""
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        with path.open("wb") as fh:
+            shutil.copyfileobj(body, fh, 1 << 20)
+
     def put_file(self, src: Path, key: str, *, move: bool = False) -> None:
         with self._errors(f"writing {self.uri(key)}"):
-            self.client.upload_file(str(src), self.bucket, self._key(key))
+            if src.stat().st_size > SINGLE_PUT_BYTES:
+                self.client.upload_file(str(src), self.bucket, self._key(key))
+                return
+            with src.open("rb") as fh:  # one PUT, without the transfer manager's threads
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=fh)
 
     def put_bytes(self, data: bytes, key: str) -> None:
         with self._errors(f"writing {self.uri(key)}"):
