@@ -55,8 +55,8 @@ class Settings:
     events: EventTable | None = None
     reconcile_interval_s: int = 3600
     # Micro-batches of the readings and labels landing sensors: files and bytes per ingest run,
-    # runs per tick.
-    batch_max_files: int = 500
+    # runs per tick. Every run pays a worker process start, which larger batches share out.
+    batch_max_files: int = 1000
     batch_max_bytes: int = 1 << 30
     batches_per_tick: int = 4
 

@@ -91,7 +91,7 @@ def test_an_empty_environment_gives_the_embedded_profile():
         start_date="2024-01-01",
         events=None,
         reconcile_interval_s=3600,
-        batch_max_files=500,
+        batch_max_files=1000,
         batch_max_bytes=1 << 30,
         batches_per_tick=4,
         store_url=(root / ".lake").as_uri(),

@@ -53,7 +53,7 @@ GAP_TIMEOUT_S = 120.0
 class BatchLimits:
     """How large one ingest run may be, and how many runs one tick may request."""
 
-    max_files: int = 500
+    max_files: int = 1000
     max_bytes: int = 1 << 30
     runs_per_tick: int = 4
 
