@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import fnmatch
+import io
 import json
 import posixpath
 import re
@@ -452,7 +453,8 @@ def test_dagster_accepts_the_version_id_of_any_s3_key():
 
 
 class _DownloadOnlyClient:
-    """The two calls S3Store.local_copy/fetch make; writes go where the store asks."""
+    """The calls S3Store.local_copy (``download_file``) and fetch (``get_object``, whose body the
+    store writes itself) make; writes go where the store asks."""
 
     def __init__(self) -> None:
         self.paths: list[Path] = []
@@ -460,6 +462,9 @@ class _DownloadOnlyClient:
     def download_file(self, bucket: str, key: str, filename: str) -> None:
         Path(filename).write_bytes(b"object")  # raises OSError on an invalid local name
         self.paths.append(Path(filename))
+
+    def get_object(self, Bucket: str, Key: str) -> dict:  # noqa: N803 - boto3's names
+        return {"Body": io.BytesIO(b"object")}
 
 
 @pytest.mark.parametrize(

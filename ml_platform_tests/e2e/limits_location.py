@@ -20,7 +20,7 @@ from ml_platform.defs.ml.schedules import weekly_training_job
 
 #: Long enough that two runs the queue lets through together overlap, whatever the seconds
 #: between their workers' starts on a loaded machine.
-HOLD_S = 3.0
+HOLD_S = 5.0
 PHASE_TAG = "limits/phase"
 #: The pairs the sensor requests, in this order: phase name -> (job, run tags of the real job).
 #: A pair with tags is held back by a run limit on at least one profile; the untagged one only
