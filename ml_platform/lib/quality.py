@@ -1,43 +1,13 @@
 """Great Expectations 1.x suites on a pandas DataFrame: one ephemeral context per call, and one
 validation per call, also for a range of partitions (:func:`run_suite_by_partition`).
 
-GX takes 5-10 s to import, so it is imported here, inside the function, never at module top. A
-run whose checks follow its assets calls :func:`import_in_background` first: the import then
-overlaps the assets' work, which mostly waits on the store and on DuckDB.
+GX takes 10+ s to import, so it is imported here, inside the function, never at module top.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Any
-
-_importing: threading.Thread | None = None
-_importing_lock = threading.Lock()
-
-
-def import_in_background() -> None:
-    """Start importing GX in a daemon thread (once per process); :func:`_validate` waits for it,
-    so GX is never imported by two threads at once."""
-    global _importing
-    with _importing_lock:
-        if _importing is None:
-            _importing = threading.Thread(target=_import_gx, name="gx-import", daemon=True)
-            _importing.start()
-
-
-def _import_gx() -> None:
-    # A failure here is left to the check's own import, which raises it where it is reported.
-    try:
-        import great_expectations.expectations  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return
-
-
-def _wait_for_import() -> None:
-    if _importing is not None:
-        _importing.join()
-
 
 SAMPLE = 5
 
@@ -69,7 +39,6 @@ class SuiteOutcome:
 
 def _validate(df: Any, expectations: list[Expect], name: str, result_format: Any) -> Any:
     """One ephemeral GX context, one batch over ``df``, one validation of the whole suite."""
-    _wait_for_import()
     import great_expectations as gx
     import great_expectations.expectations as gxe
     from great_expectations.data_context.types.base import ProgressBarsConfig

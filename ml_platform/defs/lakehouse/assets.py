@@ -22,7 +22,7 @@ from ml_platform.defs.metadata import object_uri, row_counts, table
 from ml_platform.defs.partitions import daily
 from ml_platform.defs.resources import IngestResource, LakeResource
 from ml_platform.defs.runs import latest_runs_of
-from ml_platform.lib import paths, quality
+from ml_platform.lib import paths
 from ml_platform.lib.lakehouse import (
     ChunkMerger,
     ChunkReport,
@@ -62,14 +62,6 @@ def _invariant(check: str, per_day: dict, failing: list[str]) -> dg.AssetCheckRe
         passed=not failing,
         metadata={"days_checked": len(per_day), "days_failing": dg.MetadataValue.json(failing)},
     )
-
-
-def _import_gx_if_checks_follow(context: dg.AssetExecutionContext) -> None:
-    """Start importing Great Expectations while the asset works when the run goes on to the GX
-    suites (in this process: the in-process executor), instead of after it."""
-    selection = context.run.asset_check_selection
-    if selection is None or any(k.name.endswith("_pass_quality_suite") for k in selection):
-        quality.import_in_background()
 
 
 def _list_each(store: ObjectStore, prefixes: list[str]) -> list[list[ObjectInfo]]:
@@ -112,7 +104,6 @@ def sensor_chunks(context: dg.AssetExecutionContext, lake: LakeResource, ingest:
     A day built before is built again from its chunks and the parts added since, when every
     part that build read is still there unchanged; otherwise from all of its parts.
     """
-    _import_gx_if_checks_follow(context)
     store = lake.store()
     started = time.perf_counter()
     days = list(context.partition_keys)
@@ -317,7 +308,6 @@ def daily_aggregates(context: dg.AssetExecutionContext, lake: LakeResource, inge
     ``event_timestamp`` (end of the UTC day) and ``created_timestamp`` (when the newest input was
     ingested) make it a ready Feast source.
     """
-    _import_gx_if_checks_follow(context)
     store = lake.store()
     measurements = [c.name for c in ingest.contract("readings").columns]
     started = time.perf_counter()
