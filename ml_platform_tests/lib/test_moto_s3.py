@@ -35,20 +35,15 @@ def test_timestamps_parse_as_botocore_parses_them(value):
 
 
 @pytest.mark.unit
-def test_the_cached_backend_listing_is_moto_s_own_folder(monkeypatch):
-    import moto
+def test_the_backend_listing_is_moto_s_own_and_read_once(monkeypatch):
     import moto.backends
 
-    folder = os.path.dirname(moto.__file__)
-    expected = sorted(
-        name
-        for name in os.listdir(folder)
-        if os.path.isdir(os.path.join(folder, name)) and not name.startswith("__")
-    )
     monkeypatch.setattr(moto.backends, "list_of_moto_modules", moto.backends.list_of_moto_modules)
+    listed = list(moto.backends.list_of_moto_modules())
     moto_s3._cache_backend_listing()
-    assert list(moto.backends.list_of_moto_modules()) == expected
-    assert "s3" in expected
+    monkeypatch.setattr(os, "listdir", lambda path: pytest.fail(f"listed {path} again"))
+    assert list(moto.backends.list_of_moto_modules()) == listed
+    assert "s3" in listed
 
 
 @pytest.mark.integration
@@ -64,3 +59,22 @@ def test_a_listing_of_the_launched_server_gives_the_objects_own_times(s3_server)
     # HEAD's Last-Modified has whole seconds; the listing's ISO time is the same instant.
     assert listed["LastModified"].replace(microsecond=0) == head["LastModified"]
     assert abs(listed["LastModified"] - datetime.now(UTC)).total_seconds() < 60
+
+
+@pytest.mark.integration
+def test_a_fetch_is_one_get_per_object_and_a_small_file_one_put(s3_server, tmp_path):
+    from ml_platform.lib.store import S3Store
+
+    client = s3_server.client()
+    client.create_bucket(Bucket="one-request")
+    calls: list[str] = []
+    client.meta.events.register("before-call.s3.*", lambda model, **kw: calls.append(model.name))
+    store = S3Store("one-request", "lake", client)
+    for i in range(3):
+        (tmp_path / f"{i}.parquet").write_bytes(b"part %d" % i)
+        store.put_file(tmp_path / f"{i}.parquet", f"bronze/{i}.parquet")
+    assert calls == ["PutObject"] * 3
+    calls.clear()
+    fetched = store.fetch([f"bronze/{i}.parquet" for i in range(3)], tmp_path / "into")
+    assert sorted(calls) == ["GetObject"] * 3
+    assert [f.read_bytes() for f in fetched] == [b"part 0", b"part 1", b"part 2"]
